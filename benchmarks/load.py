@@ -1,0 +1,363 @@
+"""Load test through TorchServe: Locust users against every (backend archive x batch setting),
+swept over concurrency levels, each level measured in fixed windows after a warm-up until the
+requests/s of consecutive windows agree (or the window budget is spent).
+
+Batch settings are applied by re-packing the archive's ``model-config.yaml`` (batchSize,
+maxBatchDelay, workers) into a copy in the run's own model store; registering that copy through the
+management API then gives exactly the setting asked for, whatever TorchServe's precedence between
+API parameters and the archive's config.
+
+Locust runs in this process through its Python API (gevent), so this module is best run as its own
+process: ``python -m benchmarks.load`` (``benchmarks.run`` does that).
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()  # before anything imports ssl/socket; Locust would do it on import anyway
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+import yaml  # noqa: E402
+from locust.env import Environment  # noqa: E402
+
+from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
+from benchmarks.profile import BatchSetting, LoadSettings, Profile, load_profile  # noqa: E402
+from benchmarks.serverstats import GpuSampler, HostSampler, parse_prometheus, server_split  # noqa: E402
+
+MODEL = "deepfake-detector"
+
+
+@dataclass
+class Endpoints:
+    """Where a running TorchServe answers, and the keys it wants (empty when token auth is off)."""
+
+    inference: str
+    management: str
+    metrics: str
+    inference_key: str = ""
+    management_key: str = ""
+    frontend_pid: int | None = None
+
+    def headers(self, management: bool = False) -> dict:
+        key = self.management_key if management else self.inference_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def archive_for(store: Path, backend: str) -> Path | None:
+    """model_store/deepfake-detector-<backend>.mar; eager may also be the default archive."""
+    names = [f"{MODEL}-{backend}.mar"] + ([f"{MODEL}.mar"] if backend == "eager" else [])
+    return next((store / n for n in names if (store / n).exists()), None)
+
+
+def repack(source: Path, dest: Path, setting: BatchSetting, workers: int) -> Path:
+    """Copy an archive with its model-config.yaml set to this batch setting and worker count."""
+    with zipfile.ZipFile(source) as src:
+        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
+        config_name = manifest["model"].get("configFile") or "model-config.yaml"
+        config = yaml.safe_load(src.read(config_name)) if config_name in src.namelist() else {}
+        config = dict(config or {})
+        config.update(batchSize=setting.batch_size, maxBatchDelay=setting.max_batch_delay,
+                      minWorkers=workers, maxWorkers=workers)
+        manifest["model"]["configFile"] = config_name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(dest, "w") as out:
+            for item in src.infolist():
+                if item.filename in (config_name, "MAR-INF/MANIFEST.json"):
+                    continue
+                out.writestr(item, src.read(item), compress_type=item.compress_type)
+            out.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest, indent=2))
+            out.writestr(config_name, yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+class Management:
+    def __init__(self, endpoints: Endpoints):
+        self.e = endpoints
+
+    def register(self, archive: str, name: str, setting: BatchSetting, workers: int, timeout: float = 600) -> None:
+        params = {
+            "url": archive, "model_name": name, "initial_workers": workers, "synchronous": "true",
+            "batch_size": setting.batch_size, "max_batch_delay": setting.max_batch_delay,
+        }
+        r = requests.post(f"{self.e.management}/models", params=params, headers=self.e.headers(True), timeout=timeout)
+        if r.status_code != 200:
+            raise RuntimeError(f"registering {archive} failed: HTTP {r.status_code} {r.text[:300]}")
+
+    def describe(self, name: str) -> dict:
+        r = requests.get(f"{self.e.management}/models/{name}", headers=self.e.headers(True), timeout=30)
+        r.raise_for_status()
+        return r.json()[0]
+
+    def unregister(self, name: str) -> None:
+        requests.delete(f"{self.e.management}/models/{name}", headers=self.e.headers(True), timeout=120)
+
+
+def scrape(endpoints: Endpoints):
+    r = requests.get(f"{endpoints.metrics}/metrics", timeout=10)
+    r.raise_for_status()
+    return parse_prometheus(r.text)
+
+
+def first_prediction(endpoints: Endpoints, name: str, image: bytes, timeout: float = 120) -> None:
+    """A real answer, not /ping: proves the workers load and run the model."""
+    r = requests.post(f"{endpoints.inference}/predictions/{name}", data=image,
+                      headers=endpoints.headers(), timeout=timeout)
+    if r.status_code != 200:
+        raise RuntimeError(f"first prediction on {name} failed: HTTP {r.status_code} {r.text[:300]}")
+
+
+def latency_stats(samples_ms: list[float]) -> dict:
+    if not samples_ms:
+        return {}
+    a = np.asarray(samples_ms)
+    return {
+        "mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+        "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
+    }
+
+
+class Progress:
+    """Prints where the sweep is and how long it will take at least / at most."""
+
+    def __init__(self, settings: LoadSettings, levels_total: int, log):
+        self.s, self.total, self.done, self.log = settings, levels_total, 0, log
+        self.began = time.monotonic()
+
+    def left(self) -> str:
+        remaining = self.total - self.done
+        low = remaining * (self.s.warmup_s + self.s.min_windows * self.s.window_s)
+        high = remaining * (self.s.warmup_s + self.s.max_windows * self.s.window_s)
+        return f"{remaining} levels left, {low / 60:.1f}-{high / 60:.1f} min"
+
+    def __call__(self, message: str) -> None:
+        elapsed = time.monotonic() - self.began
+        self.log(f"[load {elapsed / 60:5.1f} min] {message}")
+
+
+def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, progress: Progress) -> dict:
+    """One concurrency level: warm-up, then windows until stable; percentiles over the counted windows."""
+    env = Environment(user_classes=[DetectorUser], host=endpoints.inference)
+    records: list[tuple[float, float, bool, str]] = []  # finish time, ms, failed, message
+
+    def on_request(response_time, exception=None, **_):
+        records.append((time.monotonic(), float(response_time), exception is not None, str(exception or "")[:200]))
+
+    env.events.request.add_listener(on_request)
+    host, gpu = HostSampler(endpoints.frontend_pid), GpuSampler()
+    gauges: list[dict] = []
+    sampling = {"on": False}
+
+    def sampler():
+        while True:
+            gevent.sleep(s.sample_interval_s)
+            if sampling["on"]:
+                host.sample()
+                gpu.sample()
+                try:
+                    gauges.append(scrape_values(endpoints, name))
+                except requests.RequestException:
+                    pass
+
+    runner = env.create_local_runner()
+    runner.start(users, spawn_rate=users)
+    sampler_greenlet = gevent.spawn(sampler)
+    try:
+        gevent.sleep(s.warmup_s)
+        windows: list[dict] = []
+        while len(windows) < s.max_windows:
+            start_scrape = scrape(endpoints)
+            host.reset()
+            gpu.reset()
+            gauges.clear()
+            sampling["on"] = True
+            start = time.monotonic()
+            gevent.sleep(s.window_s)
+            end = time.monotonic()
+            sampling["on"] = False
+            done = [r for r in records if start <= r[0] < end]
+            window = {
+                "rps": len(done) / (end - start),
+                "latencies": [r[1] for r in done if not r[2]],
+                "failures": [r[3] for r in done if r[2]],
+                "server": server_split(start_scrape, scrape(endpoints), gauges, name),
+                "host": host.summary(),
+                "gpu": gpu.summary(),
+            }
+            windows.append(window)
+            recent = windows[-s.min_windows:]
+            rates = [w["rps"] for w in recent]
+            spread = float((max(rates) - min(rates)) / max(np.mean(rates), 1e-9))
+            stable = bool(len(recent) >= s.min_windows and spread <= s.tolerance)
+            p99 = latency_stats(window["latencies"]).get("p99", float("nan"))
+            progress(f"{name} users={users}: window {len(windows)}/{s.max_windows} {window['rps']:.1f} req/s, "
+                     f"p99 {p99:.0f} ms, failures {len(window['failures'])}"
+                     + (" (stable)" if stable else "") + f"; {progress.left()}")
+            if stable:
+                break
+    finally:
+        runner.quit()
+        sampler_greenlet.kill()
+    counted = windows[-s.min_windows:]
+    latencies = [ms for w in counted for ms in w["latencies"]]
+    failures = [m for w in counted for m in w["failures"]]
+    return {
+        "users": users,
+        "rps": float(np.mean([w["rps"] for w in counted])),
+        "latency_ms": latency_stats(latencies),
+        "requests": len(latencies) + len(failures),
+        "failures": len(failures),
+        "failure_examples": sorted(set(failures))[:3],
+        "windows": len(windows),
+        "window_rps": [w["rps"] for w in windows],
+        "stable": stable,
+        "rps_spread": spread,
+        "server": _mean_dicts([w["server"] for w in counted]),
+        "host": _mean_dicts([w["host"] for w in counted]),
+        "gpu": counted[-1]["gpu"],
+    }
+
+
+def scrape_values(endpoints: Endpoints, name: str) -> dict:
+    from benchmarks.serverstats import model_values
+
+    return model_values(scrape(endpoints), name)
+
+
+def _mean_dicts(rows: list[dict]) -> dict:
+    keys = {k for r in rows for k in r}
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in sorted(keys)}
+
+
+def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
+    """The ``load`` section of summary.json. ``store`` is the server's model store; variant archives
+    are written there and removed afterwards."""
+    s = profile.load
+    images = load_images(profile.images)
+    plan = s.plan()
+    progress = Progress(s, len(plan) * len(s.users), log)
+    deadline = time.monotonic() + s.max_minutes * 60
+    management = Management(endpoints)
+    rows, skipped = [], []
+    baseline_backend, baseline_setting = s.baseline_setting()
+    for backend, setting in plan:
+        source = archive_for(Path(profile.model_store), backend)
+        if source is None:
+            skipped.append({"backend": backend, "setting": setting.label,
+                            "reason": f"no archive for {backend} in {profile.model_store} (run `make export`)"})
+            progress.done += len(s.users)
+            log(f"[load] {backend} {setting.label}: skipped, no archive")
+            continue
+        name = f"bench-{backend}-b{setting.batch_size}-d{setting.max_batch_delay}"
+        variant = repack(source, store / f"{name}.mar", setting, s.workers)
+        progress(f"registering {name} ({s.workers} worker(s)) from {source.name}")
+        try:
+            management.register(variant.name, name, setting, s.workers)
+            described = management.describe(name)
+            first_prediction(endpoints, name, images[0][1])
+        except (RuntimeError, requests.RequestException) as exc:
+            skipped.append({"backend": backend, "setting": setting.label, "reason": str(exc)[:300]})
+            progress.done += len(s.users)
+            log(f"[load] {name}: skipped, {exc}")
+            management.unregister(name)
+            variant.unlink(missing_ok=True)
+            continue
+        DetectorUser.configure(images, name, endpoints.inference_key)
+        try:
+            for users in s.users:
+                if time.monotonic() > deadline:
+                    skipped.append({"backend": backend, "setting": setting.label, "users": users,
+                                    "reason": f"profile time budget of {s.max_minutes} min spent"})
+                    progress.done += 1
+                    continue
+                level = measure_level(endpoints, name, users, s, progress)
+                progress.done += 1
+                rows.append({
+                    "backend": backend, "batch_size": setting.batch_size, "max_batch_delay": setting.max_batch_delay,
+                    "workers": s.workers, "baseline": (backend, setting) == (baseline_backend, baseline_setting),
+                    "served_batch_size": described.get("batchSize"), "served_max_batch_delay": described.get("maxBatchDelay"),
+                    **level,
+                })
+        finally:
+            management.unregister(name)
+            variant.unlink(missing_ok=True)
+    return {
+        "images": len(images), "image_folder": str(profile.images), "settings": profile.to_dict()["load"],
+        "baseline": {"backend": baseline_backend, "batch_size": baseline_setting.batch_size,
+                     "max_batch_delay": baseline_setting.max_batch_delay},
+        "results": rows, "skipped": skipped,
+    }
+
+
+def wait_for_management(endpoints: Endpoints, server, timeout: float = 120) -> None:
+    """`torchserve --start` returns before the frontend listens; wait for the key file and the API."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"TorchServe exited during start-up\n{server.log_tail()}")
+        try:
+            if server.token_auth and not server.key_file.exists():
+                raise FileNotFoundError("key file not written yet")
+            endpoints.inference_key = server.key("inference") or ""
+            endpoints.management_key = server.key("management") or ""
+            r = requests.get(f"{endpoints.management}/models", headers=endpoints.headers(True), timeout=10)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except (requests.RequestException, FileNotFoundError) as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise RuntimeError(f"TorchServe's management API did not answer in {timeout:.0f}s ({last})\n{server.log_tail()}")
+
+
+def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
+    """Start an empty TorchServe of our own (token auth on, as in production), run the sweep, stop it."""
+    from handler.server import TorchServe
+
+    store = server_dir / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    top_users = max(profile.load.users)
+    server = TorchServe(
+        store, {}, run_dir=server_dir,
+        # our own sampler measures CPU/RSS/GPU; TorchServe's collector would add load (and imports nvgpu on GPUs)
+        properties={"disable_system_metrics": "true", "job_queue_size": max(100, 4 * top_users)},
+    )
+    log(f"[load] starting TorchServe (logs: {server.log_dir})")
+    server.start()
+    try:
+        endpoints = Endpoints(server.inference_url, server.management_url, server.metrics_url, frontend_pid=server.pid)
+        wait_for_management(endpoints, server)
+        return run(profile, endpoints, store, log)
+    finally:
+        server.stop()
+        log("[load] TorchServe stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick", help="profile name or YAML path")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile value")
+    parser.add_argument("--server-dir", type=Path, default=Path("build/bench-server"), help="TorchServe's TMPDIR, logs and store")
+    parser.add_argument("--out", type=Path, required=True, help="write the load section as JSON here")
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.server_dir / "store", ignore_errors=True)
+    result = serve_and_run(load_profile(args.profile, args.set), args.server_dir.resolve())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

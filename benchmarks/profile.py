@@ -1,0 +1,140 @@
+"""Benchmark profiles: YAML files under ``benchmarks/profiles/`` read into typed settings.
+
+Every knob of a run lives in its profile, so a report can record exactly what was measured;
+``--set section.key=value`` on the command line overrides single values (parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PROFILES = Path(__file__).parent / "profiles"
+
+
+@dataclass
+class ModelSettings:
+    backends: list[str] = field(default_factory=lambda: ["eager"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    batch_sizes: dict[str, list[int]] = field(default_factory=lambda: {"cpu": [1, 8], "cuda": [1, 64, 256]})
+    warmup_iters: int = 2
+    warmup_seconds: float = 0.5
+    min_iters: int = 5
+    min_seconds: float = 1.0
+    max_seconds: float = 5.0
+    threads: int = 0  # 0: leave torch's default (every core)
+
+
+@dataclass
+class PreprocessSettings:
+    images: int = 8
+    repeats: int = 2
+
+
+@dataclass
+class BatchSetting:
+    batch_size: int
+    max_batch_delay: int  # milliseconds
+
+    @property
+    def label(self) -> str:
+        return f"b{self.batch_size}/d{self.max_batch_delay}"
+
+
+@dataclass
+class LoadSettings:
+    backends: list[str] = field(default_factory=lambda: ["eager"])
+    baseline: dict = field(default_factory=lambda: {"backend": "eager", "batch_size": 1, "max_batch_delay": 0})
+    batching: list[dict] = field(default_factory=list)
+    users: list[int] = field(default_factory=lambda: [1, 4, 16])
+    workers: int = 1
+    warmup_s: float = 5.0
+    window_s: float = 5.0
+    min_windows: int = 2
+    max_windows: int = 3
+    tolerance: float = 0.1
+    sample_interval_s: float = 1.0
+    max_minutes: float = 10.0
+
+    def baseline_setting(self) -> tuple[str, BatchSetting]:
+        b = self.baseline
+        return b["backend"], BatchSetting(int(b["batch_size"]), int(b["max_batch_delay"]))
+
+    def batch_settings(self) -> list[BatchSetting]:
+        return [BatchSetting(int(b["batch_size"]), int(b["max_batch_delay"])) for b in self.batching]
+
+    def plan(self) -> list[tuple[str, BatchSetting]]:
+        """(backend, batch setting) pairs in run order: the naive baseline first, then every backend
+        with every batching setting."""
+        base = self.baseline_setting()
+        pairs = [base]
+        for backend in self.backends:
+            for setting in self.batch_settings():
+                if (backend, setting) != base:
+                    pairs.append((backend, setting))
+        return pairs
+
+
+@dataclass
+class Profile:
+    name: str = "custom"
+    images: str = "examples"
+    weights: str = "weights/default.safetensors"
+    export_dir: str = "build/export"
+    model_store: str = "model_store"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
+    load: LoadSettings = field(default_factory=LoadSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings}
+
+
+def _apply(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """``quick`` -> benchmarks/profiles/quick.yaml; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return PROFILES / f"{name_or_path}.yaml"
+
+
+def from_dict(data: dict) -> Profile:
+    known = {f.name for f in dataclasses.fields(Profile)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown profile keys: {sorted(unknown)}")
+    top = {k: v for k, v in data.items() if k not in _SECTIONS}
+    sections = {}
+    for key, cls in _SECTIONS.items():
+        values = data.get(key) or {}
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        bad = set(values) - allowed
+        if bad:
+            raise ValueError(f"unknown keys in profile section {key!r}: {sorted(bad)}")
+        sections[key] = cls(**values)
+    return Profile(**top, **sections)
+
+
+def load_profile(name_or_path: str | Path, overrides: list[str] | None = None) -> Profile:
+    """Read a profile and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    data = yaml.safe_load(resolve(name_or_path).read_text()) or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        _apply(data, key.strip(), yaml.safe_load(raw))
+    return from_dict(data)

@@ -1,0 +1,497 @@
+"""summary.json -> report.md, CSVs and PNG plots, in the run's folder.
+
+Everything here is derived from the summary alone, so a recorded run can be re-rendered (or a report
+rebuilt after this module changes) without measuring again:
+
+    python -m benchmarks.report benchmarks/reports/<run>/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+PERCENTILES = ("p50", "p90", "p95", "p99")
+PLOTS = {
+    "latency": "latency_vs_users.png",
+    "throughput": "throughput_vs_users.png",
+    "model": "model_images_per_s.png",
+    "preprocess": "preprocessing.png",
+}
+# Issue #5's aims for an H100; the report states the distance when it ran on a GPU.
+GPU_TARGETS = {
+    "model_images_per_s_batch256": 20_000,
+    "model_latency_ms_batch1": 1.0,
+    "e2e_rps_64_users": 2_000,
+    "e2e_p99_ms_64_users": 50.0,
+}
+
+
+# --- derived numbers ------------------------------------------------------------------------------
+
+
+def config_label(row: dict) -> str:
+    return f"{row['backend']} b{row['batch_size']}/d{row['max_batch_delay']}"
+
+
+def load_rows(summary: dict) -> list[dict]:
+    return (summary.get("load") or {}).get("results", [])
+
+
+def speedups(summary: dict) -> list[dict]:
+    """Every load row against the naive baseline at the same number of users, measured in the same
+    run: requests/s ratio (higher is better) and p99 ratio (baseline / row, higher is better)."""
+    rows = load_rows(summary)
+    base = {r["users"]: r for r in rows if r.get("baseline")}
+    out = []
+    for r in rows:
+        b = base.get(r["users"])
+        if not b or r.get("baseline"):
+            continue
+        p99, base_p99 = r["latency_ms"].get("p99"), b["latency_ms"].get("p99")
+        out.append({
+            "config": config_label(r), "users": r["users"],
+            "rps": r["rps"], "baseline_rps": b["rps"], "rps_ratio": r["rps"] / b["rps"] if b["rps"] else None,
+            "p99_ms": p99, "baseline_p99_ms": base_p99,
+            "p99_ratio": base_p99 / p99 if p99 and base_p99 else None,
+        })
+    return out
+
+
+def best_model(summary: dict, batch: int | None = None) -> dict | None:
+    rows = (summary.get("model") or {}).get("results", [])
+    if batch is not None:
+        rows = [r for r in rows if r["batch"] == batch]
+    return max(rows, key=lambda r: r["images_per_s"], default=None)
+
+
+def fastest_batch1(summary: dict) -> dict | None:
+    rows = [r for r in (summary.get("model") or {}).get("results", []) if r["batch"] == 1]
+    return min(rows, key=lambda r: r["latency_ms"]["p50"], default=None)
+
+
+def best_load(summary: dict, users: int | None = None) -> dict | None:
+    rows = [r for r in load_rows(summary) if users is None or r["users"] == users]
+    rows = [r for r in rows if r["failures"] == 0] or rows
+    return max(rows, key=lambda r: r["rps"], default=None)
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _server_keys(rows: list[dict]) -> list[str]:
+    """Server-side columns worth a table: the frontend split first, then the handler's timings."""
+    keys = sorted({k for r in rows for k in r.get("server", {})})
+    first = [k for k in ("queue_ms", "total_ms") if k in keys]
+    timings = [k for k in keys if k not in first and ("Time" in k or k.endswith("_ms"))]
+    return first + timings
+
+
+def machine_section(summary: dict) -> str:
+    m = summary.get("machine", {})
+    gpus = m.get("gpus") or []
+    gpu = "; ".join(f"{g['name']} ({g['memory_mib'] / 1024:.0f} GiB, driver {g['driver']})" for g in gpus) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
+    rows = [
+        ["device measured", summary.get("device", "?")],
+        ["CPU", f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} logical cores"],
+        ["memory", f"{m.get('memory_gib', '?')} GiB"],
+        ["GPU", gpu],
+        ["OS", m.get("os", "?")],
+        ["load average at start", ", ".join(str(v) for v in m.get("load_average_at_start") or []) or "–"],
+        ["versions", versions],
+    ]
+    return table(["", ""], rows)
+
+
+def headline(summary: dict) -> list[str]:
+    lines = []
+    best = best_model(summary)
+    if best:
+        lines.append(f"- Model only: best {best['images_per_s']:,.1f} images/s ({best['backend']} {best['precision']}, "
+                     f"batch {best['batch']}); fastest batch-1 p50 "
+                     f"{fastest_batch1(summary)['latency_ms']['p50']:.2f} ms ({fastest_batch1(summary)['backend']}).")
+    pre = summary.get("preprocess") or {}
+    if pre.get("stages_ms"):
+        lines.append(f"- Preprocessing (decode + face detection + crop): {pre['stages_ms']['total']['mean']:.1f} ms per image, "
+                     f"{pre['images_per_s_one_core']:.1f} images/s on one core.")
+    top = best_load(summary)
+    if top:
+        lines.append(f"- End to end: best {top['rps']:.1f} requests/s ({config_label(top)}, {top['users']} users, "
+                     f"p99 {top['latency_ms'].get('p99', float('nan')):.0f} ms, {top['failures']} failures).")
+    ups = [s for s in speedups(summary) if s["rps_ratio"]]
+    if ups:
+        best_up = max(ups, key=lambda s: s["rps_ratio"])
+        lines.append(f"- Against the naive baseline (eager, batch 1, one image per request) in the same run: up to "
+                     f"{best_up['rps_ratio']:.2f}x requests/s ({best_up['config']} at {best_up['users']} users).")
+    return lines
+
+
+def bounds_section(summary: dict) -> list[str]:
+    """Where the time goes, from measured numbers only."""
+    lines = []
+    pre = summary.get("preprocess") or {}
+    model = summary.get("model") or {}
+    top = best_load(summary)
+    if pre.get("stages_ms"):
+        stages = pre["stages_ms"]
+        lines.append(f"- Preprocessing costs {stages['total']['mean']:.1f} ms per image (decode {stages['decode']['mean']:.1f}, "
+                     f"detection {stages['detect']['mean']:.1f}, crop {stages['crop']['mean']:.1f}); on its own it caps one "
+                     f"worker core at {pre['images_per_s_one_core']:.0f} images/s.")
+    best = best_model(summary)
+    if best:
+        lines.append(f"- The model alone reaches {best['images_per_s']:,.0f} images/s ({best['backend']}, batch {best['batch']}), "
+                     f"{100 * (best.get('peak_fraction') or 0):.0f} % of the measured {best['precision']} matmul peak "
+                     f"({model.get('flops_per_image', 0) / 1e9:.2f} GFLOP per image).")
+    if top:
+        server = top.get("server", {})
+        parts = [f"{top['rps']:.1f} requests/s at {top['users']} users ({config_label(top)})"]
+        if "total_ms" in server:
+            parts.append(f"server time {server['total_ms']:.1f} ms per request, of which {server.get('queue_ms', 0):.1f} ms queueing")
+        host = top.get("host", {})
+        if host:
+            parts.append(f"workers {host.get('workers_cpu_percent', 0):.0f} % CPU, frontend {host.get('frontend_cpu_percent', 0):.0f} %, "
+                         f"load generator {host.get('client_cpu_percent', 0):.0f} %, other processes {host.get('other_cpu_percent', 0):.0f} % "
+                         f"(100 % = one core)")
+        lines.append("- End to end: " + "; ".join(parts) + ".")
+        if pre.get("images_per_s_one_core") and best:
+            per_image_ms = 1000 / pre["images_per_s_one_core"] + 1000 / best["images_per_s"]
+            lines.append(f"- Preprocessing + model at its best batch need {per_image_ms:.1f} ms of compute per image, so one core "
+                         f"serves at most {1000 / per_image_ms:.0f} images/s; the measured end-to-end rate is "
+                         f"{top['rps']:.1f}/s. The gap is HTTP, queueing, Python and the load generator sharing the cores.")
+    return lines
+
+
+def targets_section(summary: dict) -> list[str]:
+    if not str(summary.get("device", "")).startswith("cuda"):
+        return ["The H100 targets of issue #5 (≥ 20,000 images/s at batch 256, < 1 ms at batch 1, ≥ 2,000 requests/s "
+                "with p99 < 50 ms at 64 users) apply to a GPU run; this run was on the CPU."]
+    rows = []
+    b256 = best_model(summary, 256)
+    b1 = fastest_batch1(summary)
+    e64 = best_load(summary, 64)
+    checks = [
+        ("model images/s, batch 256", b256 and b256["images_per_s"], GPU_TARGETS["model_images_per_s_batch256"], True),
+        ("model p50 ms, batch 1", b1 and b1["latency_ms"]["p50"], GPU_TARGETS["model_latency_ms_batch1"], False),
+        ("end-to-end requests/s, 64 users", e64 and e64["rps"], GPU_TARGETS["e2e_rps_64_users"], True),
+        ("end-to-end p99 ms, 64 users", e64 and e64["latency_ms"].get("p99"), GPU_TARGETS["e2e_p99_ms_64_users"], False),
+    ]
+    for name, value, target, higher in checks:
+        if value is None or value is False:
+            rows.append([name, "not measured", fmt(float(target)), "–"])
+            continue
+        met = value >= target if higher else value < target
+        rows.append([name, fmt(float(value), 2), fmt(float(target)), "met" if met else f"{value / target:.2f}x of target"])
+    return [table(["target", "measured", "aim", "distance"], rows)]
+
+
+# --- CSVs -----------------------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_csvs(summary: dict, out: Path) -> list[str]:
+    written = []
+    model = [
+        {"backend": r["backend"], "precision": r["precision"], "batch": r["batch"], "iters": r["iters"],
+         **{f"latency_{k}_ms": v for k, v in r["latency_ms"].items()},
+         "images_per_s": r["images_per_s"], "tflops": r["tflops"], "peak_fraction": r["peak_fraction"]}
+        for r in (summary.get("model") or {}).get("results", [])
+    ]
+    load = [
+        {"backend": r["backend"], "batch_size": r["batch_size"], "max_batch_delay": r["max_batch_delay"],
+         "workers": r["workers"], "baseline": r.get("baseline", False), "users": r["users"], "rps": r["rps"],
+         **{f"latency_{k}_ms": v for k, v in r["latency_ms"].items()},
+         "requests": r["requests"], "failures": r["failures"], "windows": r["windows"], "stable": r["stable"],
+         **{f"server_{k}": v for k, v in r.get("server", {}).items()},
+         **{f"host_{k}": v for k, v in r.get("host", {}).items()},
+         **{f"gpu{g['index']}_{k}": v for g in r.get("gpu", []) for k, v in g.items() if k != "index"}}
+        for r in load_rows(summary)
+    ]
+    pre = (summary.get("preprocess") or {}).get("stages_ms", {})
+    preprocess = [{"stage": stage, **{f"{k}_ms": v for k, v in stats.items()}} for stage, stats in pre.items()]
+    for name, rows in (("model.csv", model), ("load.csv", load), ("preprocess.csv", preprocess),
+                       ("speedups.csv", speedups(summary))):
+        if rows:
+            _write_csv(out / name, rows)
+            written.append(name)
+    return written
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def _configs(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(config_label(r), []).append(r)
+    return {k: sorted(v, key=lambda r: r["users"]) for k, v in groups.items()}
+
+
+def plot_latency(summary: dict, path: Path) -> bool:
+    groups = _configs(load_rows(summary))
+    if not groups:
+        return False
+    cols = min(3, len(groups))
+    rows = (len(groups) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax, (label, runs) in zip(axes.flat, groups.items()):
+        users = [r["users"] for r in runs]
+        for p in PERCENTILES:
+            ax.plot(users, [r["latency_ms"].get(p) for r in runs], marker="o", label=p)
+        ax.set_title(label + (" (baseline)" if runs[0].get("baseline") else ""))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(users, [str(u) for u in users])
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent users")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("latency (ms)")
+    axes[0][0].legend()
+    fig.suptitle(f"Request latency vs concurrency ({summary.get('device', '')})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_throughput(summary: dict, path: Path) -> bool:
+    groups = _configs(load_rows(summary))
+    if not groups:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs in groups.items():
+        style = "--" if runs[0].get("baseline") else "-"
+        ax.plot([r["users"] for r in runs], [r["rps"] for r in runs], style, marker="o",
+                label=label + (" (baseline)" if runs[0].get("baseline") else ""))
+    users = sorted({r["users"] for r in load_rows(summary)})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(users, [str(u) for u in users])
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"Throughput vs concurrency ({summary.get('device', '')})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_model(summary: dict, path: Path) -> bool:
+    rows = (summary.get("model") or {}).get("results", [])
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['backend']} {r['precision']}", []).append(r)
+    for label, runs in groups.items():
+        runs = sorted(runs, key=lambda r: r["batch"])
+        ax.plot([r["batch"] for r in runs], [r["images_per_s"] for r in runs], marker="o", label=label)
+    batches = sorted({r["batch"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s (model only)")
+    ax.set_title(f"Model throughput vs batch size ({summary.get('device', '')})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_preprocess(summary: dict, path: Path) -> bool:
+    pre = (summary.get("preprocess") or {}).get("stages_ms")
+    if not pre:
+        return False
+    labels = ["decode", "detect", "crop"]
+    values = [pre[s]["mean"] for s in labels]
+    p99 = [pre[s]["p99"] for s in labels]
+    best, b1 = best_model(summary), fastest_batch1(summary)
+    if b1:
+        labels.append(f"model batch 1\n({b1['backend']})")
+        values.append(b1["latency_ms"]["mean"])
+        p99.append(b1["latency_ms"]["p99"])
+    if best:
+        labels.append(f"model per image\n({best['backend']} b{best['batch']})")
+        values.append(1000 / best["images_per_s"])
+        p99.append(1000 / best["images_per_s"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bars = ax.bar(labels, values, color=["#4c72b0"] * 3 + ["#dd8452"] * (len(labels) - 3))
+    ax.errorbar(labels, values, yerr=[[0] * len(values), [max(0.0, h - v) for h, v in zip(p99, values)]],
+                fmt="none", ecolor="black", capsize=4, label="p99")
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("ms per image (mean; whisker to p99)")
+    ax.set_title("Preprocessing cost per image vs model cost")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --- report.md ------------------------------------------------------------------------------------
+
+
+def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
+    md = [f"# Benchmark report: {summary.get('profile', {}).get('name', '?')} profile on {summary.get('device', '?')}", ""]
+    md += [f"Created {summary.get('created', '?')} with:", "", "```", summary.get("command", "?"), "```", ""]
+    for note in summary.get("notes", []):
+        md += [f"> {note}", ""]
+    md += ["## Machine", "", machine_section(summary), ""]
+    md += ["## Headline", ""] + (headline(summary) or ["Nothing was measured."]) + [""]
+    md += ["## What bounds throughput", ""] + (bounds_section(summary) or ["–"]) + [""]
+    md += ["## GPU targets", ""] + targets_section(summary) + [""]
+
+    model = summary.get("model") or {}
+    if model.get("results"):
+        md += ["## Model only (no HTTP)", "",
+               f"Device {model['device']}, {model['threads']} CPU threads, input {model['input_size']}x{model['input_size']}, "
+               f"{model['flops_per_image'] / 1e9:.2f} GFLOP per image (torch.utils.flop_counter: convolutions and matmuls). "
+               "Measured peak (best large matmul): " + ", ".join(f"{p} {v / 1e12:.2f} TFLOP/s" for p, v in model["peak_flops"].items())
+               + ". Every timed call is followed by a device synchronisation; warm-up calls are not counted.", ""]
+        md.append(table(
+            ["backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "TFLOP/s", "% of peak"],
+            [[r["backend"], r["precision"], r["batch"], r["latency_ms"]["p50"], r["latency_ms"]["p90"], r["latency_ms"]["p99"],
+              r["images_per_s"], f"{r['tflops']:.3f}", None if r["peak_fraction"] is None else 100 * r["peak_fraction"]]
+             for r in model["results"]]))
+        md.append("")
+        if plots.get("model"):
+            md += [f"![model throughput]({PLOTS['model']})", ""]
+    pre = summary.get("preprocess") or {}
+    if pre.get("stages_ms"):
+        md += ["## Preprocessing per image", "",
+               f"{pre['images']} images x {pre['repeats']} passes, mean {pre['mean_megapixels']:.2f} MP, "
+               f"{pre['faces_per_image']:.2f} faces per image, one image at a time on one thread.", ""]
+        md.append(table(["stage", "mean ms", "p50 ms", "p90 ms", "p99 ms"],
+                        [[s, v["mean"], v["p50"], v["p90"], v["p99"]] for s, v in pre["stages_ms"].items()]))
+        md.append("")
+        if plots.get("preprocess"):
+            md += [f"![preprocessing]({PLOTS['preprocess']})", ""]
+    elif pre.get("skipped"):
+        md += ["## Preprocessing per image", "", f"Skipped: {pre['skipped']}", ""]
+
+    rows = load_rows(summary)
+    if rows:
+        load = summary["load"]
+        st = load.get("settings", {})
+        md += ["## End to end through TorchServe (Locust)", "",
+               f"{load['images']} images from `{load['image_folder']}` posted round-robin as raw bytes, one per request, by "
+               f"closed-loop Locust users on loopback; {st.get('workers', '?')} worker(s) per model. Each level: "
+               f"{st.get('warmup_s')} s warm-up, then {st.get('window_s')} s windows until {st.get('min_windows')} consecutive "
+               f"windows agree within {100 * st.get('tolerance', 0):.0f} % on requests/s (at most {st.get('max_windows')}); "
+               "latency percentiles over the requests of those windows. Baseline: "
+               f"{load['baseline']['backend']}, batchSize {load['baseline']['batch_size']}, maxBatchDelay "
+               f"{load['baseline']['max_batch_delay']} ms.", ""]
+        md.append(table(
+            ["config", "users", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "failures", "windows", "stable"],
+            [[config_label(r) + (" *baseline*" if r.get("baseline") else ""), r["users"], r["rps"],
+              *(r["latency_ms"].get(p) for p in PERCENTILES), r["failures"], r["windows"], "yes" if r["stable"] else "no"]
+             for r in rows]))
+        md.append("")
+        ups = speedups(summary)
+        if ups:
+            md += ["### Speed-up over the naive baseline (same run, same users)", ""]
+            md.append(table(["config", "users", "req/s", "baseline req/s", "req/s ratio", "p99 ms", "baseline p99 ms", "p99 ratio"],
+                            [[u["config"], u["users"], u["rps"], u["baseline_rps"], u["rps_ratio"] and f"{u['rps_ratio']:.2f}x",
+                              u["p99_ms"], u["baseline_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in ups]))
+            md += ["", "p99 ratio = baseline p99 / config p99 (above 1: the config is faster).", ""]
+        keys = _server_keys(rows)
+        if keys:
+            md += ["### Server-side split (TorchServe metrics, mean per window)", "",
+                   "`queue_ms` and `total_ms` are exact per-request means from the frontend's counters; the handler's times "
+                   "are per batch (gauges sampled through the window).", ""]
+            md.append(table(["config", "users", *keys],
+                            [[config_label(r), r["users"], *(r.get("server", {}).get(k) for k in keys)] for r in rows]))
+            md.append("")
+        md += ["### Host resources (mean CPU %, 100 = one core; peak RSS MiB)", ""]
+        md.append(table(
+            ["config", "users", "workers CPU", "frontend CPU", "Locust CPU", "other CPU", "workers RSS", "frontend RSS", "GPU util %", "GPU MiB"],
+            [[config_label(r), r["users"], *(r.get("host", {}).get(k) for k in
+              ("workers_cpu_percent", "frontend_cpu_percent", "client_cpu_percent", "other_cpu_percent", "workers_rss_mib", "frontend_rss_mib")),
+              "/".join(fmt(g["util_percent"], 0) for g in r.get("gpu", [])) or "–",
+              "/".join(fmt(g["memory_mib"], 0) for g in r.get("gpu", [])) or "–"] for r in rows]))
+        md.append("")
+        for key in ("throughput", "latency"):
+            if plots.get(key):
+                md += [f"![{key}]({PLOTS[key]})", ""]
+        failed = [r for r in rows if r["failures"]]
+        for r in failed:
+            md.append(f"- failures at {config_label(r)}, {r['users']} users: " + "; ".join(r.get("failure_examples", [])))
+        if failed:
+            md.append("")
+
+    skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
+    if skipped:
+        md += ["## Not measured", ""]
+        md += [f"- {s.get('backend', '?')} {s.get('precision', s.get('setting', ''))}"
+               + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
+               + f": {s['reason']}" for s in skipped]
+        md.append("")
+    md += ["## Files", "", "`summary.json` (everything above, machine-readable), " +
+           ", ".join(f"`{c}`" for c in summary.get("_csvs", [])) + ", and the plots.", ""]
+    return "\n".join(md)
+
+
+def build(run_dir: str | Path) -> Path:
+    """Render report.md, CSVs and plots from ``run_dir/summary.json``; returns the report's path."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    plots = {
+        "latency": plot_latency(summary, run_dir / PLOTS["latency"]),
+        "throughput": plot_throughput(summary, run_dir / PLOTS["throughput"]),
+        "model": plot_model(summary, run_dir / PLOTS["model"]),
+        "preprocess": plot_preprocess(summary, run_dir / PLOTS["preprocess"]),
+    }
+    summary["_csvs"] = write_csvs(summary, run_dir)
+    report = run_dir / "report.md"
+    report.write_text(render_markdown(summary, plots))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a folder holding summary.json")
+    args = parser.parse_args(argv)
+    print(build(args.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
