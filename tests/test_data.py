@@ -1,0 +1,149 @@
+"""Data discovery, splitting, the crop cache (through the serving preprocessor) and augmentations."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from handler.preprocessing import FacePreprocessor
+from training.augment import Augment, AugmentConfig, self_blend
+from training.data import (
+    LABELS,
+    CropCache,
+    CropDataset,
+    CropSettings,
+    Sample,
+    SplitSpec,
+    discover,
+    stratified_split,
+)
+
+
+def touch_images(folder, n, prefix="img"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{prefix}{i:03d}.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image, ignored")
+
+
+def test_labels_are_explicit():
+    # alphabetical order would give fake = 0; the contract is real = 0, fake = 1
+    assert LABELS == {"real": 0, "fake": 1}
+
+
+def test_flat_folder_split_is_stratified_deterministic_and_disjoint(tmp_path):
+    touch_images(tmp_path / "Real", 100)  # folder names are case-insensitive
+    touch_images(tmp_path / "FAKE", 60)
+    splits = discover(tmp_path, SplitSpec(val=0.15, test=0.15, seed=7))
+    counts = {k: (sum(s.label == 0 for s in v), sum(s.label == 1 for s in v)) for k, v in splits.items()}
+    assert counts == {"train": (70, 42), "val": (15, 9), "test": (15, 9)}
+    paths = [set(s.path for s in v) for v in splits.values()]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    assert all(s.label == (1 if s.path.parent.name == "FAKE" else 0) for v in splits.values() for s in v)
+    assert discover(tmp_path, SplitSpec(val=0.15, test=0.15, seed=7)) == splits
+    assert discover(tmp_path, SplitSpec(val=0.15, test=0.15, seed=8))["test"] != splits["test"]
+
+
+def test_split_does_not_depend_on_listing_order(tmp_path):
+    samples = [Sample(tmp_path / f"{i}.jpg", i % 2) for i in range(40)]
+    spec = SplitSpec(0.2, 0.2, 0)
+    assert stratified_split(samples, spec) == stratified_split(list(reversed(samples)), spec)
+
+
+def test_presplit_layout_is_used_as_given(tmp_path):
+    for split, n in [("train", 5), ("Val", 2), ("test", 3)]:
+        touch_images(tmp_path / split / "real", n)
+        touch_images(tmp_path / split / "fake", n + 1)
+    splits = discover(tmp_path)
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [11, 5, 7]
+
+
+def test_missing_class_folder_is_an_error(tmp_path):
+    touch_images(tmp_path / "real", 3)
+    with pytest.raises(ValueError, match="real.*fake"):
+        discover(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    (root / "real").mkdir()
+    (root / "fake").mkdir()
+    Image.fromarray(skdata.astronaut()).save(root / "real" / "astronaut.jpg", quality=95)
+    Image.new("RGB", (120, 90), (200, 120, 40)).save(root / "fake" / "flat.png")
+    (root / "fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"truncated" * 10)
+    return root
+
+
+def test_crop_cache_skips_corrupt_images_and_matches_serving(image_folder, tmp_path):
+    samples = discover(image_folder, SplitSpec(0.0, 0.0))["train"]
+    settings = CropSettings(input_size=96, margin=0.3)
+    crops, skipped = CropCache(tmp_path, settings).prepare(samples)
+
+    assert [(s.source.name, s.code) for s in skipped] == [("broken.jpg", "not_an_image")]
+    by_name = {c.source.name: c for c in crops}
+    assert set(by_name) == {"astronaut.jpg", "flat.png"}
+    assert by_name["astronaut.jpg"].face_found and not by_name["flat.png"].face_found
+    assert (by_name["astronaut.jpg"].label, by_name["flat.png"].label) == (0, 1)
+
+    # the cached crop holds exactly the pixels serving computes for the same file
+    served = FacePreprocessor(96, 0.3).prepare(Image.open(image_folder / "real" / "astronaut.jpg").convert("RGB"))
+    cached = Image.open(by_name["astronaut.jpg"].crop)
+    assert np.array_equal(np.asarray(cached), np.asarray(served.crops[0]))
+
+    # a second cache on the same folder answers from disk: no detector is ever built
+    again = CropCache(tmp_path, settings)
+    crops2, skipped2 = again.prepare(samples)
+    assert again._preprocessor is None
+    assert [c.crop for c in crops2] == [c.crop for c in crops] and len(skipped2) == 1
+
+    # other settings -> another cache folder
+    assert CropSettings(96, 0.2).key() != settings.key()
+
+    x, y = CropDataset(crops)[0]
+    assert x.shape == (3, 96, 96) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.item() in (0.0, 1.0)
+
+
+def test_augment_is_reproducible_under_a_seed():
+    image = Image.fromarray(skdata.astronaut()).resize((128, 128))
+    augment = Augment(AugmentConfig(jpeg=1.0, blur=1.0))
+    torch.manual_seed(5)
+    a, _ = augment(image, 0)
+    torch.manual_seed(5)
+    b, _ = augment(image, 0)
+    assert a.size == (128, 128)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(image))
+
+
+def test_self_blended_fake():
+    image = Image.fromarray(skdata.astronaut()).resize((128, 128))
+    fake = self_blend(image, seed=3)
+    assert fake.size == image.size and fake.mode == "RGB"
+    diff = np.abs(np.asarray(fake, np.int16) - np.asarray(image, np.int16)).sum(axis=2)
+    # blended inside the face, untouched at the corners
+    assert diff[48:80, 48:80].mean() > 2
+    assert diff[:8, :8].mean() < 1 and diff[-8:, -8:].mean() < 1
+    assert np.array_equal(np.asarray(self_blend(image, seed=3)), np.asarray(fake))
+
+
+def test_sbi_turns_real_into_fake_only():
+    image = Image.new("RGB", (64, 64), (100, 120, 140))
+    augment = Augment(AugmentConfig(sbi=1.0))
+    assert augment(image, 0)[1] == 1
+    assert augment(image, 1)[1] == 1
+    assert Augment(AugmentConfig(sbi=0.0))(image, 0)[1] == 0
+
+
+def test_dataset_report(image_folder, tmp_path):
+    from training.dataset_report import dataset_report
+
+    report = dataset_report(image_folder, tmp_path, SplitSpec(0.0, 0.0), spectrum_size=64)
+    assert report["total"] == {"real": 1, "fake": 2}
+    assert [u["error"] for u in report["unreadable"]] == ["not_an_image"]
+    assert report["resolutions"] == {"512x512": 1, "120x90": 1}
+    assert report["spectrum_images"] == {"real": 1, "fake": 1}
+    with Image.open(tmp_path / "spectra.png") as png:
+        assert png.format == "PNG"

@@ -1,0 +1,249 @@
+"""Datasets: find the images, split them, turn them into cached face crops, serve them to the trainer.
+
+Two layouts are accepted (folder names case-insensitive):
+
+* ``root/{train,val,test}/{real,fake}/`` — the splits are taken as given;
+* ``root/{real,fake}/`` — split deterministically and stratified by class from a seed.
+
+Labels are explicit, never alphabetical: real = 0, fake = 1.
+
+Every image goes once through ``handler.preprocessing`` (decode, face detection, square crop) —
+the code serving runs — and the crop is stored as a lossless PNG under the cache folder, keyed by the
+file's content hash and the preprocessing settings. Unreadable images are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from handler.preprocessing import FacePreprocessor, ImageError, decode_image
+
+log = logging.getLogger(__name__)
+
+LABELS = {"real": 0, "fake": 1}
+CLASS_NAMES = {v: k for k, v in LABELS.items()}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+CACHE_VERSION = 1  # bump when the crop procedure changes in a way the settings do not capture
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 real, 1 fake
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a flat real/fake folder is split; stored in the weights' metadata for reproducibility."""
+
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+
+def _child_dirs(root: Path, names: dict[str, str]) -> dict[str, Path]:
+    """Sub-folders of ``root`` whose lower-cased name is a key of ``names``, keyed by ``names`` value."""
+    found: dict[str, Path] = {}
+    for child in sorted(root.iterdir()):
+        key = names.get(child.name.lower())
+        if child.is_dir() and key is not None:
+            if key in found:
+                raise ValueError(f"{root} has two folders for '{key}': {found[key].name}, {child.name}")
+            found[key] = child
+    return found
+
+
+def list_class_folders(root: str | Path) -> list[Sample]:
+    """All image files under ``root/real`` and ``root/fake`` (recursive), sorted by path."""
+    root = Path(root)
+    classes = _child_dirs(root, {name: name for name in LABELS})
+    if set(classes) != set(LABELS):
+        raise ValueError(f"{root} must contain 'real' and 'fake' folders (found: {sorted(classes) or 'none'})")
+    samples = []
+    for name, folder in classes.items():
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        samples += [Sample(p, LABELS[name]) for p in files]
+    return sorted(samples, key=lambda s: str(s.path))
+
+
+def stratified_split(samples: Sequence[Sample], spec: SplitSpec) -> dict[str, list[Sample]]:
+    """Per class: sort, shuffle with the seed, cut into test / val / train by the fractions."""
+    if not 0 <= spec.val < 1 or not 0 <= spec.test < 1 or spec.val + spec.test >= 1:
+        raise ValueError(f"bad split fractions val={spec.val} test={spec.test}")
+    splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for label in sorted(LABELS.values()):
+        group = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
+        random.Random(f"{spec.seed}-{label}").shuffle(group)
+        n_test = round(len(group) * spec.test)
+        n_val = round(len(group) * spec.val)
+        splits["test"] += group[:n_test]
+        splits["val"] += group[n_test : n_test + n_val]
+        splits["train"] += group[n_test + n_val :]
+    return {k: sorted(v, key=lambda s: str(s.path)) for k, v in splits.items()}
+
+
+def discover(root: str | Path, spec: SplitSpec = SplitSpec()) -> dict[str, list[Sample]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` from either layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    split_dirs = _child_dirs(root, SPLIT_NAMES)
+    if split_dirs:
+        if "train" not in split_dirs:
+            raise ValueError(f"{root} has split folders {sorted(split_dirs)} but no 'train'")
+        return {name: list_class_folders(split_dirs[name]) if name in split_dirs else [] for name in ("train", "val", "test")}
+    return stratified_split(list_class_folders(root), spec)
+
+
+def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
+    return {name: sum(1 for s in samples if s.label == label) for name, label in LABELS.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Crop cache
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Everything that decides the crop's pixels; its hash names the cache folder."""
+
+    input_size: int
+    margin: float = 0.3
+    score_threshold: float = 0.8
+    nms_threshold: float = 0.4
+    max_side: int = 640
+
+    def key(self) -> str:
+        text = json.dumps({**asdict(self), "version": CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def detector_options(self) -> dict:
+        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold, "max_side": self.max_side}
+
+
+@dataclass(frozen=True)
+class CachedCrop:
+    crop: Path  # PNG, input_size x input_size
+    label: int
+    source: Path
+    face_found: bool
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: Path
+    code: str
+    message: str
+
+
+class CropCache:
+    """Face crops on disk: ``<cache_dir>/<settings key>/<sha[:2]>/<sha>.png`` plus ``index.json``.
+
+    The index maps content hash -> detection result (or the decode error), so a second run neither
+    decodes nor detects anything; a file whose bytes change gets a new hash and is redone.
+    """
+
+    def __init__(self, cache_dir: str | Path, settings: CropSettings, batch_size: int = 16, threads: int = 1):
+        self.settings = settings
+        self.root = Path(cache_dir) / settings.key()
+        self.batch_size = batch_size
+        self.threads = threads
+        self.index_path = self.root / "index.json"
+        self.index: dict[str, dict] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+        self._preprocessor: FacePreprocessor | None = None
+
+    @property
+    def preprocessor(self) -> FacePreprocessor:
+        if self._preprocessor is None:  # loading the detector is only needed on a cache miss
+            self._preprocessor = FacePreprocessor(
+                self.settings.input_size, self.settings.margin, threads=self.threads, **self.settings.detector_options()
+            )
+        return self._preprocessor
+
+    def crop_path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.png"
+
+    def prepare(self, samples: Sequence[Sample], desc: str = "crops") -> tuple[list[CachedCrop], list[Skipped]]:
+        """Crops for ``samples`` (computing missing ones in detector batches) and the files skipped."""
+        digests = [hashlib.sha256(s.path.read_bytes()).hexdigest() for s in samples]
+        missing = [(s, d) for s, d in zip(samples, digests) if d not in self.index or (
+            "error" not in self.index[d] and not self.crop_path(d).exists())]
+        if missing:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tqdm(total=len(missing), desc=f"face crops ({desc})", unit="img", leave=False) as bar:
+                for start in range(0, len(missing), self.batch_size):
+                    self._compute(missing[start : start + self.batch_size])
+                    bar.update(len(missing[start : start + self.batch_size]))
+            self.index_path.write_text(json.dumps(self.index, sort_keys=True))
+
+        crops, skipped = [], []
+        for sample, digest in zip(samples, digests):
+            entry = self.index[digest]
+            if "error" in entry:
+                skipped.append(Skipped(sample.path, entry["error"], entry["message"]))
+                log.warning("skipping %s: %s (%s)", sample.path, entry["message"], entry["error"])
+            else:
+                crops.append(CachedCrop(self.crop_path(digest), sample.label, sample.path, entry["face_found"]))
+        return crops, skipped
+
+    def _compute(self, batch: Sequence[tuple[Sample, str]]) -> None:
+        images, keep = [], []
+        for sample, digest in batch:
+            try:
+                images.append(decode_image(sample.path.read_bytes()))
+                keep.append(digest)
+            except ImageError as exc:
+                self.index[digest] = {"error": exc.code, "message": exc.message}
+        for digest, prepared in zip(keep, self.preprocessor.prepare_many(images)):
+            path = self.crop_path(digest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            prepared.crops[0].save(path, format="PNG", compress_level=1)
+            face = prepared.faces[0].to_dict() if prepared.faces else None
+            self.index[digest] = {"face_found": prepared.face_found, "face": face}
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch dataset
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL -> (3, H, W) float in [0, 1], the same conversion as ``to_tensor_batch``."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class CropDataset(Dataset):
+    """Cached crops -> (image tensor, label). ``transform`` maps (PIL crop, label) -> (PIL, label),
+    so augmentations such as self-blending may turn a real face into a fake one."""
+
+    def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([item.label for item in self.items], dtype=np.int64)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.items[index]
+        with Image.open(item.crop) as f:
+            image = f.convert("RGB")
+        label = item.label
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)

@@ -1,0 +1,83 @@
+"""Binary detection metrics with "fake" (label 1) as the positive class, built on scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+THRESHOLD_METHODS = ("youden", "eer", "f1")
+
+
+def _both_classes(y_true: np.ndarray) -> bool:
+    return len(np.unique(y_true)) == 2
+
+
+def equal_error_rate(y_true, p_fake) -> tuple[float, float]:
+    """(EER, threshold at the EER): where the false-positive and false-negative rates cross,
+    linearly interpolated between the two ROC points that bracket the crossing."""
+    fpr, tpr, thresholds = roc_curve(np.asarray(y_true), np.asarray(p_fake))
+    fnr = 1 - tpr
+    diff = fpr - fnr  # rises from -1 to +1 along the curve
+    i = int(np.argmax(diff >= 0))
+    if i == 0 or diff[i] == 0:
+        return float((fpr[i] + fnr[i]) / 2), float(min(thresholds[i], 1.0))
+    # crossing between i-1 and i
+    t = diff[i - 1] / (diff[i - 1] - diff[i])
+    eer = fpr[i - 1] + t * (fpr[i] - fpr[i - 1])
+    threshold = min(thresholds[i - 1], 1.0) + t * (thresholds[i] - min(thresholds[i - 1], 1.0))
+    return float(eer), float(threshold)
+
+
+def choose_threshold(y_true, p_fake, method: str = "youden") -> float:
+    """Decision threshold on P(fake) picked on validation data.
+
+    youden: maximises TPR - FPR (balanced accuracy); eer: where FPR = FNR; f1: maximises F1.
+    """
+    y_true, p_fake = np.asarray(y_true), np.asarray(p_fake, dtype=np.float64)
+    if not _both_classes(y_true):
+        return 0.5
+    if method == "eer":
+        return equal_error_rate(y_true, p_fake)[1]
+    candidates = np.unique(p_fake)
+    if method == "youden":
+        fpr, tpr, thresholds = roc_curve(y_true, p_fake)
+        return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
+    if method == "f1":
+        scores = [f1_score(y_true, p_fake >= t, zero_division=0) for t in candidates]
+        return float(candidates[int(np.argmax(scores))])
+    raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
+
+
+def binary_metrics(y_true, p_fake, threshold: float = 0.5) -> dict:
+    """Accuracy, precision, recall, F1 at ``threshold``; ROC AUC, AP and EER over all thresholds;
+    the confusion matrix as [[TN, FP], [FN, TP]] (rows: true real, true fake)."""
+    y_true = np.asarray(y_true).astype(int)
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    y_pred = (p_fake >= threshold).astype(int)
+    result = {
+        "n": int(len(y_true)),
+        "n_real": int((y_true == 0).sum()),
+        "n_fake": int((y_true == 1).sum()),
+        "threshold": float(threshold),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(recall_score(y_true, y_pred, zero_division=0)),
+        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
+    }
+    if _both_classes(y_true):
+        result["roc_auc"] = float(roc_auc_score(y_true, p_fake))
+        result["average_precision"] = float(average_precision_score(y_true, p_fake))
+        result["eer"] = equal_error_rate(y_true, p_fake)[0]
+    else:  # undefined with one class; keep the keys so consumers need no special case
+        result.update(roc_auc=float("nan"), average_precision=float("nan"), eer=float("nan"))
+    return result

@@ -1,0 +1,87 @@
+"""Small PNG figures for evaluation reports and the dataset report (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
+
+DPI = 100
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(y_true, p_fake, path, auc: float | None = None, eer: float | None = None, title: str = "ROC") -> Path:
+    fpr, tpr, _ = roc_curve(y_true, p_fake)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    label = "model" + (f" (AUC {auc:.3f})" if auc is not None else "")
+    ax.plot(fpr, tpr, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    if eer is not None:
+        ax.plot([eer], [1 - eer], "o", color="C3", label=f"EER {eer:.3f}")
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion(matrix, path, title: str = "Confusion matrix") -> Path:
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(matrix, cmap="Blues")
+    names = ["real", "fake"]
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="true", title=title)
+    for i in range(2):
+        for j in range(2):
+            colour = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour, fontsize=12)
+    return _save(fig, path)
+
+
+def plot_training_curves(log_csv, path) -> Path:
+    """Loss and validation AUC per epoch from the trainer's CSV log."""
+    with Path(log_csv).open() as f:
+        rows = list(csv.DictReader(f))
+    epoch = [int(r["epoch"]) for r in rows]
+    col = lambda k: [float(r[k]) for r in rows]  # noqa: E731
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.plot(epoch, col("train_loss"), "o-", label="train")
+    left.plot(epoch, col("val_loss"), "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="BCE loss", title="Loss")
+    left.legend(fontsize=8)
+    right.plot(epoch, col("val_auc"), "o-", color="C2", label="val ROC AUC")
+    right.plot(epoch, col("train_accuracy"), "o-", color="C0", alpha=0.6, label="train accuracy")
+    right.plot(epoch, col("val_accuracy"), "o-", color="C1", alpha=0.6, label="val accuracy (t=0.5)")
+    right.set(xlabel="epoch", title="Validation", ylim=(0, 1.02))
+    right.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_spectra(spectra: dict[str, np.ndarray], path) -> Path:
+    """Mean log-magnitude spectrum per class, plus their difference (fake - real)."""
+    names = list(spectra)
+    panels = names + (["fake - real"] if {"real", "fake"} <= set(names) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2))
+    for ax, name in zip(np.atleast_1d(axes), panels):
+        if name == "fake - real":
+            data = spectra["fake"] - spectra["real"]
+            limit = np.abs(data).max() or 1.0
+            im = ax.imshow(data, cmap="coolwarm", vmin=-limit, vmax=limit)
+        else:
+            im = ax.imshow(spectra[name], cmap="viridis")
+        ax.set(title=f"{name}: mean log|FFT|", xticks=[], yticks=[])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)

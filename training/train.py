@@ -1,0 +1,449 @@
+"""Train the detector: ``python -m training.train --config configs/train_small.yaml --data DIR``.
+
+One run = face crops cached once, AdamW with a warmed-up cosine schedule, early stopping on
+validation ROC AUC, a checkpoint after every epoch (``--resume`` continues exactly), a CSV log, and
+at the end the best weights with the decision threshold chosen on validation in their metadata.
+``--folds K`` runs stratified K-fold cross-validation instead (fresh model and optimiser per fold)
+and reports mean ± std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.augment import Augment, AugmentConfig
+from training.data import (
+    CachedCrop,
+    CropCache,
+    CropDataset,
+    CropSettings,
+    SplitSpec,
+    class_counts,
+    discover,
+)
+from training.metrics import binary_metrics, choose_threshold
+from training.model import build_model, count_parameters
+from training.weights_io import save_weights
+
+LOG_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_auc", "val_accuracy", "seconds"]
+
+
+@dataclass
+class TrainConfig:
+    size: str = "small"  # model size, see training.model.SIZES
+    model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {input_size: 64} for tests
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
+    label_smoothing: float = 0.0
+    patience: int = 5  # epochs without a better val AUC before stopping
+    seed: int = 0
+    val_fraction: float = 0.15  # used when the data folder is not already split
+    test_fraction: float = 0.15
+    folds: int = 1  # > 1: stratified K-fold cross-validation over train + val
+    margin: float = 0.3  # face box growth for the crop (stored for serving)
+    threshold_method: str = "youden"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 2  # torch CPU threads (and the face detector's)
+    workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # mixed precision, CUDA only
+    channels_last: bool = True  # NHWC memory format: faster on CUDA, and on CPU too (measured)
+    cache_dir: str = "build/crops"
+    data_name: str = ""
+    data_licence: str = ""
+    augment: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None, **overrides) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text()) if path else {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier per optimiser step: linear warm-up, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-D tensors)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    plain = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def predict(model, loader, device: torch.device, amp: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, P(fake), mean BCE loss) over a loader."""
+    model.eval()
+    labels, probs, total = [], [], 0.0
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
+        images, targets = images.to(device, non_blocking=True), targets.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(images).float()
+        total += F.binary_cross_entropy_with_logits(logits, targets, reduction="sum").item()
+        labels.append(targets.cpu().numpy())
+        probs.append(torch.sigmoid(logits).cpu().numpy())
+    y = np.concatenate(labels).astype(int) if labels else np.zeros(0, int)
+    return y, (np.concatenate(probs) if probs else np.zeros(0)), total / max(1, len(y))
+
+
+def auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
+    return binary_metrics(y, p)["roc_auc"] if len(y) else float("nan")
+
+
+class Trainer:
+    """One model trained on one train/val split, checkpointed in ``out_dir``."""
+
+    def __init__(self, config: TrainConfig, train: list[CachedCrop], val: list[CachedCrop], out_dir: Path, seed: int):
+        self.config = config
+        self.seed = seed
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(config.device)
+        cuda = self.device.type == "cuda"
+        self.amp = config.amp and cuda
+        self.channels_last = config.channels_last
+        if cuda:
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+
+        self.train_set = CropDataset(train, Augment(AugmentConfig.from_dict(config.augment)))
+        self.val_set = CropDataset(val)
+        if len(self.train_set) == 0:
+            raise ValueError("no training images")
+
+        seed_everything(seed)  # every Trainer starts from a fresh, seeded initialisation
+        self.model = build_model(config.size, **config.model).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay), lr=config.lr)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        warmup = max(1, round(self.steps_per_epoch * config.warmup_epochs))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup, config.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0}
+        self.history: list[dict] = []
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    @property
+    def checkpoint_weights(self) -> Path:
+        return self.out_dir / "last.safetensors"
+
+    @property
+    def checkpoint_state(self) -> Path:
+        return self.out_dir / "last_state.pt"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.out_dir / "best.safetensors"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "log.csv"
+
+    def save_checkpoint(self) -> None:
+        save_weights(self.model, self.checkpoint_weights, {"checkpoint_epoch": self.state["epoch"]})
+        state = {
+            **self.state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": asdict(self.config),
+        }
+        tmp = self.checkpoint_state.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_state)  # a crash mid-write never leaves a broken checkpoint
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_state, map_location=self.device, weights_only=True)
+        if state["config"] != asdict(self.config):
+            changed = sorted(k for k in state["config"] if state["config"][k] != asdict(self.config).get(k))
+            print(f"warning: resuming with changed settings: {changed}", file=sys.stderr)
+        self.model.load_state_dict(load_file(str(self.checkpoint_weights), device=str(self.device)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = {k: state[k] for k in self.state}
+        if self.log_path.exists():
+            with self.log_path.open() as f:
+                self.history = [row for row in csv.DictReader(f) if int(row["epoch"]) <= self.state["epoch"]]
+
+    # -- training --------------------------------------------------------------------------
+
+    def loader(self, dataset: CropDataset, shuffle: bool, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        # reseeding per epoch makes the augmentations, dropout and order of epoch k independent of
+        # whether the run was resumed, so a resumed run continues exactly
+        seed_everything(self.seed * 100_003 + epoch)
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(self.loader(self.train_set, True, epoch), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch", leave=False)
+        for images, targets in bar:
+            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            smoothed = targets * (1 - self.config.label_smoothing) + 0.5 * self.config.label_smoothing
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits = self.model(images)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), smoothed)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total_loss += loss.item() * len(targets)
+            correct += ((logits.detach() > 0).float() == targets).sum().item()
+            seen += len(targets)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        return total_loss / seen, correct / seen
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train until ``config.epochs``, early stop, or ``stop_after`` epochs in this call."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_state.exists():
+            self.load_checkpoint()
+            print(f"resumed from {self.checkpoint_state} after epoch {self.state['epoch']}")
+        elif not resume:
+            self.log_path.unlink(missing_ok=True)
+        print(
+            f"training {self.config.size} ({count_parameters(self.model) / 1e6:.2f} M parameters) on {self.device}: "
+            f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.steps_per_epoch} steps per epoch"
+        )
+        done_now = 0
+        while self.state["epoch"] < self.config.epochs and self.state["bad_epochs"] < self.config.patience:
+            if stop_after is not None and done_now >= stop_after:
+                break
+            epoch = self.state["epoch"] + 1
+            start = time.time()
+            lr = self.scheduler.get_last_lr()[0]
+            train_loss, train_acc = self.train_epoch(epoch)
+            y, p, val_loss = predict(self.model, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
+            val_auc = auc_or_nan(y, p)
+            val_acc = float(((p >= 0.5) == y).mean()) if len(y) else float("nan")
+            # without validation data the latest epoch counts as the best
+            improved = math.isnan(val_auc) or val_auc > self.state["best_auc"]
+            if improved:
+                self.state.update(best_auc=-1.0 if math.isnan(val_auc) else val_auc, best_epoch=epoch, bad_epochs=0)
+                save_weights(self.model, self.best_weights, {"checkpoint_epoch": epoch})
+            else:
+                self.state["bad_epochs"] += 1
+            self.state["epoch"] = epoch
+            row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
+                       val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2))
+            self.append_log(row)
+            self.save_checkpoint()
+            done_now += 1
+            print(
+                f"epoch {epoch}/{self.config.epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                f"val loss {val_loss:.4f} auc {val_auc:.4f} acc {val_acc:.3f} | {row['seconds']:.0f} s"
+                + (" *" if improved else ""),
+                flush=True,
+            )
+        if self.state["bad_epochs"] >= self.config.patience:
+            print(f"early stop: no better val AUC for {self.config.patience} epochs (best epoch {self.state['best_epoch']})")
+        return dict(self.state)
+
+    def append_log(self, row: dict) -> None:
+        self.history.append(row)
+        with self.log_path.open("w", newline="") as f:  # rewritten whole: a resumed run drops stale rows
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def load_best(self) -> torch.nn.Module:
+        self.model.load_state_dict(load_file(str(self.best_weights), device=str(self.device)))
+        return self.model.eval()
+
+    def evaluate(self, items: list[CachedCrop], desc: str) -> tuple[np.ndarray, np.ndarray]:
+        y, p, _ = predict(self.model, self.loader(CropDataset(items), False, 0), self.device, self.amp, desc)
+        return y, p
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_crops(config: TrainConfig, data: str | Path) -> tuple[dict[str, list[CachedCrop]], list, CropSettings]:
+    """Discover and split the data, fill the crop cache, report what was skipped."""
+    spec = SplitSpec(config.val_fraction, config.test_fraction, config.seed)
+    splits = discover(data, spec)
+    settings = CropSettings(build_model(config.size, **config.model).config.input_size, config.margin)
+    cache = CropCache(config.cache_dir, settings, threads=config.threads)
+    crops, skipped = {}, []
+    for name, samples in splits.items():
+        crops[name], bad = cache.prepare(samples, name)
+        skipped += bad
+        counts = class_counts(crops[name])
+        no_face = sum(1 for c in crops[name] if not c.face_found)
+        print(f"{name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
+        for s in skipped:
+            print(f"  {s.source}: {s.code}: {s.message}", file=sys.stderr)
+    return crops, skipped, settings
+
+
+def cross_validate(config: TrainConfig, pool: list[CachedCrop], out_dir: Path, stop_after: int | None) -> dict:
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.array([c.label for c in pool])
+    folds = StratifiedKFold(config.folds, shuffle=True, random_state=config.seed).split(np.zeros(len(pool)), labels)
+    results = []
+    for fold, (train_idx, val_idx) in enumerate(folds, 1):
+        print(f"=== fold {fold}/{config.folds} ===")
+        trainer = Trainer(config, [pool[i] for i in train_idx], [pool[i] for i in val_idx], out_dir / f"fold{fold}", config.seed + fold)
+        trainer.fit(stop_after=stop_after)
+        trainer.load_best()
+        y, p = trainer.evaluate(trainer.val_set.items, f"fold {fold} val")
+        metrics = binary_metrics(y, p, choose_threshold(y, p, config.threshold_method))
+        metrics["best_epoch"] = trainer.state["best_epoch"]
+        results.append(metrics)
+    keys = ["roc_auc", "average_precision", "eer", "accuracy", "f1"]
+    summary = {k: {"mean": float(np.mean([r[k] for r in results])), "std": float(np.std([r[k] for r in results]))} for k in keys}
+    report = {"folds": results, "summary": summary}
+    (out_dir / "folds.json").write_text(json.dumps(report, indent=2) + "\n")
+    for k, v in summary.items():
+        print(f"{k}: {v['mean']:.4f} ± {v['std']:.4f}")
+    return report
+
+
+def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | None = None, resume: bool = False,
+          stop_after: int | None = None, command: str = "") -> dict:
+    """The whole pipeline; returns the final metadata (or the K-fold report)."""
+    torch.set_num_threads(config.threads)
+    crops, skipped, settings = prepare_crops(config, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.folds > 1:
+        return cross_validate(config, crops["train"] + crops["val"], out_dir, stop_after)
+
+    trainer = Trainer(config, crops["train"], crops["val"], out_dir, config.seed)
+    state = trainer.fit(resume=resume, stop_after=stop_after)
+    trainer.load_best()
+    metrics, threshold = {}, 0.5
+    if crops["val"]:
+        y, p = trainer.evaluate(crops["val"], "validation")
+        threshold = choose_threshold(y, p, config.threshold_method)
+        metrics["val"] = binary_metrics(y, p, threshold)
+    if crops["test"]:
+        y, p = trainer.evaluate(crops["test"], "test")
+        metrics["test"] = binary_metrics(y, p, threshold)
+    seconds = [float(r["seconds"]) for r in trainer.history]
+    metadata = {
+        "threshold": threshold,
+        "threshold_method": config.threshold_method,
+        "preprocessing": {"input_size": settings.input_size, "margin": settings.margin, "detector": settings.detector_options()},
+        "metrics": metrics,
+        "data": {
+            "root": str(data),
+            "name": config.data_name,
+            "licence": config.data_licence,
+            "split": {"val": config.val_fraction, "test": config.test_fraction, "seed": config.seed},
+            "counts": {k: class_counts(v) for k, v in crops.items()},
+            "skipped": [str(s.source) for s in skipped],
+        },
+        "training": {
+            **asdict(config),
+            "epochs_run": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "seconds_per_epoch": round(float(np.mean(seconds)), 1) if seconds else None,
+            "device": str(trainer.device),
+            "torch": torch.__version__,
+            "log": str(trainer.log_path),
+        },
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_weights(trainer.model, trainer.best_weights, metadata)
+    if output:
+        save_weights(trainer.model, output, metadata)
+        print(f"wrote {output} and {output.with_suffix('.json')}")
+    for split, m in metrics.items():
+        print(f"{split}: auc {m['roc_auc']:.4f} ap {m['average_precision']:.4f} eer {m['eer']:.4f} "
+              f"acc {m['accuracy']:.4f} f1 {m['f1']:.4f} at threshold {threshold:.4f}")
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of TrainConfig fields (configs/train_*.yaml)")
+    parser.add_argument("--data", required=True, help="ImageFolder root: {train,val,test}/{real,fake} or {real,fake}")
+    parser.add_argument("--out", type=Path, help="run folder (checkpoints, log.csv); default runs/<size>")
+    parser.add_argument("--output", type=Path, help="also write the final weights here (e.g. weights/default.safetensors)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("--stop-after", type=int, help="train at most this many epochs in this invocation")
+    for name, kind in [("size", str), ("epochs", int), ("batch-size", int), ("lr", float), ("seed", int), ("folds", int),
+                       ("patience", int), ("device", str), ("threads", int), ("workers", int), ("cache-dir", str)]:
+        parser.add_argument(f"--{name}", type=kind, help="overrides the config file")
+    parser.add_argument("--sbi", type=float, help="probability of a self-blended fake per real image (overrides augment.sbi)")
+    args = parser.parse_args(argv)
+
+    overrides = {k: getattr(args, k) for k in ("size", "epochs", "batch_size", "lr", "seed", "folds", "patience",
+                                               "device", "threads", "workers", "cache_dir")}
+    config = TrainConfig.load(args.config, **overrides)
+    if args.sbi is not None:
+        config.augment = {**config.augment, "sbi": args.sbi}
+    out_dir = args.out or Path("runs") / config.size
+    command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    train(config, args.data, out_dir, args.output, args.resume, args.stop_after, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
