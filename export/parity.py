@@ -1,0 +1,288 @@
+"""Parity of every exported artifact with the eager model.
+
+On a fixed set of face crops (the shipped ``examples/`` images through the serving preprocessing, or
+deterministic generated images when there are none), each artifact runs at batch 1 (image by image)
+and at the largest batch (the set repeated to fill it). Against the eager FP32 model on CPU at the
+same batch size it must meet:
+
+- max |Δ fake_probability| <= 1e-4 (FP32) or 1e-2 (FP16);
+- identical real/fake decisions at the weights' stored threshold, for every image whose eager
+  probability is farther than that tolerance from the threshold. Images inside the band are listed as
+  borderline: a difference the tolerance allows may legitimately flip them.
+
+Writes ``parity.json`` and ``parity.md``; ``python -m export.parity`` re-checks an export folder and
+exits non-zero on a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from export.artifacts import Artifact, read_manifest
+from export.precision import with_precision
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+DEFAULT_EXAMPLES = Path("examples")
+DEFAULT_IMAGE_COUNT = 8
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def example_crops(examples_dir: Path, input_size: int, margin: float, count: int) -> torch.Tensor | None:
+    """Face crops of the first ``count`` images in ``examples_dir`` (sorted), or None when it has none."""
+    files = sorted(p for p in Path(examples_dir).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not files:
+        return None
+    from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
+
+    images = [decode_image(p.read_bytes()) for p in files]
+    prepared = FacePreprocessor(input_size, margin=margin).prepare_many(images)
+    return to_tensor_batch([p.crops[0] for p in prepared])
+
+
+def generated_images(input_size: int, count: int, seed: int = 0) -> torch.Tensor:
+    """Deterministic smooth colour fields with rising noise levels: varied, reproducible inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 6, 6, generator=generator)
+    smooth = F.interpolate(coarse, size=(input_size, input_size), mode="bicubic", align_corners=False)
+    noise = torch.rand(count, 3, input_size, input_size, generator=generator) - 0.5
+    levels = torch.linspace(0.0, 0.5, count).view(count, 1, 1, 1)
+    return (smooth + levels * noise).clamp(0.0, 1.0)
+
+
+def parity_images(
+    input_size: int, margin: float = 0.3, examples_dir: Path = DEFAULT_EXAMPLES, count: int = DEFAULT_IMAGE_COUNT
+) -> tuple[torch.Tensor, str]:
+    """(images (K, 3, S, S) in [0, 1], a description of where they came from)."""
+    crops = example_crops(examples_dir, input_size, margin, count) if Path(examples_dir).is_dir() else None
+    if crops is not None:
+        return crops, f"{len(crops)} face crops of {examples_dir}/"
+    return generated_images(input_size, count), f"{count} generated images (no images in {examples_dir}/)"
+
+
+# ---------------------------------------------------------------- runners
+
+
+def load_runner(artifact: Artifact, export_dir: Path, device: str = "cpu", threads: int = 0):
+    """A callable (N, 3, S, S) float32 CPU tensor -> (N,) float32 CPU logits, for one artifact."""
+    path = Path(export_dir) / artifact.file
+    backend = artifact.backend
+    if backend == "eager":
+        from training.weights_io import load_weights
+
+        model = with_precision(load_weights(path, map_location=device)[0], artifact.precision).eval()
+        return _torch_runner(model, device)
+    if backend == "torchscript":
+        from export.torchscript import load_torchscript
+
+        return _torch_runner(load_torchscript(path, device), device)
+    if backend == "aoti":
+        from export.aoti import load_aoti
+
+        return _torch_runner(load_aoti(path), device)
+    if backend == "onnx":
+        from export.artifacts import INPUT_NAME, OUTPUT_NAME
+        from export.onnx_export import onnx_session
+
+        session = onnx_session(path, device, threads)
+        return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+    if backend == "tensorrt":
+        from export.tensorrt import TensorRTRunner
+
+        runner = TensorRTRunner(path, device)
+        return lambda x: runner(x).cpu()
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _torch_runner(module, device: str):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x.to(device)).float().cpu()
+
+    return run
+
+
+# ---------------------------------------------------------------- comparison
+
+
+@dataclass
+class BatchResult:
+    batch: int
+    max_abs_diff: float
+    decisions_match: bool
+    mismatched: list[int]  # image indices (within the batch) whose decision differs
+    borderline: list[int]  # within the tolerance of the threshold: not decision-checked
+
+
+@dataclass
+class ParityResult:
+    key: str
+    backend: str
+    precision: str
+    file: str
+    tolerance: float
+    passed: bool = False
+    batches: list[BatchResult] = field(default_factory=list)
+    error: str | None = None
+
+
+def batches_of(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """Batch 1: each image alone. Larger: the image set repeated to fill one batch."""
+    if batch == 1:
+        return [img.unsqueeze(0) for img in images]
+    return [images[torch.arange(batch) % len(images)]]
+
+
+def probabilities(runner, images: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([torch.sigmoid(runner(x).double()) for x in batches_of(images, batch)])
+
+
+class Reference:
+    """The eager model's probabilities per batch size, computed once and shared by all artifacts."""
+
+    def __init__(self, runner, images: torch.Tensor):
+        self.runner, self.images, self._cache = runner, images, {}
+
+    def probabilities(self, batch: int) -> torch.Tensor:
+        if batch not in self._cache:
+            self._cache[batch] = probabilities(self.runner, self.images, batch)
+        return self._cache[batch]
+
+
+def compare(got: torch.Tensor, want: torch.Tensor, batch: int, threshold: float, tolerance: float) -> BatchResult:
+    decided = (want - threshold).abs() > tolerance
+    mismatch = ((got >= threshold) != (want >= threshold)) & decided
+    return BatchResult(
+        batch=batch,
+        max_abs_diff=float((got - want).abs().max()),
+        decisions_match=not bool(mismatch.any()),
+        mismatched=mismatch.nonzero().flatten().tolist(),
+        borderline=(~decided).nonzero().flatten().tolist(),
+    )
+
+
+def check_artifact(
+    artifact: Artifact,
+    export_dir: Path,
+    reference: Reference,
+    threshold: float,
+    device: str = "cpu",
+    threads: int = 0,
+) -> ParityResult:
+    tolerance = TOLERANCE[artifact.precision]
+    result = ParityResult(artifact.key, artifact.backend, artifact.precision, artifact.file, tolerance)
+    try:
+        runner = load_runner(artifact, export_dir, device, threads)
+        for batch in sorted({artifact.min_batch, artifact.max_batch}):
+            got = probabilities(runner, reference.images, batch)
+            result.batches.append(compare(got, reference.probabilities(batch), batch, threshold, tolerance))
+    except Exception as exc:  # a broken artifact is a parity failure to report, not a crash
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
+    result.passed = all(b.max_abs_diff <= tolerance and b.decisions_match for b in result.batches)
+    return result
+
+
+# ---------------------------------------------------------------- reports
+
+
+def write_reports(out_dir: Path, results: list[ParityResult], info: dict) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    payload = {**info, "passed": all(r.passed for r in results), "results": [asdict(r) for r in results]}
+    json_path = out_dir / "parity.json"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    md_path = out_dir / "parity.md"
+    md_path.write_text(markdown_table(results, info))
+    return json_path, md_path
+
+
+def markdown_table(results: list[ParityResult], info: dict) -> str:
+    lines = [
+        "# Export parity against the eager model",
+        "",
+        f"Weights: `{info.get('weights')}` · images: {info.get('images')} · threshold {info.get('threshold')}"
+        f" · device `{info.get('device')}`",
+        "",
+        "| artifact | file | batch | max abs diff P(fake) | tolerance | decisions | result |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.key} | `{r.file}` | – | – | {r.tolerance:g} | – | **FAIL**: {r.error} |")
+            continue
+        for b in r.batches:
+            decisions = "identical" if b.decisions_match else f"differ at {b.mismatched}"
+            if b.borderline:
+                decisions += f" ({len(b.borderline)} borderline)"
+            ok = b.max_abs_diff <= r.tolerance and b.decisions_match
+            lines.append(
+                f"| {r.key} | `{r.file}` | {b.batch} | {b.max_abs_diff:.2e} | {r.tolerance:g} | {decisions} |"
+                f" {'pass' if ok else '**FAIL**'} |"
+            )
+    lines += ["", f"Overall: {'PASS' if all(r.passed for r in results) else 'FAIL'}", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run_parity(
+    export_dir: Path,
+    artifacts: list[Artifact],
+    weights: Path,
+    device: str = "cpu",
+    examples_dir: Path = DEFAULT_EXAMPLES,
+    count: int = DEFAULT_IMAGE_COUNT,
+    threads: int = 0,
+    log=print,
+) -> list[ParityResult]:
+    """Check every artifact and write the reports; the eager FP32 model on CPU is the reference."""
+    from training.weights_io import load_weights
+
+    model, meta = load_weights(weights)
+    threshold = float(meta.get("threshold", 0.5))
+    margin = float(meta.get("preprocessing", {}).get("margin", 0.3))
+    images, source = parity_images(model.config.input_size, margin, examples_dir, count)
+    log(f"[parity] {source}, threshold {threshold:g}")
+    reference = Reference(_torch_runner(model, "cpu"), images)
+    results = []
+    for artifact in artifacts:
+        result = check_artifact(artifact, export_dir, reference, threshold, device, threads)
+        worst = max((b.max_abs_diff for b in result.batches), default=float("nan"))
+        status = "pass" if result.passed else f"FAIL{': ' + result.error if result.error else ''}"
+        log(f"[parity] {artifact.key:<16} max |Δp| {worst:.2e} (≤ {result.tolerance:g}) {status}")
+        results.append(result)
+    info = {"weights": str(weights), "images": source, "threshold": threshold, "device": device}
+    json_path, md_path = write_reports(export_dir, results, info)
+    log(f"[parity] report: {md_path} and {json_path}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Re-check the parity of an export folder's artifacts.")
+    parser.add_argument("--export-dir", type=Path, default=Path("build/export"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--examples", type=Path, default=DEFAULT_EXAMPLES)
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGE_COUNT, help="how many fixed images")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: library default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info, artifacts = read_manifest(args.export_dir)
+    results = run_parity(
+        args.export_dir, artifacts, Path(info["weights"]), args.device, args.examples, args.images, args.threads
+    )
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
