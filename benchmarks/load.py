@@ -322,6 +322,13 @@ def wait_for_management(endpoints: Endpoints, server, timeout: float = 120) -> N
     raise RuntimeError(f"TorchServe's management API did not answer in {timeout:.0f}s ({last})\n{server.log_tail()}")
 
 
+def endpoints_of(server) -> Endpoints:
+    """Endpoints of a handler.server.TorchServe (keys read once the server wrote them)."""
+    endpoints = Endpoints(server.inference_url, server.management_url, server.metrics_url, frontend_pid=server.pid)
+    wait_for_management(endpoints, server)
+    return endpoints
+
+
 def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
     """Start an empty TorchServe of our own (token auth on, as in production), run the sweep, stop it."""
     from handler.server import TorchServe
@@ -337,12 +344,21 @@ def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
     log(f"[load] starting TorchServe (logs: {server.log_dir})")
     server.start()
     try:
-        endpoints = Endpoints(server.inference_url, server.management_url, server.metrics_url, frontend_pid=server.pid)
-        wait_for_management(endpoints, server)
-        return run(profile, endpoints, store, log)
+        return run(profile, endpoints_of(server), store, log)
     finally:
         server.stop()
         log("[load] TorchServe stopped")
+
+
+def attach_and_run(profile: Profile, run_dir: Path, log=print) -> dict:
+    """Measure a server that is already running (``make serve``'s, or a test's) and leave it running;
+    variant archives go into its model store and are removed afterwards."""
+    from handler.server import TorchServe
+
+    server = TorchServe.attach(run_dir)
+    if not server.alive():
+        raise RuntimeError(f"no running TorchServe recorded in {run_dir}")
+    return run(profile, endpoints_of(server), server.model_store, log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,10 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick", help="profile name or YAML path")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile value")
     parser.add_argument("--server-dir", type=Path, default=Path("build/bench-server"), help="TorchServe's TMPDIR, logs and store")
+    parser.add_argument("--attach", type=Path, metavar="RUN_DIR", help="use the running server of this handler.server run folder")
     parser.add_argument("--out", type=Path, required=True, help="write the load section as JSON here")
     args = parser.parse_args(argv)
-    shutil.rmtree(args.server_dir / "store", ignore_errors=True)
-    result = serve_and_run(load_profile(args.profile, args.set), args.server_dir.resolve())
+    profile = load_profile(args.profile, args.set)
+    if args.attach:
+        result = attach_and_run(profile, args.attach)
+    else:
+        shutil.rmtree(args.server_dir / "store", ignore_errors=True)
+        result = serve_and_run(profile, args.server_dir.resolve())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

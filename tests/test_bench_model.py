@@ -1,0 +1,81 @@
+"""Model-only and preprocessing benchmarks, run for real on tiny settings."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import model_bench, preprocess_bench
+from benchmarks.profile import from_dict
+from training.model import build_model
+from training.weights_io import save_weights
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(build_model("small").eval(), path)
+    return path
+
+
+def _profile(weights, tmp_path, **model):
+    settings = {"backends": ["eager", "onnx"], "batch_sizes": {"cpu": [1, 2]}, "warmup_iters": 1,
+                "warmup_seconds": 0.0, "min_iters": 2, "min_seconds": 0.0, "max_seconds": 2.0, "threads": 1, **model}
+    return from_dict({"weights": str(weights), "export_dir": str(tmp_path / "no-export"), "images": str(tmp_path / "img"),
+                      "model": settings, "preprocess": {"images": 2, "repeats": 1}})
+
+
+def test_model_bench_measures_eager_and_reports_missing_artifacts(weights, tmp_path):
+    torch.set_num_threads(1)
+    result = model_bench.run(_profile(weights, tmp_path), "cpu", log=lambda _: None)
+
+    rows = {(r["backend"], r["batch"]): r for r in result["results"]}
+    assert set(rows) == {("eager", 1), ("eager", 2)}
+    for (_, batch), r in rows.items():
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert r["iters"] >= 2
+        # images/s is batch over the mean latency of the timed calls
+        assert r["images_per_s"] == pytest.approx(batch * 1000 / lat["mean"], rel=1e-6)
+        assert 0 < r["peak_fraction"] < 1.5  # a measured peak is a best case, not a hard ceiling
+    # the small model at 192 px is about 1.7 GFLOP per image
+    assert 1.0e9 < result["flops_per_image"] < 2.5e9
+    assert result["peak_flops"]["fp32"] > 1e9
+    reasons = {(s["backend"], s["precision"]): s["reason"] for s in result["skipped"]}
+    assert "make export" in reasons[("onnx", "fp32")]
+
+
+def test_fp16_is_not_measured_on_cpu(weights, tmp_path):
+    profile = _profile(weights, tmp_path, backends=["eager"], precisions=["fp16"])
+    result = model_bench.run(profile, "cpu", log=lambda _: None)
+    assert result["results"] == []
+    assert result["skipped"] == [{"backend": "eager", "precision": "fp16", "reason": "fp16 is measured on CUDA only"}]
+
+
+def test_preprocess_bench_times_each_stage_on_a_real_face(weights, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    folder = tmp_path / "img"
+    folder.mkdir()
+    face = Image.fromarray(skimage_data.astronaut())
+    buffer = io.BytesIO()
+    face.save(buffer, format="JPEG", quality=90)
+    (folder / "astronaut.jpg").write_bytes(buffer.getvalue())
+    face.save(folder / "astronaut.png")
+
+    result = preprocess_bench.run(_profile(weights, tmp_path), log=lambda _: None)
+    assert result["images"] == 2
+    assert result["faces_per_image"] >= 1  # the astronaut's face is found in both encodings
+    stages = result["stages_ms"]
+    assert set(stages) == {"decode", "detect", "crop", "total"}
+    for stage in ("decode", "detect", "crop"):
+        assert 0 < stages[stage]["mean"] < stages["total"]["mean"]
+    assert result["images_per_s_one_core"] == pytest.approx(1000 / stages["total"]["mean"])
+
+
+def test_preprocess_bench_without_images_says_why(weights, tmp_path):
+    result = preprocess_bench.run(_profile(weights, tmp_path), log=lambda _: None)
+    assert "no images" in result["skipped"]
