@@ -34,5 +34,10 @@ evaluate: $(STAMP)
 dataset-report: $(STAMP)
 	$(PY) -m training.dataset_report --data $(DATA)
 
+# Every format this machine can build (TensorRT and FP16 only with CUDA), parity-checked against
+# eager, each packed as model_store/deepfake-detector-<backend>.mar. EXPORT_FLAGS: see `python -m export -h`.
+export: $(STAMP)
+	$(PY) -m export --weights $(WEIGHTS) --out build/export --model-store model_store $(EXPORT_FLAGS)
+
 clean:
 	rm -rf build runs model_store/*.mar

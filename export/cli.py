@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=Path, default=Path("examples"), help="images for the parity check")
     p.add_argument("--parity-images", type=int, default=8, help="how many fixed images the parity check uses")
     p.add_argument("--skip-parity", action="store_true", help="export only (not for release artifacts)")
+    p.add_argument("--model-store", type=Path, default=None,
+                   help="pack every artifact that passed parity into <dir>/deepfake-detector-<backend>.mar")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch/onnxruntime (0: default)")
     return p
 
@@ -204,17 +206,27 @@ def main(argv: list[str] | None = None) -> int:
     log(f"[export] manifest: {manifest}")
     log("[export] " + ", ".join(f"{a.key} {a.export_seconds:.1f} s" for a in exporter.artifacts))
 
-    ok = not exporter.failures
+    failures = list(exporter.failures)
+    passed = exporter.artifacts
     if not args.skip_parity and exporter.artifacts:
         from export.parity import run_parity
 
         results = run_parity(args.out, exporter.artifacts, args.weights, device, args.examples,
                              args.parity_images, args.threads, log=log)
-        ok = ok and all(r.passed for r in results)
-    for failure in exporter.failures:
+        passed = [a for a, r in zip(exporter.artifacts, results) if r.passed]
+        failures += [f"{r.key}: parity" for r in results if not r.passed]
+    if args.model_store and passed:
+        from export.pack import pack
+
+        try:  # only artifacts that passed parity are shipped
+            pack(passed, args.out, args.weights, args.model_store, log=log)
+        except Exception as exc:
+            failures.append(f"archive: {type(exc).__name__}: {exc}")
+    for failure in failures:
         log(f"[export] FAILED {failure}")
-    log(f"[export] {'all artifacts exported and parity-checked' if ok else 'FAILED (see above)'}")
-    return 0 if ok else 1
+    log("[export] FAILED (see above)" if failures else "[export] all artifacts exported, parity-checked"
+        + (" and packed" if args.model_store else ""))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ DEFAULT_IMAGE_COUNT = 8
 
 
 def example_crops(examples_dir: Path, input_size: int, margin: float, count: int) -> torch.Tensor | None:
-    """Face crops of the first ``count`` images in ``examples_dir`` (sorted), or None when it has none."""
-    files = sorted(p for p in Path(examples_dir).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    """Face crops of the first ``count`` images under ``examples_dir`` (sorted paths, subfolders
+    included), or None when it has none."""
+    files = sorted(p for p in Path(examples_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = files[:count]
     if not files:
         return None
     from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch

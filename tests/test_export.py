@@ -212,7 +212,8 @@ def test_parity_images_come_from_the_examples_folder_through_face_preprocessing(
     from skimage import data
     from PIL import Image
 
-    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
+    (tmp_path / "real").mkdir()  # like examples/real and examples/fake
+    Image.fromarray(data.astronaut()).save(tmp_path / "real" / "astronaut.jpg", quality=95)
     images, source = parity.parity_images(192, 0.3, tmp_path, count=4)
     assert images.shape == (1, 3, 192, 192) and 0.0 <= images.min() and images.max() <= 1.0
     assert "face crops" in source
