@@ -53,7 +53,9 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
     assert 0.0 < meta["threshold"] < 1.0
 
     model, saved = load_weights(tmp_path / "out" / "w.safetensors")
-    assert saved["threshold"] == meta["threshold"] and saved["preprocessing"]["input_size"] == 64
+    assert saved["threshold"] == meta["threshold"]
+    # the keys the serving handler reads to rebuild the same preprocessing
+    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640}
     assert saved["labels"] == {"0": "real", "1": "fake"}
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 1 + cfg.epochs

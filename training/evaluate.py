@@ -35,7 +35,7 @@ def evaluate(weights: Path, data: Path, split: str, out_dir: Path, cache_dir: st
         raise SystemExit(f"split '{split}' of {data} is empty")
 
     pre = meta.get("preprocessing", {})
-    detector = pre.get("detector", {})
+    detector = {k: pre[k] for k in ("score_threshold", "nms_threshold", "max_side") if k in pre}
     settings = CropSettings(pre.get("input_size", model.config.input_size), pre.get("margin", 0.3), **detector)
     crops, skipped = CropCache(cache_dir, settings, threads=threads).prepare(samples, split)
     loader = DataLoader(CropDataset(crops), batch_size=batch_size, shuffle=False)

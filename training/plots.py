@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
 from sklearn.metrics import roc_curve
 
 DPI = 100
@@ -21,6 +22,10 @@ def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    # a 256-colour palette keeps plots a few tens of kB, small enough to commit
+    with Image.open(path) as image:
+        palette = image.convert("RGB").quantize(256)
+    palette.save(path, optimize=True)
     return path
 
 

@@ -388,7 +388,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
     metadata = {
         "threshold": threshold,
         "threshold_method": config.threshold_method,
-        "preprocessing": {"input_size": settings.input_size, "margin": settings.margin, "detector": settings.detector_options()},
+        "preprocessing": {"input_size": settings.input_size, "margin": settings.margin, **settings.detector_options()},
         "metrics": metrics,
         "data": {
             "root": str(data),
