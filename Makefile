@@ -39,5 +39,22 @@ dataset-report: $(STAMP)
 export: $(STAMP)
 	$(PY) -m export --weights $(WEIGHTS) --out build/export --model-store model_store $(EXPORT_FLAGS)
 
+# Serving (issue 3): the default eager archive, built from the committed weights.
+SERVE_DIR ?= build/serve
+ARCHIVE := model_store/$(MODEL).mar
+ARCHIVE_SOURCES := $(WEIGHTS) $(WEIGHTS:.safetensors=.json) export/archive.py handler/*.py training/model.py training/weights_io.py
+
+archive: $(ARCHIVE)
+
+$(ARCHIVE): $(STAMP) $(ARCHIVE_SOURCES)
+	$(PY) -m export.archive --weights $(WEIGHTS) --model-name $(MODEL) --export-path model_store
+
+# Starts TorchServe with config.properties (token auth on), returns after a real prediction succeeded.
+serve: $(ARCHIVE)
+	$(PY) -m handler.server start --run-dir $(SERVE_DIR) --model-store model_store --models $(MODEL)=$(MODEL).mar
+
+stop:
+	$(PY) -m handler.server stop --run-dir $(SERVE_DIR)
+
 clean:
 	rm -rf build runs model_store/*.mar

@@ -1,0 +1,185 @@
+"""One loader per artifact kind; every backend has the model's contract.
+
+A backend is a callable: float32 RGB in [0, 1] of shape (N, 3, S, S) -> logits of shape (N,) as a
+float32 CPU tensor. The handler never needs to know which runtime computed them.
+
+This module travels inside the TorchServe archive; it imports each runtime only when that backend is
+asked for, so an archive needs only the runtime of its own artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+# File names inside an archive (docs/ARCHITECTURE.md).
+ARTIFACTS = {
+    "eager": "model.safetensors",
+    "torchscript": "model.torchscript.pt",
+    "onnx": "model.onnx",
+    "aoti": "model.pt2",
+    "tensorrt": "model.engine",
+}
+PRECISIONS = ("fp32", "fp16")
+
+
+class Backend:
+    """Runs a batch through one artifact. Subclasses implement ``_run`` on a tensor on ``device``."""
+
+    kind = "?"
+
+    def __init__(self, device: torch.device, precision: str):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("fp16 artifacts run on CUDA only")
+        self.device = device
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = batch.to(self.device, self.dtype, non_blocking=True).contiguous()
+            return self._run(x).reshape(-1).float().cpu()
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class EagerBackend(Backend):
+    """The PyTorch module from ``training.model``; also the one Grad-CAM can differentiate."""
+
+    kind = "eager"
+
+    def __init__(self, path: Path, device: torch.device, precision: str):
+        super().__init__(device, precision)
+        from training.weights_io import load_weights
+
+        model, _ = load_weights(path, map_location=device)
+        self.model = model.to(dtype=self.dtype).eval()
+
+    def _run(self, x):
+        return self.model(x)
+
+
+class TorchScriptBackend(Backend):
+    kind = "torchscript"
+
+    def __init__(self, path: Path, device: torch.device, precision: str):
+        super().__init__(device, precision)
+        self.module = torch.jit.load(str(path), map_location=device).eval()
+
+    def _run(self, x):
+        return self.module(x)
+
+
+class OnnxBackend(Backend):
+    """onnxruntime; the CUDA provider when the worker has a GPU and the wheel ships it."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, device: torch.device, precision: str, threads: int = 1):
+        super().__init__(device, precision)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers: list = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        # the graph decides the input dtype (an fp16 export takes float16)
+        self.input_dtype = torch.float16 if "float16" in self.session.get_inputs()[0].type else torch.float32
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.to(self.input_dtype).contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: array})[:1]
+        return torch.from_numpy(logits).reshape(-1).float()
+
+
+class AotiBackend(Backend):
+    """A torch.export / AOTInductor package (``.pt2``) compiled for this device."""
+
+    kind = "aoti"
+
+    def __init__(self, path: Path, device: torch.device, precision: str):
+        super().__init__(device, precision)
+        from torch._inductor import aoti_load_package
+
+        self.runner = aoti_load_package(str(path))
+
+    def _run(self, x):
+        out = self.runner(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
+class TensorRTBackend(Backend):
+    """A serialised TensorRT engine run with the TensorRT runtime API on torch-owned CUDA memory."""
+
+    kind = "tensorrt"
+
+    def __init__(self, path: Path, device: torch.device, precision: str):
+        if device.type != "cuda":
+            raise ValueError("TensorRT engines need a CUDA device")
+        super().__init__(device, precision)
+        import tensorrt as trt
+
+        self.trt = trt
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialise {path} (built for another TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        self.output_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.output_name))
+
+    def _torch_dtype(self, trt_dtype) -> torch.dtype:
+        return {self.trt.float32: torch.float32, self.trt.float16: torch.float16}[trt_dtype]
+
+    def _run(self, x):
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return out
+
+
+LOADERS: dict[str, Callable[..., Backend]] = {
+    "eager": EagerBackend,
+    "torchscript": TorchScriptBackend,
+    "onnx": OnnxBackend,
+    "aoti": AotiBackend,
+    "tensorrt": TensorRTBackend,
+}
+
+
+def detect_backend(model_dir: Path) -> str:
+    """The backend an archive holds when its config does not say: the first artifact present,
+    compiled formats first (an archive may also carry the eager weights for explanations)."""
+    for kind in ("tensorrt", "aoti", "onnx", "torchscript", "eager"):
+        if (model_dir / ARTIFACTS[kind]).is_file():
+            return kind
+    raise FileNotFoundError(f"no model artifact in {model_dir}; expected one of {sorted(ARTIFACTS.values())}")
+
+
+def load_backend(kind: str, path: Path, device: torch.device, precision: str = "fp32", threads: int = 1) -> Backend:
+    if kind not in LOADERS:
+        raise ValueError(f"unknown backend {kind!r}; known: {', '.join(LOADERS)}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{kind} artifact not found: {path}")
+    if kind == "onnx":
+        return OnnxBackend(Path(path), device, precision, threads=threads)
+    return LOADERS[kind](Path(path), device, precision)

@@ -1,0 +1,246 @@
+"""TorchServe handler: image bytes in, a real/fake verdict per face out.
+
+One handler serves every artifact kind (``handler/backends.py``). Each batch TorchServe hands over is
+decoded per request, face detection runs once over all decodable images, and the face crops of every
+request go through the model in one forward pass. A bad request gets its own 4xx status and JSON
+reason; its batch-mates are answered normally.
+
+Archive layout (``export/archive.py``): this file at the root beside the ``handler`` and ``training``
+packages, the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+``handler:`` section picks backend, precision and artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+# Inside an archive the packages below sit beside this file; make them win over any installed copy,
+# so the server runs exactly the code that was archived.
+_ARCHIVE_ROOT = Path(__file__).resolve().parent
+if (_ARCHIVE_ROOT / "training" / "model.py").is_file() and sys.path[:1] != [str(_ARCHIVE_ROOT)]:
+    sys.path.insert(0, str(_ARCHIVE_ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from ts.metrics.dimension import Dimension  # noqa: E402
+from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
+from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
+
+from handler import gradcam  # noqa: E402
+from handler.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
+from handler.payload import Request, http_status, image_bytes  # noqa: E402
+from handler.preprocessing import (  # noqa: E402
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    FacePreprocessor,
+    ImageError,
+    decode_image,
+    to_tensor_batch,
+)
+
+logger = logging.getLogger(__name__)
+
+NO_FACE_WARNING = "no face detected: the verdict is for the centre crop of the image"
+
+
+class DeepfakeHandler(BaseHandler):
+    def initialize(self, context):
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+
+        gpu = properties.get("gpu_id")
+        self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+        threads = int(config.get("threads", 1))
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+
+        self.metadata = json.loads((model_dir / "model.json").read_text())
+        self.backend_kind = config.get("backend") or detect_backend(model_dir)
+        self.precision = config.get("precision", "fp32")
+        artifact = model_dir / config.get("artifact", ARTIFACTS[self.backend_kind])
+        self.backend = load_backend(self.backend_kind, artifact, self.device, self.precision, threads)
+        # Grad-CAM differentiates the eager model; compiled archives carry its weights for that.
+        self.eager_weights = model_dir / ARTIFACTS["eager"]
+        self._explainer = self.backend.model if self.backend_kind == "eager" else None
+
+        pre = self.metadata.get("preprocessing", {})
+        self.input_size = int(pre.get("input_size", self.metadata["architecture"]["input_size"]))
+        detector = {k: pre[k] for k in ("score_threshold", "nms_threshold", "max_side") if k in pre}
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda" else None
+        self.preprocessor = FacePreprocessor(
+            self.input_size,
+            margin=float(pre.get("margin", 0.3)),
+            max_faces=int(config.get("max_faces", 5)),
+            threads=threads,
+            providers=providers,
+            **detector,
+        )
+        # PIL refuses bigger images itself (decompression bombs); decode_image checks the same limit.
+        self.max_pixels = int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.min_side = int(config.get("min_side", DEFAULT_MIN_SIDE))
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+
+        self.threshold = float(self.metadata.get("threshold", 0.5))
+        self.labels = {int(k): v for k, v in self.metadata.get("labels", {"0": "real", "1": "fake"}).items()}
+        manifest = context.manifest or {}
+        self.model_info = {
+            "name": context.model_name,
+            "version": manifest.get("model", {}).get("modelVersion"),
+            "backend": self.backend_kind,
+            "precision": self.precision,
+            "architecture": self.metadata["architecture"].get("size"),
+            "device": self.device.type,
+        }
+        self.manifest = manifest
+        self.initialized = True
+        logger.info("deepfake handler ready: %s", self.model_info)
+
+    # --- TorchServe entry point -------------------------------------------------------------------
+
+    def handle(self, data, context):
+        self.context = context
+        start = time.perf_counter()
+        requests = self.preprocess(data)
+        batch = self.inference(requests)
+        responses = self.postprocess(batch)
+        self._metric("HandlerTime", (time.perf_counter() - start) * 1000, "ms")
+        return responses
+
+    # --- stages -----------------------------------------------------------------------------------
+
+    def preprocess(self, data) -> tuple[list[Request], torch.Tensor | None]:
+        """Decode each request on its own (errors stay per request), detect faces once for all."""
+        start = time.perf_counter()
+        requests, images = [], []
+        for idx, row in enumerate(data):
+            request = Request(explain=self._header(idx, "explain") == "True")
+            try:
+                content_type = self._header(idx, "Content-Type") or self._header(idx, "content-type")
+                data_bytes = image_bytes(row, content_type)
+                images.append(decode_image(data_bytes, self.max_pixels, self.min_side))
+            except ImageError as error:
+                request.error = error
+            requests.append(request)
+
+        ok = [r for r in requests if r.error is None]
+        crops = []
+        for request, prepared in zip(ok, self._prepare(images)):
+            if isinstance(prepared, ImageError):
+                request.error = prepared
+                continue
+            request.prepared = prepared
+            request.rows = slice(len(crops), len(crops) + len(prepared.crops))
+            crops.extend(prepared.crops)
+            self._metric("FacesPerImage", len(prepared.faces), "count", MetricTypes.HISTOGRAM)
+        tensor = to_tensor_batch(crops) if crops else None
+        self._metric("PreprocessTime", (time.perf_counter() - start) * 1000, "ms")
+        return requests, tensor
+
+    def inference(self, batch, *args, **kwargs):
+        """One forward pass over the face crops of every request in the batch."""
+        requests, tensor = batch
+        start = time.perf_counter()
+        if tensor is not None:
+            probabilities = torch.sigmoid(self.backend(tensor)).tolist()
+            for request in requests:
+                if request.rows is not None:
+                    request.probabilities = probabilities[request.rows]
+        self._metric("InferenceTime", (time.perf_counter() - start) * 1000, "ms")
+        self._metric("BatchSize", len(requests), "count")
+        self._metric("BatchCrops", 0 if tensor is None else len(tensor), "count")
+        return requests, tensor
+
+    def postprocess(self, batch) -> list:
+        requests, tensor = batch
+        start = time.perf_counter()
+        responses = []
+        for idx, request in enumerate(requests):
+            if request.explain and request.error is None:
+                try:
+                    crop = tensor[request.rows][:1].to(self.device, torch.float32)
+                    request.explanation = gradcam.explain(self._explain_model(), crop)
+                except ImageError as error:
+                    request.error = error
+            if request.error is not None:
+                responses.append(self._error(idx, request.error))
+                continue
+            answer = self._verdict(request)
+            answer["batch_size"] = len(requests)  # how many requests shared this forward pass
+            if request.explanation is not None:
+                answer["explanation"] = request.explanation
+            responses.append(answer)
+        self._metric("PostprocessTime", (time.perf_counter() - start) * 1000, "ms")
+        return responses
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _prepare(self, images: list) -> list:
+        """Face detection for all images in one call; if that call fails, image by image, so an
+        image the detector cannot take fails alone instead of taking its batch-mates down."""
+        try:
+            return self.preprocessor.prepare_many(images)
+        except Exception:
+            logger.exception("batched face detection failed; retrying image by image")
+        results = []
+        for image in images:
+            try:
+                results.append(self.preprocessor.prepare(image))
+            except Exception as exc:
+                results.append(ImageError("unprocessable_image", f"face detection failed on this image: {exc}"))
+        return results
+
+    def _explain_model(self):
+        if self._explainer is None:
+            if not self.eager_weights.is_file():
+                raise ImageError("explain_unavailable", f"this {self.backend_kind} archive carries no eager weights for Grad-CAM")
+            from training.weights_io import load_weights
+
+            self._explainer, _ = load_weights(self.eager_weights, map_location=self.device)
+        return self._explainer
+
+    def _verdict(self, request: Request) -> dict:
+        prepared = request.prepared
+        probability = request.probabilities[0]  # the largest face, or the centre crop
+        faces = [
+            {**face.to_dict(), "fake_probability": round(p, 6), "label": self._label(p)}
+            for face, p in zip(prepared.faces, request.probabilities)
+        ]
+        answer = {
+            "label": self._label(probability),
+            "fake_probability": round(probability, 6),
+            "threshold": self.threshold,
+            "face": prepared.faces[0].to_dict() if prepared.faces else None,
+            "faces": faces,
+            "image_size": list(prepared.image_size),
+            "model": self.model_info,
+        }
+        if not prepared.faces:
+            answer["warning"] = NO_FACE_WARNING
+        return answer
+
+    def _label(self, probability: float) -> str:
+        return self.labels[int(probability >= self.threshold)]
+
+    def _error(self, idx: int, error: ImageError) -> dict:
+        self.context.set_response_status(http_status(error), error.message, idx)
+        self._metric("Errors", 1, "count", MetricTypes.COUNTER, kind=error.code)
+        return {"error": error.code, "message": error.message}
+
+    def _header(self, idx: int, key: str) -> str | None:
+        try:
+            return self.context.get_request_header(idx, key)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
+
+    def _metric(self, name: str, value: float, unit: str, metric_type: MetricTypes = MetricTypes.GAUGE, **dims):
+        """Custom metrics through TorchServe's metrics API, prefixed so operators can find them."""
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is None:
+            return
+        dimensions = [Dimension(k, v) for k, v in dims.items()]
+        metrics.add_metric(f"Deepfake{name}", round(float(value), 3), unit, None, dimensions, metric_type)

@@ -1,0 +1,458 @@
+"""Start and stop a real TorchServe, one per run folder: its own TMPDIR, logs, ports and keys.
+
+Used by ``make serve`` / ``make stop``, the integration tests and the benchmarks::
+
+    from handler.server import TorchServe
+
+    with TorchServe("model_store", {"deepfake-detector": "deepfake-detector.mar"}) as server:
+        response = server.predict("deepfake-detector", image_bytes)   # token passed for you
+        print(server.inference_url, server.metrics_url)
+
+By default each server gets free loopback ports; ``ports=Ports.from_config(path)`` uses the ones a
+config file names. ``start()`` returns only when every model answered a real prediction with 200:
+TorchServe's ``/ping`` reports Healthy even while workers crash-loop. ``stop()`` stops exactly that
+server (its own pid file under its own TMPDIR) and waits for its workers to exit.
+
+CLI: ``python -m handler.server start|stop|status --run-dir build/serve ...`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "config.properties"
+STATE_FILE = "server.json"
+CRASH_LOOP_LIMIT = 3  # worker deaths while loading before start() gives up (TorchServe retries forever)
+
+
+class ServerError(RuntimeError):
+    """TorchServe did not start, or a model never answered; the message carries the log tail."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int
+    management: int
+    metrics: int
+    grpc_inference: int
+    grpc_management: int
+
+    @classmethod
+    def free(cls) -> "Ports":
+        """Five distinct free loopback ports (held open together so none repeats)."""
+        sockets = []
+        try:
+            for _ in range(5):
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                sockets.append(s)
+            return cls(*(s.getsockname()[1] for s in sockets))
+        finally:
+            for s in sockets:
+                s.close()
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> "Ports":
+        props = read_properties(path)
+        port = lambda key: int(props[key].rsplit(":", 1)[1])  # noqa: E731
+        return cls(
+            port("inference_address"),
+            port("management_address"),
+            port("metrics_address"),
+            int(props.get("grpc_inference_port", 7070)),
+            int(props.get("grpc_management_port", 7071)),
+        )
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    props = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def render_config(base: str | Path, model_store: Path, ports: Ports, token_auth: bool, overrides: Mapping[str, object] = ()) -> str:
+    """The base config with this server's ports, model store and auth; ``overrides`` win."""
+    props = read_properties(base)
+    props.update(
+        inference_address=f"http://127.0.0.1:{ports.inference}",
+        management_address=f"http://127.0.0.1:{ports.management}",
+        metrics_address=f"http://127.0.0.1:{ports.metrics}",
+        grpc_inference_address="127.0.0.1",
+        grpc_management_address="127.0.0.1",
+        grpc_inference_port=str(ports.grpc_inference),
+        grpc_management_port=str(ports.grpc_management),
+        model_store=str(model_store),
+        # registration by URL is limited to archives inside this server's model store
+        allowed_urls=f"file://{model_store}/.*",
+        disable_token_authorization=str(not token_auth).lower(),
+    )
+    props.update({k: str(v) for k, v in dict(overrides).items()})
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def probe_image() -> bytes:
+    """A small valid PNG (a gradient, no face): enough for a real end-to-end prediction."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 96, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (96, 1)), np.tile(ramp[:, None], (1, 96)), np.full((96, 96), 128, np.uint8)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class TorchServe:
+    """One TorchServe frontend and its workers, owned by this object.
+
+    model_store: folder of .mar files. models: {name: archive file name in the store} loaded at start.
+    run_dir: TMPDIR, logs, rendered config, key file, state; a fresh temp folder when None.
+    ports: Ports, or None for free ones. token_auth: TorchServe's token authorisation (on by default).
+    properties: extra config.properties keys for this server (e.g. ``{"job_queue_size": 1000}``).
+    """
+
+    def __init__(
+        self,
+        model_store: str | Path,
+        models: Mapping[str, str],
+        run_dir: str | Path | None = None,
+        config: str | Path = DEFAULT_CONFIG,
+        ports: Ports | None = None,
+        token_auth: bool = True,
+        properties: Mapping[str, object] | None = None,
+        env: Mapping[str, str] | None = None,
+    ):
+        self.model_store = Path(model_store).resolve()
+        self.models = dict(models)
+        self._own_run_dir = run_dir is None
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="torchserve-")).resolve()
+        self.config = Path(config)
+        self.ports = ports or Ports.free()
+        self.token_auth = token_auth
+        self.properties = dict(properties or {})
+        self.env = dict(env or {})
+        self.pid: int | None = None
+        self._keys: dict | None = None
+
+    # --- paths and URLs ---------------------------------------------------------------------------
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.run_dir / "tmp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.properties"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}"
+
+    # --- auth -------------------------------------------------------------------------------------
+
+    def key(self, api: str = "inference") -> str | None:
+        """The token for ``inference`` or ``management`` (None with auth off)."""
+        if not self.token_auth:
+            return None
+        if self._keys is None:
+            self._keys = json.loads(self.key_file.read_text())
+        return self._keys[api]["key"]
+
+    def headers(self, api: str = "inference") -> dict[str, str]:
+        key = self.key(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def predict(self, model: str, data: bytes | None = None, timeout: float = 120, **kwargs) -> requests.Response:
+        """POST to /predictions/<model>; ``data`` is sent raw, or pass files=/json= as in requests."""
+        headers = {**self.headers("inference"), **kwargs.pop("headers", {})}
+        return requests.post(f"{self.inference_url}/predictions/{model}", data=data, headers=headers, timeout=timeout, **kwargs)
+
+    def explain(self, model: str, data: bytes | None = None, timeout: float = 120, **kwargs) -> requests.Response:
+        headers = {**self.headers("inference"), **kwargs.pop("headers", {})}
+        return requests.post(f"{self.inference_url}/explanations/{model}", data=data, headers=headers, timeout=timeout, **kwargs)
+
+    def management(self, method: str, path: str, timeout: float = 60, **kwargs) -> requests.Response:
+        headers = {**self.headers("management"), **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.management_url}{path}", headers=headers, timeout=timeout, **kwargs)
+
+    def metrics(self, timeout: float = 30) -> str:
+        """Prometheus text from the metrics endpoint."""
+        response = requests.get(f"{self.metrics_url}/metrics", timeout=timeout)
+        response.raise_for_status()
+        return response.text
+
+    def register(self, archive: str, name: str | None = None, workers: int = 1, timeout: float = 600) -> None:
+        """Register an archive of the model store on the running server and wait for a prediction."""
+        name = name or Path(archive).stem
+        params = {"url": archive, "model_name": name, "initial_workers": workers, "synchronous": "true"}
+        response = self.management("POST", "/models", params=params, timeout=timeout)
+        if response.status_code != 200:
+            raise ServerError(f"registering {archive} failed ({response.status_code}): {response.text}\n{self.log_tail()}")
+        self.models[name] = archive
+        self.wait_for_prediction(name, timeout)
+
+    def unregister(self, name: str) -> None:
+        self.management("DELETE", f"/models/{name}").raise_for_status()
+        self.models.pop(name, None)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 600, progress: bool = False) -> "TorchServe":
+        """Launch TorchServe and return once every model answered a real prediction."""
+        if not shutil.which("java"):
+            raise ServerError("TorchServe needs Java 11+ on PATH")
+        # a fresh log folder: start() reads it to detect crash loops; the last run's logs are kept once
+        if self.log_dir.exists():
+            shutil.rmtree(self.run_dir / "logs.previous", ignore_errors=True)
+            self.log_dir.rename(self.run_dir / "logs.previous")
+        for folder in (self.tmp_dir, self.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_config(self.config, self.model_store, self.ports, self.token_auth, self.properties))
+        self.key_file.unlink(missing_ok=True)
+        command = [
+            str(Path(sys.executable).with_name("torchserve")),
+            "--start",
+            "--ncs",  # no config snapshots: every start is exactly this config
+            "--model-store", str(self.model_store),
+            "--ts-config", str(self.config_path),
+        ]  # fmt: skip
+        if self.models:
+            command += ["--models", *(f"{name}={archive}" for name, archive in self.models.items())]
+        started = time.monotonic()
+        with open(self.log_dir / "launcher.log", "w") as launcher_log:
+            result = subprocess.run(command, cwd=self.run_dir, env=self._env(), stdout=launcher_log, stderr=subprocess.STDOUT, timeout=120)
+        if result.returncode != 0:
+            raise ServerError(f"torchserve --start failed ({result.returncode})\n{self.log_tail()}")
+        self.pid = self._read_pid(deadline=started + 60)
+        self._write_state()
+        try:
+            self.wait_for_api(timeout - (time.monotonic() - started))
+            for name in self.models:
+                self.wait_for_prediction(name, timeout - (time.monotonic() - started), progress=progress)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def wait_for_api(self, timeout: float = 120) -> None:
+        """Until the management API answers with this server's key (it listens after --start returns)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerError(f"TorchServe exited during start-up\n{self.log_tail()}")
+            try:
+                if not self.token_auth or self.key_file.exists():
+                    self._keys = None  # re-read: a restart writes new keys
+                    if self.management("GET", "/models", timeout=10).status_code == 200:
+                        return
+            except (requests.ConnectionError, requests.Timeout, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.5)
+        raise ServerError(f"the management API did not answer in {timeout:.0f}s\n{self.log_tail()}")
+
+    def wait_for_prediction(self, model: str, timeout: float = 600, progress: bool = False) -> None:
+        """Poll until ``model`` answers a real image with 200 (workers up and the handler working)."""
+        deadline = time.monotonic() + timeout
+        image, last, reported = probe_image(), "no answer yet", 0.0
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerError(f"TorchServe exited while loading {model}\n{self.log_tail()}")
+            if self._load_failures(model) >= CRASH_LOOP_LIMIT:
+                raise ServerError(f"{model}: workers keep dying while loading (crash loop)\n{self.log_tail()}")
+            try:
+                response = self.predict(model, image, timeout=10)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = type(exc).__name__
+            if progress and time.monotonic() - reported > 10:
+                print(f"  waiting for {model} ({last}) ...", flush=True)
+                reported = time.monotonic()
+            time.sleep(1.0)
+        raise ServerError(f"{model} gave no successful prediction in {timeout:.0f}s (last: {last})\n{self.log_tail()}")
+
+    def _load_failures(self, model: str) -> int:
+        log = self.log_dir / "ts_log.log"
+        if not log.exists():
+            return 0
+        return log.read_text(errors="replace").count(f"Load model failed: {model},")
+
+    def alive(self) -> bool:
+        return self.pid is not None and psutil.pid_exists(self.pid) and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop this server (and only it) and wait until its frontend and workers have exited."""
+        if self.pid is None:
+            self.pid = self._read_pid(deadline=time.monotonic())
+        processes = []
+        if self.pid and psutil.pid_exists(self.pid):
+            frontend = psutil.Process(self.pid)
+            processes = [frontend, *frontend.children(recursive=True)]
+        if processes:
+            # torchserve --stop reads the pid file under our own TMPDIR, so it cannot hit another server
+            subprocess.run(
+                [str(Path(sys.executable).with_name("torchserve")), "--stop"],
+                cwd=self.run_dir, env=self._env(), capture_output=True, timeout=60,
+            )  # fmt: skip
+            _, survivors = psutil.wait_procs(processes, timeout=timeout)
+            for process in survivors:
+                try:
+                    process.send_signal(signal.SIGKILL)
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(survivors, timeout=10)
+        self.pid = None
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> "TorchServe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, run_dir: str | Path) -> "TorchServe":
+        """The server a previous ``start`` left running in ``run_dir`` (for ``make stop`` and tools)."""
+        run_dir = Path(run_dir).resolve()
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        server = cls(state["model_store"], state["models"], run_dir, state["config"], Ports(**state["ports"]), state["token_auth"])
+        server.pid = state["pid"]
+        return server
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = []
+        for name in ("launcher.log", "ts_log.log", "model_log.log"):
+            path = self.log_dir / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(parts) or f"(no logs in {self.log_dir})"
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        # TEMP sets the JVM's java.io.tmpdir, where the worker sockets live: servers must not share it
+        tmp = str(self.tmp_dir)
+        env.update(TMPDIR=tmp, TEMP=tmp, LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir))
+        # workers import the archive's code, never a checkout that happens to be on PYTHONPATH
+        env.pop("PYTHONPATH", None)
+        return env
+
+    def _read_pid(self, deadline: float) -> int | None:
+        pid_file = self.tmp_dir / ".model_server.pid"
+        while True:
+            if pid_file.exists() and pid_file.read_text().strip():
+                return int(pid_file.read_text().strip())
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": self.pid,
+            "model_store": str(self.model_store),
+            "models": self.models,
+            "config": str(self.config),
+            "ports": asdict(self.ports),
+            "token_auth": self.token_auth,
+        }
+        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Start/stop a TorchServe owned by a run folder.")
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve")
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--models", nargs="*", default=["deepfake-detector=deepfake-detector.mar"], help="name=file.mar ...")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--free-ports", action="store_true", help="pick free ports instead of the config's")
+    parser.add_argument("--no-token-auth", action="store_true", help="turn TorchServe's token auth off (not for production)")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+
+    if args.action == "stop":
+        if not (args.run_dir / STATE_FILE).exists():
+            print(f"no server recorded in {args.run_dir}")
+            return
+        server = TorchServe.attach(args.run_dir)
+        server.stop()
+        print(f"stopped TorchServe (pid {server.pid or 'gone'}) of {args.run_dir}")
+        return
+    if args.action == "status":
+        if not (args.run_dir / STATE_FILE).exists():
+            sys.exit(f"no server recorded in {args.run_dir}")
+        server = TorchServe.attach(args.run_dir)
+        print(json.dumps({"alive": server.alive(), "pid": server.pid, "inference": server.inference_url}))
+        return
+
+    if (args.run_dir / STATE_FILE).exists() and TorchServe.attach(args.run_dir).alive():
+        sys.exit(f"a server from {args.run_dir} is still running; run `make stop` first")
+    models = dict(spec.split("=", 1) for spec in args.models)
+    ports = Ports.free() if args.free_ports else Ports.from_config(args.config)
+    server = TorchServe(args.model_store, models, args.run_dir, args.config, ports, token_auth=not args.no_token_auth)
+    print(f"starting TorchServe on {server.inference_url} (logs: {server.log_dir}) ...", flush=True)
+    try:
+        server.start(timeout=args.timeout, progress=True)
+    except ServerError as exc:
+        sys.exit(f"TorchServe did not come up:\n{exc}")
+    name = next(iter(models))
+    print(f"ready in {server.startup_seconds:.1f}s: {name} answered a real prediction")
+    if server.token_auth:
+        print(f"token auth is on; keys are in {server.key_file} (inference key: .inference.key)")
+        auth = f"-H \"Authorization: Bearer $(jq -r .inference.key {server.key_file})\" "
+    else:
+        auth = ""
+    print("try:")
+    print(f"  curl {auth}--data-binary @face.jpg {server.inference_url}/predictions/{name}")
+    print(f"  curl {auth}-F image=@face.jpg {server.inference_url}/explanations/{name}")
+    print(f"  {Path(sys.executable).relative_to(ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable} -m handler.client face.jpg")
+    print("stop it with: make stop")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The detector behind a real TorchServe (session server from conftest): contract, batching,
+per-request errors, explanations, metrics, auth, and a self-contained archive."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from conftest import MODEL, SESSION_BATCH_SIZE
+
+pytestmark = pytest.mark.integration
+
+
+def burst(server, bodies: list[bytes], workers: int = 12) -> list[requests.Response]:
+    """All bodies at once from ``workers`` threads, so they queue and TorchServe batches them."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda body: server.predict(MODEL, body), bodies))
+
+
+def test_answer_schema_on_a_real_face(torchserve, astronaut_jpeg):
+    response = torchserve.predict(MODEL, astronaut_jpeg)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["label"] in ("real", "fake")
+    assert 0.0 <= answer["fake_probability"] <= 1.0
+    assert answer["label"] == ("fake" if answer["fake_probability"] >= answer["threshold"] else "real")
+    x1, y1, x2, y2 = answer["face"]["box"]
+    # the astronaut's face is in the upper middle of the 512x512 photo
+    assert 100 < (x1 + x2) / 2 < 350 and 40 < (y1 + y2) / 2 < 250
+    assert answer["face"]["score"] > 0.8
+    assert len(answer["faces"]) >= 1 and answer["faces"][0]["box"] == answer["face"]["box"]
+    assert answer["faces"][0]["fake_probability"] == answer["fake_probability"]
+    assert answer["model"]["name"] == MODEL and answer["model"]["backend"] == "eager"
+    assert answer["model"]["version"]
+    assert "warning" not in answer
+
+
+def test_no_face_is_a_verdict_with_a_warning(torchserve):
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 150), (90, 140, 200)).save(buffer, format="PNG")
+    answer = torchserve.predict(MODEL, buffer.getvalue()).json()
+    assert answer["face"] is None and answer["faces"] == []
+    assert "no face" in answer["warning"]
+    assert answer["label"] in ("real", "fake")
+
+
+def test_three_encodings_give_the_same_answer(torchserve, astronaut_jpeg):
+    raw = torchserve.predict(MODEL, astronaut_jpeg)
+    multipart = torchserve.predict(MODEL, files={"image": ("face.jpg", astronaut_jpeg, "image/jpeg")})
+    as_json = torchserve.predict(MODEL, json={"image": base64.b64encode(astronaut_jpeg).decode()})
+    answers = [r.json() for r in (raw, multipart, as_json)]
+    assert [r.status_code for r in (raw, multipart, as_json)] == [200, 200, 200]
+    assert len({a["fake_probability"] for a in answers}) == 1
+    assert len({json.dumps(a["face"]) for a in answers}) == 1
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_other_formats_are_served(torchserve, astronaut_jpeg, fmt):
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(astronaut_jpeg)).save(buffer, format=fmt)
+    response = torchserve.predict(MODEL, buffer.getvalue())
+    assert response.status_code == 200, response.text
+    assert response.json()["face"] is not None
+
+
+def test_concurrent_requests_are_batched(torchserve, astronaut_jpeg):
+    responses = burst(torchserve, [astronaut_jpeg] * 16)
+    assert all(r.status_code == 200 for r in responses)
+    sizes = [r.json()["batch_size"] for r in responses]
+    assert max(sizes) > 1, f"no request shared a forward pass: {sizes}"
+    assert max(sizes) <= SESSION_BATCH_SIZE
+    # batched or not, the same image gets the same probability
+    assert max(r.json()["fake_probability"] for r in responses) - min(r.json()["fake_probability"] for r in responses) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "bad, status, code",
+    [
+        (b"", 400, "empty_body"),
+        (b"this is not an image", 415, "not_an_image"),
+        ("truncated", 422, "corrupt_image"),
+        ("tiny", 422, "image_too_small"),
+    ],
+)
+def test_bad_image_in_a_burst_fails_alone(torchserve, astronaut_jpeg, bad, status, code):
+    if bad == "truncated":
+        bad = astronaut_jpeg[: len(astronaut_jpeg) // 3]
+    elif bad == "tiny":
+        buffer = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+        bad = buffer.getvalue()
+    single = torchserve.predict(MODEL, astronaut_jpeg).json()["fake_probability"]
+    bodies = [astronaut_jpeg] * 5 + [bad] + [astronaut_jpeg] * 5
+    responses = burst(torchserve, bodies)
+    bad_response = responses[5]
+    assert bad_response.status_code == status, bad_response.text
+    assert bad_response.json()["error"] == code and bad_response.json()["message"]
+    good = [r for i, r in enumerate(responses) if i != 5]
+    assert all(r.status_code == 200 for r in good), [r.text for r in good if r.status_code != 200]
+    assert all(abs(r.json()["fake_probability"] - single) < 1e-4 for r in good)
+    # the worker survived: the next request is answered
+    assert torchserve.predict(MODEL, astronaut_jpeg).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, code",
+    [
+        ({"json": {"image": "not base64 ***"}}, 400, "bad_base64"),
+        ({"json": {"picture": "x"}}, 400, "missing_image"),
+        ({"data": b"{broken", "headers": {"Content-Type": "application/json"}}, 400, "bad_json"),
+    ],
+)
+def test_bad_json_bodies(torchserve, kwargs, status, code):
+    response = torchserve.predict(MODEL, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code
+
+
+def test_explanation_png_has_the_crop_size(torchserve, astronaut_jpeg, weights_path):
+    from training.weights_io import load_metadata
+
+    size = load_metadata(weights_path)["preprocessing"]["input_size"]
+    response = torchserve.explain(MODEL, astronaut_jpeg)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["label"] in ("real", "fake") and answer["face"] is not None
+    png = Image.open(io.BytesIO(base64.b64decode(answer["explanation"]["heatmap_png"])))
+    assert png.format == "PNG" and png.size == (size, size)
+    assert answer["explanation"]["method"] == "grad-cam"
+
+
+def test_metrics_endpoint_shows_the_handler_metrics(torchserve, astronaut_jpeg):
+    assert torchserve.predict(MODEL, astronaut_jpeg).status_code == 200
+    assert torchserve.predict(MODEL, b"not an image").status_code == 415
+    text = torchserve.metrics()
+    for name in ("DeepfakePreprocessTime", "DeepfakeInferenceTime", "DeepfakePostprocessTime", "DeepfakeBatchSize"):
+        assert f"\n{name}{{" in text, name
+    assert "DeepfakeFacesPerImage_bucket{" in text
+    errors = [line for line in text.splitlines() if line.startswith("DeepfakeErrors{")]
+    assert any('kind="not_an_image"' in line for line in errors), errors
+
+
+def test_token_auth_refuses_requests_without_the_key(torchserve, astronaut_jpeg):
+    url = f"{torchserve.inference_url}/predictions/{MODEL}"
+    assert requests.post(url, data=astronaut_jpeg, timeout=30).status_code in (400, 401, 403)
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert requests.post(url, data=astronaut_jpeg, headers=wrong, timeout=30).status_code in (400, 401, 403)
+    # management needs its own key: the inference key does not open it
+    models = f"{torchserve.management_url}/models"
+    assert requests.get(models, timeout=30).status_code in (400, 401, 403)
+    assert requests.get(models, headers=torchserve.headers("inference"), timeout=30).status_code in (400, 401, 403)
+    assert torchserve.management("GET", "/models").status_code == 200
+
+
+def test_archive_is_self_contained(model_store):
+    from export.archive import verify
+
+    mar = model_store / f"{MODEL}.mar"
+    verify(mar)  # imports resolve inside the extracted archive, in an isolated interpreter
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        config = yaml.safe_load(archive.read("model-config.yaml"))
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert {
+        "deepfake_handler.py",
+        "handler/preprocessing.py",
+        "handler/backends.py",
+        "training/model.py",
+        "training/weights_io.py",
+        "model.safetensors",
+        "model.json",
+        "index_to_name.json",
+        "requirements.txt",
+        "model-config.yaml",
+    } <= names
+    assert config["batchSize"] == SESSION_BATCH_SIZE and config["handler"]["backend"] == "eager"
+    assert manifest["model"]["handler"] == "deepfake_handler.py"
