@@ -60,6 +60,7 @@ class ServingConfig:
     max_workers: int = 1
     response_timeout: int = 120  # s
     device_type: str | None = None  # "cpu" or "gpu"; None lets TorchServe decide
+    batch_range: tuple[int, int] | None = None  # batch sizes the artifact was exported for
     handler: dict = field(default_factory=dict)  # threads, max_faces, max_pixels, ...
 
     def to_yaml(self, backend: str, precision: str, artifact: str) -> str:
@@ -72,7 +73,11 @@ class ServingConfig:
         }
         if self.device_type:
             config["deviceType"] = self.device_type
-        config["handler"] = {"backend": backend, "precision": precision, "artifact": artifact, **self.handler}
+        config["handler"] = {"backend": backend, "precision": precision, "artifact": artifact}
+        if self.batch_range:
+            # the handler splits its forward pass (all faces of all requests) into chunks in range
+            config["handler"]["min_batch"], config["handler"]["max_batch"] = map(int, self.batch_range)
+        config["handler"].update(self.handler)
         return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--response-timeout", type=int, default=120, help="s")
     parser.add_argument("--device-type", choices=["cpu", "gpu"])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per worker")
+    parser.add_argument("--batch-range", type=int, nargs=2, metavar=("MIN", "MAX"), help="batch sizes the artifact accepts")
     parser.add_argument("--no-eager-weights", action="store_true", help="leave out Grad-CAM weights")
     parser.add_argument("--no-verify", action="store_true", help="skip the self-containment check")
     args = parser.parse_args(argv)
@@ -230,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         max_workers=args.workers,
         response_timeout=args.response_timeout,
         device_type=args.device_type,
+        batch_range=tuple(args.batch_range) if args.batch_range else None,
         handler={"threads": args.threads},
     )
     print(f"packing {args.backend} archive from {args.weights} ...", flush=True)

@@ -40,7 +40,8 @@ def pack(artifacts: list[Artifact], export_dir: Path, weights: Path, model_store
         log(f"[archive] {name}.mar from {artifact.file} ...")
         start = time.perf_counter()
         defaults = ServingConfig()
-        serving = ServingConfig(batch_size=min(defaults.batch_size, artifact.max_batch), device_type=device_type(artifact))
+        serving = ServingConfig(batch_size=min(defaults.batch_size, artifact.max_batch), device_type=device_type(artifact),
+                                batch_range=(artifact.min_batch, artifact.max_batch))
         mar = build_archive(
             weights,
             backend=artifact.backend,

@@ -26,7 +26,8 @@ PRECISIONS = ("fp32", "fp16")
 
 
 class Backend:
-    """Runs a batch through one artifact. Subclasses implement ``_run`` on a tensor on ``device``."""
+    """Runs a batch through one artifact. Subclasses implement ``_run`` on a float32 tensor on
+    ``device``; every exported artifact takes float32, fp16 ones cast inside (docs/ARCHITECTURE.md)."""
 
     kind = "?"
 
@@ -37,12 +38,26 @@ class Backend:
             raise ValueError("fp16 artifacts run on CUDA only")
         self.device = device
         self.precision = precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+
+        # the batch sizes the artifact accepts (AOTInductor and TensorRT refuse others)
+        self.min_batch, self.max_batch = 1, None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for any number of rows: split into chunks the artifact accepts, short chunks padded."""
+        step = self.max_batch or max(len(batch), 1)
+        outputs = []
         with torch.inference_mode():
-            x = batch.to(self.device, self.dtype, non_blocking=True).contiguous()
-            return self._run(x).reshape(-1).float().cpu()
+            for start in range(0, len(batch), step):
+                chunk = batch[start : start + step]
+                rows = len(chunk)
+                if rows < self.min_batch:  # repeat the last row; its extra logits are dropped
+                    chunk = torch.cat([chunk, chunk[-1:].expand(self.min_batch - rows, *chunk.shape[1:])])
+                outputs.append(self._forward(chunk)[:rows])
+        return torch.cat(outputs) if outputs else torch.empty(0)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, torch.float32, non_blocking=True).contiguous()
+        return self._run(x).reshape(-1).float().cpu()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -58,10 +73,12 @@ class EagerBackend(Backend):
         from training.weights_io import load_weights
 
         model, _ = load_weights(path, map_location=device)
+        # fp16 eager is the same weights cast at load time
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.to(dtype=self.dtype).eval()
 
     def _run(self, x):
-        return self.model(x)
+        return self.model(x.to(self.dtype))
 
 
 class TorchScriptBackend(Backend):
@@ -93,11 +110,9 @@ class OnnxBackend(Backend):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
-        # the graph decides the input dtype (an fp16 export takes float16)
-        self.input_dtype = torch.float16 if "float16" in self.session.get_inputs()[0].type else torch.float32
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = batch.to(self.input_dtype).contiguous().numpy()
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.to(torch.float32).contiguous().numpy()
         (logits,) = self.session.run(None, {self.input_name: array})[:1]
         return torch.from_numpy(logits).reshape(-1).float()
 
@@ -139,13 +154,14 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        self.input_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.input_name))
         self.output_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.output_name))
 
     def _torch_dtype(self, trt_dtype) -> torch.dtype:
         return {self.trt.float32: torch.float32, self.trt.float16: torch.float16}[trt_dtype]
 
     def _run(self, x):
+        x = x.to(self.input_dtype).contiguous()
         self.context.set_input_shape(self.input_name, tuple(x.shape))
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
         self.context.set_tensor_address(self.input_name, x.data_ptr())
@@ -175,11 +191,25 @@ def detect_backend(model_dir: Path) -> str:
     raise FileNotFoundError(f"no model artifact in {model_dir}; expected one of {sorted(ARTIFACTS.values())}")
 
 
-def load_backend(kind: str, path: Path, device: torch.device, precision: str = "fp32", threads: int = 1) -> Backend:
+def load_backend(
+    kind: str,
+    path: Path,
+    device: torch.device,
+    precision: str = "fp32",
+    threads: int = 1,
+    min_batch: int = 1,
+    max_batch: int | None = None,
+) -> Backend:
+    """The backend for one artifact; ``min_batch``/``max_batch`` are the batch sizes it was exported for."""
     if kind not in LOADERS:
         raise ValueError(f"unknown backend {kind!r}; known: {', '.join(LOADERS)}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{kind} artifact not found: {path}")
+    if max_batch is not None and not 1 <= min_batch <= max_batch:
+        raise ValueError(f"need 1 <= min_batch <= max_batch, got {min_batch} and {max_batch}")
     if kind == "onnx":
-        return OnnxBackend(Path(path), device, precision, threads=threads)
-    return LOADERS[kind](Path(path), device, precision)
+        backend = OnnxBackend(Path(path), device, precision, threads=threads)
+    else:
+        backend = LOADERS[kind](Path(path), device, precision)
+    backend.min_batch, backend.max_batch = min_batch, max_batch
+    return backend

@@ -63,10 +63,19 @@ class DeepfakeHandler(BaseHandler):
         self.backend_kind = config.get("backend") or detect_backend(model_dir)
         self.precision = config.get("precision", "fp32")
         artifact = model_dir / config.get("artifact", ARTIFACTS[self.backend_kind])
-        self.backend = load_backend(self.backend_kind, artifact, self.device, self.precision, threads)
+        max_batch = config.get("max_batch")
+        self.backend = load_backend(
+            self.backend_kind,
+            artifact,
+            self.device,
+            self.precision,
+            threads,
+            min_batch=int(config.get("min_batch", 1)),
+            max_batch=int(max_batch) if max_batch else None,
+        )
         # Grad-CAM differentiates the eager model; compiled archives carry its weights for that.
         self.eager_weights = model_dir / ARTIFACTS["eager"]
-        self._explainer = self.backend.model if self.backend_kind == "eager" else None
+        self._explainer = self.backend.model if (self.backend_kind, self.precision) == ("eager", "fp32") else None
 
         pre = self.metadata.get("preprocessing", {})
         self.input_size = int(pre.get("input_size", self.metadata["architecture"]["input_size"]))

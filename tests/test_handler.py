@@ -1,0 +1,160 @@
+"""Handler stages without a server: the real handler, model and face detector, a fake TorchServe
+context that records statuses and metrics. The integration tests (test_serving.py) cover the rest."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import MODEL
+from handler.backends import ARTIFACTS, detect_backend, load_backend
+from handler.payload import image_bytes
+from handler.preprocessing import ImageError
+
+
+class FakeContext:
+    """What the handler uses of ts.context.Context, recording what it is told."""
+
+    def __init__(self, model_dir, config: dict, headers: dict[int, dict] | None = None):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+        self.manifest = {"model": {"modelName": MODEL, "modelVersion": "1.0"}}
+        self.model_yaml_config = config
+        self.model_name = MODEL
+        self.headers = headers or {}
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.metrics = self
+        self.recorded: list[tuple[str, float, dict]] = []
+
+    def get_request_header(self, idx, key):
+        return self.headers.get(idx, {}).get(key)
+
+    def set_response_status(self, code, phrase, idx):
+        self.statuses[idx] = (code, phrase)
+
+    def add_metric(self, name, value, unit, idx, dimensions, metric_type):
+        self.recorded.append((name, value, {d.name: d.value for d in dimensions}))
+
+    def metric(self, name) -> list[float]:
+        return [value for n, value, _ in self.recorded if n == name]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model_store):
+    """The session's eager archive, extracted as TorchServe would."""
+    folder = tmp_path_factory.mktemp("extracted")
+    with zipfile.ZipFile(model_store / f"{MODEL}.mar") as archive:
+        archive.extractall(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir):
+    from handler.deepfake_handler import DeepfakeHandler
+
+    instance = DeepfakeHandler()
+    instance.initialize(FakeContext(model_dir, {"handler": {"backend": "eager", "threads": 1}}))
+    return instance
+
+
+def png(size=(120, 90), color=(90, 140, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_one_batch_mixed_encodings_and_errors(handler, model_dir, astronaut_jpeg):
+    batch = [
+        {"body": bytearray(astronaut_jpeg)},
+        {"body": bytearray(b"definitely not an image")},
+        {"body": bytearray(png())},
+        {"body": {"image": base64.b64encode(astronaut_jpeg).decode()}},
+        {"file": bytearray(astronaut_jpeg)},
+    ]
+    context = FakeContext(model_dir, {})
+    answers = handler.handle(batch, context)
+
+    assert context.statuses == {1: (415, "the bytes are not an image in a supported format")}
+    assert answers[1] == {"error": "not_an_image", "message": "the bytes are not an image in a supported format"}
+    assert answers[0]["fake_probability"] == answers[3]["fake_probability"] == answers[4]["fake_probability"]
+    assert answers[0]["face"] is not None and answers[2]["face"] is None and "warning" in answers[2]
+    assert all(a["batch_size"] == 5 for i, a in enumerate(answers) if i != 1)
+    # one forward pass for the whole batch: 3 astronaut faces (at least) + 1 centre crop
+    assert context.metric("DeepfakeBatchSize") == [5]
+    assert len(context.metric("DeepfakeInferenceTime")) == 1
+    assert context.metric("DeepfakeBatchCrops")[0] >= 4
+    assert context.metric("DeepfakeFacesPerImage")[:4] == [len(answers[0]["faces"]), 0, len(answers[3]["faces"]), len(answers[4]["faces"])]
+    assert [dims["kind"] for name, _, dims in context.recorded if name == "DeepfakeErrors"] == ["not_an_image"]
+
+
+def test_batch_of_only_bad_requests(handler, model_dir):
+    context = FakeContext(model_dir, {})
+    answers = handler.handle([{"body": bytearray()}, {"body": {"image": "***"}}], context)
+    assert [a["error"] for a in answers] == ["empty_body", "bad_base64"]
+    assert {idx: code for idx, (code, _) in context.statuses.items()} == {0: 400, 1: 400}
+
+
+def test_explanation_request(handler, model_dir, astronaut_jpeg):
+    context = FakeContext(model_dir, {}, headers={0: {"explain": "True"}})
+    explained, plain = handler.handle([{"body": astronaut_jpeg}, {"body": astronaut_jpeg}], context)
+    heatmap = Image.open(io.BytesIO(base64.b64decode(explained["explanation"]["heatmap_png"])))
+    assert heatmap.size == (handler.input_size, handler.input_size)
+    assert "explanation" not in plain
+    assert explained["fake_probability"] == plain["fake_probability"]
+
+
+def test_payload_encodings(astronaut_jpeg):
+    encoded = base64.b64encode(astronaut_jpeg).decode()
+    assert image_bytes({"body": bytearray(astronaut_jpeg)}) == astronaut_jpeg
+    assert image_bytes({"image": astronaut_jpeg}) == astronaut_jpeg
+    assert image_bytes({"upload": astronaut_jpeg}) == astronaut_jpeg  # any single multipart field
+    assert image_bytes({"body": {"image": encoded}}) == astronaut_jpeg
+    assert image_bytes({"body": {"image": "data:image/jpeg;base64," + encoded}}) == astronaut_jpeg
+    for row, code in [
+        ({"body": {"image": "@@@"}}, "bad_base64"),
+        ({"body": {"img": encoded}}, "missing_image"),
+        ({"body": [1, 2]}, "bad_json"),
+        ({"a": b"1", "b": b"2"}, "missing_image"),
+    ]:
+        with pytest.raises(ImageError) as error:
+            image_bytes(row)
+        assert error.value.code == code
+    with pytest.raises(ImageError, match="JSON"):
+        image_bytes({"body": bytearray(b"{oops")}, "application/json")
+
+
+def test_backend_chunks_to_the_exported_batch_range(model_dir):
+    torch.manual_seed(0)
+    batch = torch.rand(5, 3, 192, 192)
+    path = model_dir / ARTIFACTS["eager"]
+    whole = load_backend("eager", path, torch.device("cpu"))(batch)
+    chunked = load_backend("eager", path, torch.device("cpu"), min_batch=2, max_batch=2)(batch)
+    assert whole.shape == (5,) and torch.allclose(whole, chunked, atol=1e-5)
+
+
+def test_torchscript_backend_matches_eager(model_dir, tmp_path):
+    from training.weights_io import load_weights
+
+    model, _ = load_weights(model_dir / ARTIFACTS["eager"])
+    x = torch.rand(2, 3, model.config.input_size, model.config.input_size)
+    traced = torch.jit.trace(model, x[:1])
+    traced.save(str(tmp_path / ARTIFACTS["torchscript"]))
+    assert detect_backend(tmp_path) == "torchscript"
+    backend = load_backend("torchscript", tmp_path / ARTIFACTS["torchscript"], torch.device("cpu"))
+    with torch.inference_mode():
+        assert torch.allclose(backend(x), model(x), atol=1e-4)
+
+
+def test_bad_backend_requests_fail_clearly(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_backend("openvino", model_dir / ARTIFACTS["eager"], torch.device("cpu"))
+    with pytest.raises(FileNotFoundError):
+        load_backend("onnx", tmp_path / "model.onnx", torch.device("cpu"))
+    with pytest.raises(ValueError, match="CUDA"):
+        load_backend("eager", model_dir / ARTIFACTS["eager"], torch.device("cpu"), precision="fp16")
+    with pytest.raises(FileNotFoundError):
+        detect_backend(tmp_path)
