@@ -405,7 +405,7 @@ class TorchServe:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Start/stop a TorchServe owned by a run folder.")
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status", "key"], help="key: print the inference key")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve")
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--models", nargs="*", default=["deepfake-detector=deepfake-detector.mar"], help="name=file.mar ...")
@@ -420,8 +420,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"no server recorded in {args.run_dir}")
             return
         server = TorchServe.attach(args.run_dir)
+        pid, was_alive = server.pid, server.alive()
         server.stop()
-        print(f"stopped TorchServe (pid {server.pid or 'gone'}) of {args.run_dir}")
+        print(f"stopped TorchServe (pid {pid}) of {args.run_dir}" if was_alive else f"the server of {args.run_dir} had already exited")
+        return
+    if args.action == "key":
+        if not (args.run_dir / STATE_FILE).exists():
+            sys.exit(f"no server recorded in {args.run_dir}")
+        print(TorchServe.attach(args.run_dir).key("inference") or "")
         return
     if args.action == "status":
         if not (args.run_dir / STATE_FILE).exists():
@@ -442,15 +448,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"TorchServe did not come up:\n{exc}")
     name = next(iter(models))
     print(f"ready in {server.startup_seconds:.1f}s: {name} answered a real prediction")
+    python = os.path.relpath(sys.executable)
+    example = next(iter(sorted((ROOT / "examples").glob("*/*.jpg"))), None)
+    image = os.path.relpath(example) if example else "face.jpg"
+    auth = ""
     if server.token_auth:
-        print(f"token auth is on; keys are in {server.key_file} (inference key: .inference.key)")
-        auth = f"-H \"Authorization: Bearer $(jq -r .inference.key {server.key_file})\" "
-    else:
-        auth = ""
-    print("try:")
-    print(f"  curl {auth}--data-binary @face.jpg {server.inference_url}/predictions/{name}")
-    print(f"  curl {auth}-F image=@face.jpg {server.inference_url}/explanations/{name}")
-    print(f"  {Path(sys.executable).relative_to(ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable} -m handler.client face.jpg")
+        print(f"token auth is on: keys are in {server.key_file}; send 'Authorization: Bearer <inference key>'")
+        print(f"  KEY=$({python} -m handler.server key --run-dir {os.path.relpath(args.run_dir)})")
+        auth = '-H "Authorization: Bearer $KEY" '
+    print("try (TorchServe reads a body without Content-Type as a form, so send one):")
+    print(f"  curl {auth}-H 'Content-Type: image/jpeg' --data-binary @{image} {server.inference_url}/predictions/{name}")
+    print(f"  curl {auth}-F image=@{image} {server.inference_url}/explanations/{name}")
+    print(f"  {python} -m handler.client {image}            # or a folder: --csv out.csv, --explain heat.png")
     print("stop it with: make stop")
 
 

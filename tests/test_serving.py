@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import zipfile
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -183,3 +184,51 @@ def test_archive_is_self_contained(model_store):
     } <= names
     assert config["batchSize"] == SESSION_BATCH_SIZE and config["handler"]["backend"] == "eager"
     assert manifest["model"]["handler"] == "deepfake_handler.py"
+
+
+def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):
+    import csv
+
+    from handler.client import main as client
+    from training.weights_io import load_metadata
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "face.jpg").write_bytes(astronaut_jpeg)
+    Image.open(io.BytesIO(astronaut_jpeg)).save(folder / "face.png")
+    (folder / "broken.jpg").write_bytes(b"nope")
+    common = ["--url", torchserve.inference_url, "--model", MODEL, "--token", torchserve.key("inference")]
+
+    out = tmp_path / "verdicts.csv"
+    assert client([str(folder), "--csv", str(out), "-c", "3", *common]) == 1  # one image failed
+    rows = {Path(row["path"]).name: row for row in csv.DictReader(out.open())}
+    assert rows["broken.jpg"]["status"] == "415" and rows["broken.jpg"]["error"] == "not_an_image"
+    assert rows["face.jpg"]["status"] == rows["face.png"]["status"] == "200"
+    assert rows["face.jpg"]["label"] in ("real", "fake") and rows["face.jpg"]["faces"] != "0"
+
+    heatmap = tmp_path / "heat.png"
+    assert client([str(folder / "face.jpg"), "--explain", str(heatmap), *common]) == 0
+    size = load_metadata(weights_path)["preprocessing"]["input_size"]
+    assert Image.open(heatmap).size == (size, size)
+
+
+def test_server_cli_starts_and_stops_exactly_its_server(model_store, tmp_path):
+    import psutil
+
+    from handler.server import STATE_FILE, TorchServe, probe_image
+    from handler.server import main as server_cli
+
+    run_dir = tmp_path / "serve"
+    server_cli(["start", "--free-ports", "--run-dir", str(run_dir), "--model-store", str(model_store), "--models", f"{MODEL}={MODEL}.mar"])
+    server = TorchServe.attach(run_dir)
+    try:
+        assert server.alive()
+        workers = psutil.Process(server.pid).children(recursive=True)
+        assert workers, "no worker process under the frontend"
+        assert server.predict(MODEL, probe_image()).status_code == 200
+    finally:
+        server_cli(["stop", "--run-dir", str(run_dir)])
+    assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == psutil.STATUS_ZOMBIE
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert not (run_dir / STATE_FILE).exists()
+

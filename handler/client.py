@@ -1,0 +1,175 @@
+"""Command-line client for the served detector.
+
+    python -m handler.client face.jpg                       # the JSON verdict
+    python -m handler.client photos/ --csv verdicts.csv -c 8  # a folder -> CSV, 8 requests in flight
+    python -m handler.client face.jpg --explain heatmap.png   # Grad-CAM of the face crop to a PNG
+
+The token comes from --token, else $DEEPFAKE_TOKEN, else the key file of the server ``make serve``
+started (``build/serve/key_file.json``). Images are sent raw with their own Content-Type (TorchServe
+would parse a body without one as a URL-encoded form).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import mimetypes
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+CSV_FIELDS = ["path", "status", "label", "fake_probability", "threshold", "faces", "face_score", "warning", "error", "latency_ms"]
+
+
+class Client:
+    def __init__(self, url: str, model: str, token: str | None, timeout: float = 120):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = timeout
+        self._local = threading.local()  # one keep-alive session per thread
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def post(self, path: Path, explain: bool = False) -> requests.Response:
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        api = "explanations" if explain else "predictions"
+        return self.session.post(
+            f"{self.url}/{api}/{self.model}",
+            data=path.read_bytes(),
+            headers={**self.headers, "Content-Type": content_type},
+            timeout=self.timeout,
+        )
+
+    def row(self, path: Path) -> dict:
+        """One CSV row; transport errors become rows too, so a folder run never stops half-way."""
+        start = time.perf_counter()
+        try:
+            response = self.post(path)
+            body = _json(response)
+        except requests.RequestException as exc:
+            return {"path": str(path), "status": "", "error": f"{type(exc).__name__}: {exc}"}
+        row = {"path": str(path), "status": response.status_code, "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+        if response.status_code == 200:
+            face = body.get("face") or {}
+            row.update(
+                label=body["label"],
+                fake_probability=body["fake_probability"],
+                threshold=body["threshold"],
+                faces=len(body.get("faces", [])),
+                face_score=face.get("score", ""),
+                warning=body.get("warning", ""),
+            )
+        else:
+            row["error"] = body.get("error") or body.get("message") or response.text[:200]
+        return row
+
+
+def _json(response: requests.Response) -> dict:
+    try:
+        body = response.json()
+        return body if isinstance(body, dict) else {}
+    except ValueError:
+        return {}
+
+
+def find_token(args) -> str | None:
+    if args.token:
+        return args.token
+    if os.environ.get("DEEPFAKE_TOKEN"):
+        return os.environ["DEEPFAKE_TOKEN"]
+    key_file = args.run_dir / "key_file.json"
+    if key_file.exists():
+        return json.loads(key_file.read_text())["inference"]["key"]
+    return None
+
+
+def images_in(paths: list[Path]) -> list[Path]:
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def run_many(client: Client, paths: list[Path], concurrency: int, out) -> int:
+    """Verdicts for many images as CSV (in input order); returns how many failed."""
+    from tqdm import tqdm
+
+    rows: dict[Path, dict] = {}
+    with ThreadPoolExecutor(max(1, concurrency)) as pool, tqdm(total=len(paths), unit="img", file=sys.stderr) as bar:
+        futures = {pool.submit(client.row, path): path for path in paths}
+        for future in as_completed(futures):
+            rows[futures[future]] = future.result()
+            bar.update(1)
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for path in paths:
+        writer.writerow(rows[path])
+    return sum(1 for row in rows.values() if row.get("status") != 200)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference API")
+    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--token", help="inference key (default: $DEEPFAKE_TOKEN or the make-serve key file)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve", help="where make serve keeps key_file.json")
+    parser.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight for folders")
+    parser.add_argument("--csv", type=Path, help="write folder results here instead of stdout")
+    parser.add_argument("--explain", type=Path, metavar="PNG", help="save the Grad-CAM heatmap of one image")
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args(argv)
+
+    client = Client(args.url, args.model, find_token(args), args.timeout)
+    paths = images_in(args.paths)
+    if not paths:
+        parser.error("no images found")
+
+    if args.explain:
+        if len(paths) != 1:
+            parser.error("--explain takes exactly one image")
+        response = client.post(paths[0], explain=True)
+        body = _json(response)
+        if response.status_code != 200:
+            print(json.dumps(body or {"status": response.status_code, "body": response.text[:500]}, indent=2))
+            return 1
+        explanation = body.pop("explanation")
+        args.explain.write_bytes(base64.b64decode(explanation["heatmap_png"]))
+        print(json.dumps(body, indent=2))
+        print(f"Grad-CAM heatmap ({explanation['size'][0]}x{explanation['size'][1]}) written to {args.explain}", file=sys.stderr)
+        return 0
+
+    if len(paths) == 1 and not args.csv:
+        response = client.post(paths[0])
+        print(json.dumps(_json(response) or {"status": response.status_code, "body": response.text[:500]}, indent=2))
+        return 0 if response.status_code == 200 else 1
+
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as out:
+            failed = run_many(client, paths, args.concurrency, out)
+        print(f"{len(paths) - failed}/{len(paths)} verdicts written to {args.csv}", file=sys.stderr)
+    else:
+        failed = run_many(client, paths, args.concurrency, sys.stdout)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
