@@ -26,7 +26,7 @@ class Case:
     body: bytes
     content_type: str = "application/octet-stream"
     valid: bool = False  # True: a normal verdict is expected
-    code: str | None = None  # decode_image's error code, for raw image bodies
+    code: str | None = None  # the error code expected in the answer (decode_image's, for raw images)
 
     @property
     def raw_image(self) -> bool:
@@ -111,10 +111,14 @@ def build_corpus() -> list[Case]:
         Case("decompression_bomb", decompression_bomb(), "image/png", code="image_too_large"),
         Case("unsupported_ico", encode(face.resize((32, 32)), "ICO"), "image/x-icon", code="unsupported_format"),
         Case("image_1x1", encode(Image.new("RGB", (1, 1), "white"), "PNG"), "image/png", code="image_too_small"),
-        Case("bad_base64", json_body({"image": "!!not base64@@"}), "application/json"),
-        Case("json_without_image", json_body({"picture": "nothing here"}), "application/json"),
-        Case("json_image_not_string", json_body({"image": 12345}), "application/json"),
-        Case("base64_of_text", json_body({"image": base64.b64encode(b"just text").decode()}), "application/json"),
+        Case("binary_declared_as_text", b"\xff\xfe\x00\x81 not utf-8", "text/plain", code="not_an_image"),
+        Case("bad_base64", json_body({"image": "!!not base64@@"}), "application/json", code="bad_base64"),
+        Case("invalid_json", b'{"image": "abc', "application/json", code="bad_json"),
+        Case("json_list", json_body([1, 2, 3]), "application/json", code="bad_json"),
+        Case("json_without_image", json_body({"picture": "nothing here"}), "application/json", code="missing_image"),
+        Case("json_image_not_string", json_body({"image": 12345}), "application/json", code="missing_image"),
+        Case("base64_of_text", json_body({"image": base64.b64encode(b"just text").decode()}), "application/json",
+             code="not_an_image"),
         # served
         Case("image_24x24", encode(face.resize((24, 24)), "PNG"), "image/png", valid=True),
         Case("image_4000x4000", encode(face.resize((4000, 4000), Image.BILINEAR), "JPEG", quality=80),
@@ -182,3 +186,109 @@ def test_bomb_is_refused_from_its_header(tmp_path):
     code, grown_kib = out.stdout.split()
     assert code == "image_too_large"
     assert int(grown_kib) < 20 * 1024
+
+
+# ---------------------------------------------------------------- through a real TorchServe
+
+MODEL = "deepfake-detector"
+BOMB_MEMORY_LIMIT_MB = 50  # decoding the bomb would need 100 MB (greyscale) to 300 MB (RGB)
+
+
+def workers(server) -> list[dict]:
+    reply = server.management("GET", f"/models/{MODEL}")
+    reply.raise_for_status()
+    return reply.json()[0]["workers"]
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process. The peak (VmHWM, Linux) catches a transient allocation
+    that is freed again before anybody looks."""
+    import psutil
+
+    rss = psutil.Process(pid).memory_info().rss / 2**20
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return rss, int(line.split()[1]) / 1024
+    return rss, rss
+
+
+@pytest.fixture(scope="module")
+def served(torchserve):
+    """Every corpus case sent once, the bomb first with the workers' memory measured around it."""
+    before = workers(torchserve)
+    memory_before = {w["pid"]: memory_mb(w["pid"]) for w in before}
+    bomb = next(c for c in CORPUS if c.name == "decompression_bomb")
+    answers = {bomb.name: torchserve.predict(MODEL, bomb.body, headers={"Content-Type": bomb.content_type})}
+    memory_after = {w["pid"]: memory_mb(w["pid"]) for w in workers(torchserve)}
+    for case in CORPUS:
+        if case.name not in answers:
+            answers[case.name] = torchserve.predict(MODEL, case.body, headers={"Content-Type": case.content_type})
+    upright = exif_rotated_jpeg()[1]
+    answers["upright_reference"] = torchserve.predict(MODEL, encode(upright, "JPEG", quality=95))
+    return {"answers": answers, "workers_before": before, "workers_after": workers(torchserve),
+            "memory_before": memory_before, "memory_after": memory_after}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", BAD, ids=lambda c: c.name)
+def test_bad_input_gets_a_4xx_with_a_json_reason(served, case):
+    from handler.payload import HTTP_STATUS
+
+    reply = served["answers"][case.name]
+    assert 400 <= reply.status_code < 500, (reply.status_code, reply.text[:300])
+    body = reply.json()
+    assert body["error"] == case.code, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert reply.status_code == HTTP_STATUS[case.code]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", GOOD, ids=lambda c: c.name)
+def test_valid_input_gets_a_verdict(served, case):
+    reply = served["answers"][case.name]
+    assert reply.status_code == 200, reply.text[:300]
+    answer = reply.json()
+    assert answer["label"] in ("real", "fake")
+    assert 0.0 <= answer["fake_probability"] <= 1.0
+    assert answer["label"] == ("fake" if answer["fake_probability"] >= answer["threshold"] else "real")
+    assert "face" in answer and isinstance(answer["faces"], list)
+    if answer["face"] is None:
+        assert answer["warning"]
+
+
+@pytest.mark.integration
+def test_no_face_image_is_a_verdict_with_a_warning(served):
+    answer = served["answers"]["no_face"].json()
+    assert answer["face"] is None and answer["faces"] == [] and "no face" in answer["warning"]
+
+
+@pytest.mark.integration
+def test_exif_orientation_is_honoured_by_the_server(served):
+    rotated = served["answers"]["exif_rotated_jpeg"].json()
+    upright = served["answers"]["upright_reference"].json()
+    assert rotated["image_size"] == upright["image_size"] == [512, 384]
+    assert rotated["face"] is not None and upright["face"] is not None
+    assert np.allclose(rotated["face"]["box"], upright["face"]["box"], atol=4)  # JPEG noise, not a rotation
+
+
+@pytest.mark.integration
+def test_large_valid_image_is_served_at_full_size(served):
+    answer = served["answers"]["image_4000x4000"].json()
+    assert answer["image_size"] == [4000, 4000] and answer["face"] is not None
+
+
+@pytest.mark.integration
+def test_workers_survive_the_corpus(served):
+    before = {w["id"]: w["pid"] for w in served["workers_before"]}
+    after = {w["id"]: w["pid"] for w in served["workers_after"]}
+    assert after == before, "a worker died and was restarted"
+    assert all(w["status"] == "READY" for w in served["workers_after"])
+
+
+@pytest.mark.integration
+def test_bomb_does_not_raise_worker_memory(served):
+    assert served["answers"]["decompression_bomb"].status_code == 413
+    for pid, (rss_before, peak_before) in served["memory_before"].items():
+        rss_after, peak_after = served["memory_after"][pid]
+        assert peak_after - peak_before < BOMB_MEMORY_LIMIT_MB, (pid, peak_before, peak_after)
+        assert rss_after - rss_before < BOMB_MEMORY_LIMIT_MB, (pid, rss_before, rss_after)
