@@ -316,7 +316,7 @@ def wait_for_management(endpoints: Endpoints, server, timeout: float = 120) -> N
             if r.status_code == 200:
                 return
             last = f"HTTP {r.status_code}"
-        except (requests.RequestException, FileNotFoundError) as exc:
+        except (requests.RequestException, OSError, ValueError) as exc:  # ValueError: key file half written
             last = type(exc).__name__
         time.sleep(0.5)
     raise RuntimeError(f"TorchServe's management API did not answer in {timeout:.0f}s ({last})\n{server.log_tail()}")

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES), help="phases to run")
     parser.add_argument("--out", type=Path, help="run folder (default: benchmarks/reports/<time>-<device>-<profile>)")
     parser.add_argument("--note", action="append", default=[], help="a line for the report (e.g. 'shared machine')")
+    parser.add_argument("--attach", type=Path, metavar="RUN_DIR",
+                        help="load-test the running server of this handler.server run folder instead of starting one")
     args = parser.parse_args(argv)
 
     profile = load_profile(args.profile, args.set)
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                "--server-dir", str(ROOT / "build" / "bench-server" / out.name)]
         for item in args.set:
             cmd += ["--set", item]
+        if args.attach:
+            cmd += ["--attach", str(args.attach)]
         result = subprocess.run(cmd, cwd=ROOT)
         if result.returncode != 0 or not load_json.exists():
             summary["load"] = {"results": [], "skipped": [{"backend": "all", "reason": f"load phase exited with {result.returncode}"}]}

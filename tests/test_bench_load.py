@@ -1,0 +1,94 @@
+"""A short real load run: Locust on loopback against a real TorchServe serving the real archive."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from handler.server import TorchServe
+from training.model import build_model
+from training.weights_io import save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from export.archive import build_archive
+
+    base = tmp_path_factory.mktemp("bench-load")
+    torch.manual_seed(0)
+    weights = save_weights(build_model("small").eval(), base / "weights" / "tiny.safetensors")
+    store = base / "store"
+    build_archive(weights, "eager", export_path=store)
+    with TorchServe(store, {"deepfake-detector": "deepfake-detector.mar"}, run_dir=base / "server") as running:
+        yield running
+
+
+def test_short_locust_run_gives_a_well_formed_summary_without_failures(server, tmp_path):
+    profile = {
+        "name": "test",
+        "images": str(ROOT / "examples"),
+        "model_store": str(server.model_store),
+        "load": {
+            "backends": ["eager"],
+            "baseline": {"backend": "eager", "batch_size": 1, "max_batch_delay": 0},
+            "batching": [{"batch_size": 4, "max_batch_delay": 50}],
+            "users": [3],
+            "workers": 1,
+            "warmup_s": 1,
+            "window_s": 2,
+            "min_windows": 2,
+            "max_windows": 2,
+            "tolerance": 1.0,
+            "sample_interval_s": 0.5,
+            "max_minutes": 5,
+        },
+    }
+    profile_path = tmp_path / "profile.yaml"
+    profile_path.write_text(yaml.safe_dump(profile))
+    out = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--profile", str(profile_path), "--only", "load",
+         "--attach", str(server.run_dir), "--out", str(out)],
+        cwd=ROOT, check=True, timeout=600,
+    )  # fmt: skip
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "cpu"
+    assert summary["machine"]["versions"]["torchserve"] == "0.12.0"
+    load = summary["load"]
+    assert load["skipped"] == []
+    rows = {(r["batch_size"], r["max_batch_delay"]): r for r in load["results"]}
+    assert set(rows) == {(1, 0), (4, 50)}
+    assert rows[(1, 0)]["baseline"] and not rows[(4, 50)]["baseline"]
+    for (batch, delay), r in rows.items():
+        assert r["users"] == 3
+        assert r["failures"] == 0, r["failure_examples"]
+        assert r["requests"] > 0 and r["rps"] > 0
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert r["windows"] == 2 and len(r["window_rps"]) == 2
+        # the server really ran the setting asked for
+        assert (r["served_batch_size"], r["served_max_batch_delay"]) == (batch, delay)
+        # the server-side split comes from TorchServe's own counters
+        assert r["server"]["requests"] > 0
+        assert 0 <= r["server"]["queue_ms"] < r["server"]["total_ms"]
+        assert r["host"]["workers"] >= 1 and r["host"]["frontend_rss_mib"] > 0 and r["host"]["workers_rss_mib"] > 0
+
+    # the run rendered its report, with the naive baseline side by side
+    text = (out / "report.md").read_text()
+    assert "### Speed-up over the naive baseline" in text
+    assert (out / "throughput_vs_users.png").stat().st_size > 0
+
+    # the benchmark left the server as it found it: only the original model, no variant archives
+    models = server.management("GET", "/models").json()["models"]
+    assert [m["modelName"] for m in models] == ["deepfake-detector"]
+    assert sorted(p.name for p in server.model_store.glob("*.mar")) == ["deepfake-detector.mar"]
