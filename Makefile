@@ -56,5 +56,17 @@ serve: $(ARCHIVE)
 stop:
 	$(PY) -m handler.server stop --run-dir $(SERVE_DIR)
 
+# Benchmarks (issue 5): `make bench` is the quick profile (< 10 min on 2 CPU cores), `make bench-full`
+# every backend, batch size and concurrency level. Each writes benchmarks/reports/<time>-<device>-<profile>/.
+# The artifacts and archives of `make export` are built once if missing. BENCH_FLAGS: see `python -m benchmarks.run -h`.
+build/export/manifest.json: | $(STAMP) $(WEIGHTS)
+	$(MAKE) export
+
+bench: $(ARCHIVE) build/export/manifest.json
+	$(PY) -m benchmarks.run --profile quick $(BENCH_FLAGS)
+
+bench-full: $(ARCHIVE) build/export/manifest.json
+	$(PY) -m benchmarks.run --profile full $(BENCH_FLAGS)
+
 clean:
 	rm -rf build runs model_store/*.mar
