@@ -3,6 +3,7 @@
     python -m handler.client face.jpg                       # the JSON verdict
     python -m handler.client photos/ --csv verdicts.csv -c 8  # a folder -> CSV, 8 requests in flight
     python -m handler.client face.jpg --explain heatmap.png   # Grad-CAM of the face crop to a PNG
+    python -m handler.client examples --repeat 25 -c 16 --csv /tmp/v.csv   # a quick load check
 
 The token comes from --token, else $DEEPFAKE_TOKEN, else the key file of the server ``make serve``
 started (``build/serve/key_file.json``). Images are sent raw with their own Content-Type (TorchServe
@@ -108,20 +109,35 @@ def images_in(paths: list[Path]) -> list[Path]:
 
 
 def run_many(client: Client, paths: list[Path], concurrency: int, out) -> int:
-    """Verdicts for many images as CSV (in input order); returns how many failed."""
+    """Verdicts for many images as CSV (in input order), then a throughput and latency summary on
+    stderr; returns how many failed."""
     from tqdm import tqdm
 
-    rows: dict[Path, dict] = {}
+    rows: list[dict | None] = [None] * len(paths)
+    start = time.perf_counter()
     with ThreadPoolExecutor(max(1, concurrency)) as pool, tqdm(total=len(paths), unit="img", file=sys.stderr) as bar:
-        futures = {pool.submit(client.row, path): path for path in paths}
+        futures = {pool.submit(client.row, path): i for i, path in enumerate(paths)}
         for future in as_completed(futures):
             rows[futures[future]] = future.result()
             bar.update(1)
+    elapsed = time.perf_counter() - start
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
-    for path in paths:
-        writer.writerow(rows[path])
-    return sum(1 for row in rows.values() if row.get("status") != 200)
+    writer.writerows(rows)
+    failed = sum(1 for row in rows if row.get("status") != 200)
+    print(summary(rows, elapsed, concurrency), file=sys.stderr)
+    return failed
+
+
+def summary(rows: list[dict], elapsed: float, concurrency: int) -> str:
+    import numpy as np
+
+    latencies = np.array([row["latency_ms"] for row in rows if row.get("status") == 200])
+    text = f"{len(rows)} requests, {len(rows) - len(latencies)} failed, {concurrency} in flight: {len(rows) / elapsed:.1f} req/s"
+    if len(latencies):
+        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+        text += f", latency p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight for folders")
     parser.add_argument("--csv", type=Path, help="write folder results here instead of stdout")
     parser.add_argument("--explain", type=Path, metavar="PNG", help="save the Grad-CAM heatmap of one image")
+    parser.add_argument("--repeat", type=int, default=1, help="send the images this many times (a quick load check)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args(argv)
 
@@ -141,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = images_in(args.paths)
     if not paths:
         parser.error("no images found")
+    paths = paths * max(1, args.repeat)
 
     if args.explain:
         if len(paths) != 1:
@@ -156,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Grad-CAM heatmap ({explanation['size'][0]}x{explanation['size'][1]}) written to {args.explain}", file=sys.stderr)
         return 0
 
-    if len(paths) == 1 and not args.csv:
+    if len(paths) == 1 and not args.csv:  # one image: the answer itself
         response = client.post(paths[0])
         print(json.dumps(_json(response) or {"status": response.status_code, "body": response.text[:500]}, indent=2))
         return 0 if response.status_code == 200 else 1

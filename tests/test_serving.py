@@ -223,12 +223,13 @@ def test_server_cli_starts_and_stops_exactly_its_server(model_store, tmp_path):
     server = TorchServe.attach(run_dir)
     try:
         assert server.alive()
-        workers = psutil.Process(server.pid).children(recursive=True)
+        frontend = psutil.Process(server.pid)
+        workers = frontend.children(recursive=True)
         assert workers, "no worker process under the frontend"
         assert server.predict(MODEL, probe_image()).status_code == 200
     finally:
         server_cli(["stop", "--run-dir", str(run_dir)])
-    assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == psutil.STATUS_ZOMBIE
-    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    _, still_running = psutil.wait_procs([frontend, *workers], timeout=0)
+    assert not [p for p in still_running if p.status() != psutil.STATUS_ZOMBIE]
     assert not (run_dir / STATE_FILE).exists()
 
