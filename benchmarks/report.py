@@ -108,7 +108,9 @@ def _server_keys(rows: list[dict]) -> list[str]:
     keys = sorted({k for r in rows for k in r.get("server", {})})
     first = [k for k in ("queue_ms", "total_ms") if k in keys]
     timings = [k for k in keys if k not in first and ("Time" in k or k.endswith("_ms"))]
-    return first + timings
+    sizes = [k for k in keys if "Batch" in k or k.endswith("_mean")]
+    errors = [k for k in keys if "Error" in k or k.startswith("Requests4") or k.startswith("Requests5")]
+    return first + timings + sizes + errors
 
 
 def machine_section(summary: dict) -> str:
@@ -178,6 +180,19 @@ def bounds_section(summary: dict) -> list[str]:
                          f"load generator {host.get('client_cpu_percent', 0):.0f} %, other processes {host.get('other_cpu_percent', 0):.0f} % "
                          f"(100 % = one core)")
         lines.append("- End to end: " + "; ".join(parts) + ".")
+        stages = {k: server.get(f"Deepfake{k}Time") for k in ("Preprocess", "Inference", "Postprocess")}
+        handler_ms = server.get("DeepfakeHandlerTime") or server.get("HandlerTime")
+        if handler_ms and all(v is not None for v in stages.values()):
+            batch = server.get("DeepfakeBatchSize")
+            lines.append(
+                f"- Inside the handler at that level (per batch{f' of {batch:.1f} requests on average' if batch else ''}): "
+                f"preprocessing {stages['Preprocess']:.1f} ms, inference {stages['Inference']:.1f} ms, postprocessing "
+                f"{stages['Postprocess']:.1f} ms of {handler_ms:.1f} ms; preprocessing is "
+                f"{100 * stages['Preprocess'] / handler_ms:.0f} % of the handler's time.")
+        if handler_ms and "total_ms" in server:
+            overhead = server["total_ms"] - server.get("queue_ms", 0) - handler_ms
+            lines.append(f"- Frontend, worker IPC and batch assembly add about {max(0.0, overhead):.1f} ms per request "
+                         "(server time minus queueing minus handler time).")
         if pre.get("images_per_s_one_core") and best:
             per_image_ms = 1000 / pre["images_per_s_one_core"] + 1000 / best["images_per_s"]
             lines.append(f"- Preprocessing + model at its best batch need {per_image_ms:.1f} ms of compute per image, so one core "

@@ -102,7 +102,7 @@ def server_split(first: Scrape, last: Scrape, gauges: list[dict[str, float]], mo
         elif kind in ("histogram", "summary") and series.split("{")[0].endswith("_sum"):
             count = delta.get(series.replace("_sum", "_count", 1), 0.0)
             if count:
-                out[f"{family}_ms" if not family.endswith("_ms") else family] = change / count
+                out[f"{family}_mean"] = change / count
         elif kind == "counter" and series not in COUNTERS.values():
             out[series] = change
     for series in {s for sample in gauges for s in sample}:
