@@ -16,11 +16,11 @@ from sklearn.metrics import roc_curve
 DPI = 100
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     # a 256-colour palette keeps plots a few tens of kB, small enough to commit
     with Image.open(path) as image:
@@ -89,4 +89,4 @@ def plot_spectra(spectra: dict[str, np.ndarray], path) -> Path:
             im = ax.imshow(spectra[name], cmap="viridis")
         ax.set(title=f"{name}: mean log|FFT|", xticks=[], yticks=[])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _save(fig, path)
+    return _save(fig, path, dpi=72)  # noisy spectra compress badly: fewer pixels
