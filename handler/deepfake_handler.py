@@ -80,7 +80,12 @@ class DeepfakeHandler(BaseHandler):
         pre = self.metadata.get("preprocessing", {})
         self.input_size = int(pre.get("input_size", self.metadata["architecture"]["input_size"]))
         detector = {k: pre[k] for k in ("score_threshold", "nms_threshold", "max_side") if k in pre}
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda" else None
+        providers = None  # the detector follows the model onto the GPU when onnxruntime can
+        if self.device.type == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
         self.preprocessor = FacePreprocessor(
             self.input_size,
             margin=float(pre.get("margin", 0.3)),
@@ -114,9 +119,17 @@ class DeepfakeHandler(BaseHandler):
     def handle(self, data, context):
         self.context = context
         start = time.perf_counter()
-        requests = self.preprocess(data)
-        batch = self.inference(requests)
-        responses = self.postprocess(batch)
+        batch = None
+        try:
+            batch = self.preprocess(data)
+            responses = self.postprocess(self.inference(batch))
+        except Exception:
+            # A server fault (bad input never raises here): bad requests keep their own 4xx, the
+            # rest get a JSON 500 instead of TorchServe's bare 503, and the worker stays alive.
+            logger.exception("batch of %d failed", len(data))
+            fault = ImageError("internal_error", "the server failed on this batch; see the model log")
+            known = batch[0] if batch else [Request() for _ in data]
+            responses = [self._error(i, r.error) if r.error else self._error(i, fault, 500) for i, r in enumerate(known)]
         self._metric("HandlerTime", (time.perf_counter() - start) * 1000, "ms")
         return responses
 
@@ -235,8 +248,8 @@ class DeepfakeHandler(BaseHandler):
     def _label(self, probability: float) -> str:
         return self.labels[int(probability >= self.threshold)]
 
-    def _error(self, idx: int, error: ImageError) -> dict:
-        self.context.set_response_status(http_status(error), error.message, idx)
+    def _error(self, idx: int, error: ImageError, status: int | None = None) -> dict:
+        self.context.set_response_status(status or http_status(error), error.message, idx)
         self._metric("Errors", 1, "count", MetricTypes.COUNTER, kind=error.code)
         return {"error": error.code, "message": error.message}
 

@@ -158,3 +158,19 @@ def test_bad_backend_requests_fail_clearly(model_dir, tmp_path):
         load_backend("eager", model_dir / ARTIFACTS["eager"], torch.device("cpu"), precision="fp16")
     with pytest.raises(FileNotFoundError):
         detect_backend(tmp_path)
+
+
+def test_a_server_fault_is_a_json_500_and_bad_input_keeps_its_4xx(model_dir, astronaut_jpeg):
+    from handler.deepfake_handler import DeepfakeHandler
+
+    broken = DeepfakeHandler()
+    broken.initialize(FakeContext(model_dir, {}))
+
+    def failing_backend(batch):
+        raise RuntimeError("device lost")
+
+    broken.backend = failing_backend
+    context = FakeContext(model_dir, {})
+    answers = broken.handle([{"body": astronaut_jpeg}, {"body": b"junk"}], context)
+    assert [a["error"] for a in answers] == ["internal_error", "not_an_image"]
+    assert [context.statuses[i][0] for i in (0, 1)] == [500, 415]
