@@ -68,5 +68,11 @@ bench: $(ARCHIVE) build/export/manifest.json
 bench-full: $(ARCHIVE) build/export/manifest.json
 	$(PY) -m benchmarks.run --profile full $(BENCH_FLAGS)
 
+# Soak (issue 6): 10 min at 32 Locust users against `make serve`'s server (attached when running, else
+# started with the same config and archive). Writes benchmarks/reports/soak-<time>/; fails on a missed
+# target. SOAK_FLAGS: see `python -m benchmarks.soak -h`.
+soak: $(ARCHIVE)
+	$(PY) -m benchmarks.soak --run-dir $(SERVE_DIR) --archive $(ARCHIVE) $(SOAK_FLAGS)
+
 clean:
 	rm -rf build runs model_store/*.mar
