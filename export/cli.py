@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"need 1 <= --min-batch <= --max-batch, got {args.min_batch} and {args.max_batch}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if torch.device(device).type == "cuda":
+        # "fp32" means FP32: TF32 convolutions and matmuls would be compiled into the AOTInductor
+        # package and miss the FP32 parity bound; FP16 variants are the fast path.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if not args.weights.exists():
         raise SystemExit(f"weights not found: {args.weights} (train with `make train` or pass --weights)")
 

@@ -115,5 +115,6 @@ def onnx_session(path: Path, device: str = "cpu", threads: int = 0):
     if torch.device(device).type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("onnxruntime has no CUDA provider here; install onnxruntime-gpu to run ONNX on CUDA")
-        providers.insert(0, "CUDAExecutionProvider")
+        # TF32 off: an FP32 artifact is checked (and should be served) at FP32 accuracy
+        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": 0}))
     return ort.InferenceSession(str(path), options, providers=providers)

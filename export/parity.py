@@ -197,14 +197,28 @@ def check_artifact(
 # ---------------------------------------------------------------- reports
 
 
-def write_reports(out_dir: Path, results: list[ParityResult], info: dict) -> tuple[Path, Path]:
+def write_reports(
+    out_dir: Path, results: list[ParityResult], info: dict, artifacts: list[Artifact] = ()
+) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     payload = {**info, "passed": all(r.passed for r in results), "results": [asdict(r) for r in results]}
     json_path = out_dir / "parity.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     md_path = out_dir / "parity.md"
-    md_path.write_text(markdown_table(results, info))
+    md_path.write_text(markdown_table(results, info) + exports_table(artifacts))
     return json_path, md_path
+
+
+def exports_table(artifacts: list[Artifact]) -> str:
+    if not artifacts:
+        return ""
+    lines = ["", "## Exports", "", "| artifact | file | built on | batch range | export time | size |", "|---|---|---|---|---:|---:|"]
+    for a in artifacts:
+        lines.append(
+            f"| {a.key} | `{a.file}` | {a.device} | {a.min_batch}–{a.max_batch} | {a.export_seconds:.1f} s"
+            f" | {a.size_bytes / 1e6:.1f} MB |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: list[ParityResult], info: dict) -> str:
@@ -264,7 +278,7 @@ def run_parity(
         log(f"[parity] {artifact.key:<16} max |Δp| {worst:.2e} (≤ {result.tolerance:g}) {status}")
         results.append(result)
     info = {"weights": str(weights), "images": source, "threshold": threshold, "device": device}
-    json_path, md_path = write_reports(export_dir, results, info)
+    json_path, md_path = write_reports(export_dir, results, info, artifacts)
     log(f"[parity] report: {md_path} and {json_path}")
     return results
 
