@@ -36,14 +36,19 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", type=Path, default=Path("weights/default.safetensors"))
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export weights to every serving format, check each against eager, optionally pack .mar files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--weights", type=Path, default=Path("weights/default.safetensors"),
+                   help="safetensors file with its .json metadata beside it")
     p.add_argument("--formats", default=",".join(BACKENDS), type=lambda v: parse_list(v, BACKENDS, "--formats"),
                    help="comma list (default: all); tensorrt is skipped with a message where unavailable")
     p.add_argument("--precision", default="fp32,fp16", type=lambda v: parse_list(v, PRECISIONS, "--precision"),
                    help="comma list; fp16 only on CUDA (skipped with a message elsewhere)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
-    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--min-batch", type=int, default=1, help="smallest batch the artifacts accept")
     p.add_argument("--max-batch", type=int, default=None,
                    help=f"largest batch the artifacts accept (default {DEFAULT_MAX_BATCH['cpu']} on CPU, "
                         f"{DEFAULT_MAX_BATCH['cuda']} on CUDA)")
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size TensorRT tunes its kernels for (clamped to the batch range)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     p.add_argument("--trt-workspace-gib", type=float, default=4.0, help="TensorRT builder workspace")
-    p.add_argument("--out", type=Path, default=Path("build/export"))
+    p.add_argument("--out", type=Path, default=Path("build/export"), help="folder for artifacts and reports")
     p.add_argument("--examples", type=Path, default=Path("examples"), help="images for the parity check")
     p.add_argument("--parity-images", type=int, default=8, help="how many fixed images the parity check uses")
     p.add_argument("--skip-parity", action="store_true", help="export only (not for release artifacts)")
