@@ -292,3 +292,37 @@ def test_bomb_does_not_raise_worker_memory(served):
         rss_after, peak_after = served["memory_after"][pid]
         assert peak_after - peak_before < BOMB_MEMORY_LIMIT_MB, (pid, peak_before, peak_after)
         assert rss_after - rss_before < BOMB_MEMORY_LIMIT_MB, (pid, rss_before, rss_after)
+
+
+# ---------------------------------------------------------------- hostile requests beyond the image
+
+@pytest.mark.integration
+def test_oversized_body_is_refused_by_the_frontend(torchserve):
+    """max_request_size is enforced by TorchServe's Netty frontend before any handler code runs:
+    a bare 413 (TorchServe 0.12 sends no body with it), and the worker never sees the bytes."""
+    from handler.server import read_properties
+
+    limit = int(read_properties(torchserve.config_path)["max_request_size"])
+    before = {w["pid"] for w in workers(torchserve)}
+    reply = torchserve.predict(MODEL, b"\xff" * (limit + 1024))
+    assert reply.status_code == 413, reply.text[:200]
+    assert {w["pid"] for w in workers(torchserve)} == before
+    assert torchserve.predict(MODEL, encode(astronaut((128, 128)), "PNG")).status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "https://example.com/evil.mar", "../outside.mar"])
+def test_archives_are_registered_only_from_the_model_store(torchserve, url):
+    reply = torchserve.management("POST", "/models", params={"url": url, "model_name": "intruder"})
+    assert 400 <= reply.status_code < 500, reply.text[:200]
+    assert "intruder" not in {m["modelName"] for m in torchserve.management("GET", "/models").json()["models"]}
+
+
+@pytest.mark.integration
+def test_server_listens_on_loopback_only(torchserve):
+    import psutil
+
+    frontend = psutil.Process(torchserve.pid)
+    listening = [c.laddr for c in frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening, "the frontend has no listening socket"
+    assert all(addr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for addr in listening), listening
