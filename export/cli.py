@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             formats.remove("tensorrt")
             log(f"[export] tensorrt skipped: {reason}")
-    if not precisions:
-        raise SystemExit("nothing to export: no requested precision is supported on this device")
+    if not precisions or not formats:
+        raise SystemExit("nothing to export: no requested format and precision can be built on this machine")
 
     exporter = Exporter(model, args.weights, args.out, device, args)
     for precision in precisions:

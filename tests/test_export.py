@@ -243,3 +243,5 @@ def test_bad_arguments_are_refused(weights, tmp_path):
         cli.main(["--weights", str(tmp_path / "absent.safetensors"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         cli.main(["--weights", str(weights), "--formats", "onnx,tflite", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="nothing to export"):
+        cli.main(["--weights", str(weights), "--device", "cpu", "--precision", "fp16", "--out", str(tmp_path)])
