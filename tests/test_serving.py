@@ -107,6 +107,7 @@ def test_bad_image_in_a_burst_fails_alone(torchserve, astronaut_jpeg, bad, statu
     good = [r for i, r in enumerate(responses) if i != 5]
     assert all(r.status_code == 200 for r in good), [r.text for r in good if r.status_code != 200]
     assert all(abs(r.json()["fake_probability"] - single) < 1e-4 for r in good)
+    assert max(r.json()["batch_size"] for r in good) > 1, "the burst was not batched"
     # the worker survived: the next request is answered
     assert torchserve.predict(MODEL, astronaut_jpeg).status_code == 200
 
