@@ -153,6 +153,7 @@ class TorchServe:
         self.properties = dict(properties or {})
         self.env = dict(env or {})
         self.pid: int | None = None
+        self.startup_seconds: float | None = None  # launch to first successful prediction
         self._keys: dict | None = None
 
     # --- paths and URLs ---------------------------------------------------------------------------
@@ -319,16 +320,27 @@ class TorchServe:
         return log.read_text(errors="replace").count(f"Load model failed: {model},")
 
     def alive(self) -> bool:
-        return self.pid is not None and psutil.pid_exists(self.pid) and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        """Whether this server's frontend process is running."""
+        if self.pid is None:
+            return False
+        try:
+            process = psutil.Process(self.pid)
+            # the frontend runs in our run folder; anything else is a recycled pid, not ours to stop
+            return process.status() != psutil.STATUS_ZOMBIE and Path(process.cwd()) == self.run_dir
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
 
     def stop(self, timeout: float = 60) -> None:
         """Stop this server (and only it) and wait until its frontend and workers have exited."""
         if self.pid is None:
             self.pid = self._read_pid(deadline=time.monotonic())
         processes = []
-        if self.pid and psutil.pid_exists(self.pid):
-            frontend = psutil.Process(self.pid)
-            processes = [frontend, *frontend.children(recursive=True)]
+        if self.alive():
+            try:
+                frontend = psutil.Process(self.pid)
+                processes = [frontend, *frontend.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                processes = []
         if processes:
             # torchserve --stop reads the pid file under our own TMPDIR, so it cannot hit another server
             subprocess.run(
