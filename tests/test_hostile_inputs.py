@@ -30,7 +30,7 @@ class Case:
 
     @property
     def raw_image(self) -> bool:
-        return self.content_type != "application/json"
+        return not self.content_type.startswith(("application/json", "multipart/"))
 
 
 def astronaut(size: tuple[int, int] | None = None) -> Image.Image:
@@ -85,6 +85,13 @@ def json_body(payload) -> bytes:
     return json.dumps(payload).encode()
 
 
+def multipart(fields: dict) -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data request."""
+    from urllib3.filepost import encode_multipart_formdata
+
+    return encode_multipart_formdata(fields, boundary="hostile-corpus-boundary")
+
+
 def build_corpus() -> list[Case]:
     face = astronaut()
     jpeg = encode(face, "JPEG", quality=90)
@@ -119,7 +126,12 @@ def build_corpus() -> list[Case]:
         Case("json_image_not_string", json_body({"image": 12345}), "application/json", code="missing_image"),
         Case("base64_of_text", json_body({"image": base64.b64encode(b"just text").decode()}), "application/json",
              code="not_an_image"),
+        Case("multipart_unknown_fields", *multipart({"a": "x", "b": ("f.bin", jpeg, "image/jpeg")}),
+             code="missing_image"),
+        Case("multipart_corrupt_image", *multipart({"image": ("face.jpg", jpeg[:sos], "image/jpeg")}),
+             code="corrupt_image"),
         # served
+        Case("multipart_image", *multipart({"note": "hello", "image": ("face.jpg", jpeg, "image/jpeg")}), valid=True),
         Case("image_24x24", encode(face.resize((24, 24)), "PNG"), "image/png", valid=True),
         Case("image_4000x4000", encode(face.resize((4000, 4000), Image.BILINEAR), "JPEG", quality=80),
              "image/jpeg", valid=True),
@@ -292,6 +304,23 @@ def test_bomb_does_not_raise_worker_memory(served):
         rss_after, peak_after = served["memory_after"][pid]
         assert peak_after - peak_before < BOMB_MEMORY_LIMIT_MB, (pid, peak_before, peak_after)
         assert rss_after - rss_before < BOMB_MEMORY_LIMIT_MB, (pid, rss_before, rss_after)
+
+
+@pytest.mark.integration
+def test_explanations_refuse_bad_input_the_same_way(torchserve):
+    """The Grad-CAM path shares the decode path: same 4xx and reason, no dead worker."""
+    before = {w["pid"] for w in workers(torchserve)}
+    wrong = {}
+    for case in BAD:
+        reply = torchserve.explain(MODEL, case.body, headers={"Content-Type": case.content_type})
+        try:
+            code = reply.json().get("error")
+        except ValueError:
+            code = None
+        if not (400 <= reply.status_code < 500 and code == case.code):
+            wrong[case.name] = (reply.status_code, reply.text[:120])
+    assert not wrong, wrong
+    assert {w["pid"] for w in workers(torchserve)} == before
 
 
 # ---------------------------------------------------------------- hostile requests beyond the image
