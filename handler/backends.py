@@ -156,20 +156,23 @@ class TensorRTBackend(Backend):
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self.input_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.input_name))
         self.output_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.output_name))
+        # a stream of our own: TensorRT synchronises extra on the legacy default stream
+        self.stream = torch.cuda.Stream(device)
 
     def _torch_dtype(self, trt_dtype) -> torch.dtype:
         return {self.trt.float32: torch.float32, self.trt.float16: torch.float16}[trt_dtype]
 
     def _run(self, x):
         x = x.to(self.input_dtype).contiguous()
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # x is ready before TensorRT reads it
         self.context.set_input_shape(self.input_name, tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
+        with torch.cuda.stream(self.stream):
+            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         self.context.set_tensor_address(self.output_name, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
+        self.stream.synchronize()
         return out
 
 

@@ -174,3 +174,27 @@ def test_a_server_fault_is_a_json_500_and_bad_input_keeps_its_4xx(model_dir, ast
     answers = broken.handle([{"body": astronaut_jpeg}, {"body": b"junk"}], context)
     assert [a["error"] for a in answers] == ["internal_error", "not_an_image"]
     assert [context.statuses[i][0] for i in (0, 1)] == [500, 415]
+
+
+def test_tensorrt_backend_matches_eager(tmp_path, weights_path):
+    """Skips, saying why, where TensorRT or CUDA is missing (always on this CPU machine)."""
+    from export.tensorrt import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"TensorRT backend not testable here: {reason}")
+    import contextlib
+
+    from export import cli
+    from training.weights_io import load_weights
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["--weights", str(weights_path), "--out", str(tmp_path), "--device", "cuda",
+                         "--formats", "tensorrt", "--max-batch", "4"]) == 0  # fmt: skip
+    device = torch.device("cuda")
+    backend = load_backend("tensorrt", tmp_path / ARTIFACTS["tensorrt"], device, min_batch=1, max_batch=4)
+    model, _ = load_weights(weights_path, map_location=device)
+    x = torch.rand(6, 3, model.config.input_size, model.config.input_size)
+    with torch.inference_mode():
+        expected = model(x.to(device)).float().cpu()
+    assert torch.allclose(backend(x), expected, atol=1e-3)  # 6 rows: a chunk of 4 and one of 2
