@@ -101,3 +101,30 @@ def test_worker_survives_bursts_of_bad_requests(torchserve):
     after = torchserve.management("GET", f"/models/{MODEL}").json()[0]["workers"]
     assert {w["id"]: w["pid"] for w in after} == before
     assert all(w["status"] == "READY" for w in after)
+
+
+def test_fuzzed_burst_never_gets_a_5xx(torchserve):
+    """Mutated real images, batched together: each is a verdict or its own 4xx, never a server error."""
+    from test_fuzz_preprocessing import SEEDS, mutate
+
+    rng = np.random.default_rng(6)
+    kinds = ["flip", "set", "extreme", "truncate", "insert", "delete", "duplicate"]
+    bodies = []
+    for i in range(48):
+        seed = SEEDS[sorted(SEEDS)[i % len(SEEDS)]]
+        mutations = [(kinds[rng.integers(len(kinds))], float(rng.random()), int(rng.integers(2**32)))
+                     for _ in range(int(rng.integers(1, 4)))]
+        bodies.append(mutate(seed, mutations))
+    before = {w["pid"] for w in torchserve.management("GET", f"/models/{MODEL}").json()[0]["workers"]}
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda body: torchserve.predict(MODEL, body), bodies))
+    outcomes = {}
+    for reply in replies:
+        assert reply.status_code == 200 or 400 <= reply.status_code < 500, (reply.status_code, reply.text[:200])
+        answer = reply.json()
+        assert ("label" in answer) if reply.status_code == 200 else (answer["error"] and answer["message"])
+        key = "verdict" if reply.status_code == 200 else answer["error"]
+        outcomes[key] = outcomes.get(key, 0) + 1
+    print(f"\nfuzzed burst outcomes: {outcomes}")
+    after = torchserve.management("GET", f"/models/{MODEL}").json()[0]["workers"]
+    assert {w["pid"] for w in after} == before and all(w["status"] == "READY" for w in after)

@@ -307,6 +307,22 @@ def test_bomb_does_not_raise_worker_memory(served):
 
 
 @pytest.mark.integration
+def test_metrics_count_hostile_traffic_by_kind(served, torchserve):
+    """An operator sees hostile traffic in Prometheus: DeepfakeErrors per error kind."""
+    import re
+    from collections import Counter
+
+    sent = Counter(case.code for case in BAD)
+    counted = Counter()
+    for line in torchserve.metrics().splitlines():
+        match = re.match(r'DeepfakeErrors\{.*kind="([^"]+)".*\} ([0-9.e+]+)$', line)
+        if match:
+            counted[match.group(1)] += float(match.group(2))
+    missing = {code: (n, counted[code]) for code, n in sent.items() if counted[code] < n}
+    assert not missing, f"error kinds under-counted (sent, counted): {missing}"
+
+
+@pytest.mark.integration
 def test_explanations_refuse_bad_input_the_same_way(torchserve):
     """The Grad-CAM path shares the decode path: same 4xx and reason, no dead worker."""
     before = {w["pid"] for w in workers(torchserve)}
