@@ -145,6 +145,11 @@ def headline(summary: dict) -> list[str]:
     if top:
         lines.append(f"- End to end: best {top['rps']:.1f} requests/s ({config_label(top)}, {top['users']} users, "
                      f"p99 {top['latency_ms'].get('p99', float('nan')):.0f} ms, {top['failures']} failures).")
+    others = [r["host"]["other_cpu_percent"] for r in load_rows(summary) if "other_cpu_percent" in r.get("host", {})]
+    if others and sum(others) / len(others) >= 20:
+        lines.append(f"- The host was shared: processes other than TorchServe and Locust used {sum(others) / len(others):.0f} % "
+                     "CPU on average during the load phase (100 % = one core), so every number here is lower than this "
+                     "machine gives when quiet.")
     ups = [s for s in speedups(summary) if s["rps_ratio"]]
     if ups:
         best_up = max(ups, key=lambda s: s["rps_ratio"])
