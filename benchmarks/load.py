@@ -34,7 +34,7 @@ from locust.env import Environment  # noqa: E402
 
 from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
 from benchmarks.profile import BatchSetting, LoadSettings, Profile, load_profile  # noqa: E402
-from benchmarks.serverstats import GpuSampler, HostSampler, parse_prometheus, server_split  # noqa: E402
+from benchmarks.serverstats import GpuSampler, HostSampler, model_values, parse_prometheus, server_split  # noqa: E402
 
 MODEL = "deepfake-detector"
 
@@ -187,9 +187,10 @@ def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, 
             end = time.monotonic()
             sampling["on"] = False
             done = [r for r in records if start <= r[0] < end]
+            latencies = [r[1] for r in done if not r[2]]
             window = {
-                "rps": len(done) / (end - start),
-                "latencies": [r[1] for r in done if not r[2]],
+                "rps": len(latencies) / (end - start),  # answered requests only: fast errors must not count as speed
+                "latencies": latencies,
                 "failures": [r[3] for r in done if r[2]],
                 "server": server_split(start_scrape, scrape(endpoints), gauges, name),
                 "host": host.summary(),
@@ -230,8 +231,6 @@ def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, 
 
 
 def scrape_values(endpoints: Endpoints, name: str) -> dict:
-    from benchmarks.serverstats import model_values
-
     return model_values(scrape(endpoints), name)
 
 
