@@ -194,6 +194,12 @@ def bounds_section(summary: dict) -> list[str]:
                 f"preprocessing {stages['Preprocess']:.1f} ms, inference {stages['Inference']:.1f} ms, postprocessing "
                 f"{stages['Postprocess']:.1f} ms of {handler_ms:.1f} ms; preprocessing is "
                 f"{100 * stages['Preprocess'] / handler_ms:.0f} % of the handler's time.")
+        if host.get("client_cpu_percent", 0) >= 90:
+            lines.append(f"- The load generator used {host['client_cpu_percent']:.0f} % of a core (Locust runs on one): it was "
+                         "saturated, so this rate is a lower bound of what the server can do.")
+        for gpu in top.get("gpu") or []:
+            lines.append(f"- GPU {gpu['index']} was {gpu['util_percent']:.0f} % busy at that level ({gpu['memory_mib']:,.0f} MiB "
+                         "used)" + ("; well below full, so the GPU is not what bounds it." if gpu["util_percent"] < 70 else "."))
         if handler_ms and "total_ms" in server:
             overhead = server["total_ms"] - server.get("queue_ms", 0) - handler_ms
             lines.append(f"- Frontend, worker IPC and batch assembly add about {max(0.0, overhead):.1f} ms per request "
