@@ -134,6 +134,11 @@ def test_backend_chunks_to_the_exported_batch_range(model_dir):
     whole = load_backend("eager", path, torch.device("cpu"))(batch)
     chunked = load_backend("eager", path, torch.device("cpu"), min_batch=2, max_batch=2)(batch)
     assert whole.shape == (5,) and torch.allclose(whole, chunked, atol=1e-5)
+    from training.weights_io import load_weights
+
+    plain, _ = load_weights(path)  # the backend's channels-last layout changes no number that matters
+    with torch.inference_mode():
+        assert torch.allclose(whole, plain(batch), atol=1e-4)
 
 
 def test_torchscript_backend_matches_eager(model_dir, tmp_path):
