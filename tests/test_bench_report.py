@@ -70,7 +70,13 @@ def test_report_states_gpu_targets_for_a_gpu_run(tmp_path):
     summary["device"] = "cuda (NVIDIA H100 80GB HBM3)"
     for r in summary["model"]["results"]:
         r["batch"] = 256 if r["batch"] != 1 else 1
-    text = report.build(_run_dir(tmp_path, summary, "gpu")).read_text()
+    for r in summary["load"]["results"]:
+        r["gpu"] = [{"index": 0, "util_percent": 35.0, "memory_mib": 2048.0}]
+    run = _run_dir(tmp_path, summary, "gpu")
+    text = report.build(run).read_text()
+    assert "GPU 0 was 35 % busy" in text
+    with (run / "load.csv").open() as f:
+        assert {row["gpu0_util_percent"] for row in csv.DictReader(f)} == {"35.0"}
     section = text.split("## GPU targets", 1)[1].split("##", 1)[0]
     assert "model images/s, batch 256" in section
     assert "x of target" in section  # a CPU-sized result is far from the H100 aims
