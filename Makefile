@@ -63,10 +63,10 @@ build/export/manifest.json: | $(STAMP) $(WEIGHTS)
 	$(MAKE) export
 
 bench: $(ARCHIVE) build/export/manifest.json
-	$(PY) -m benchmarks.run --profile quick $(BENCH_FLAGS)
+	$(PY) -m benchmarks.run --profile quick --set weights=$(WEIGHTS) $(BENCH_FLAGS)
 
 bench-full: $(ARCHIVE) build/export/manifest.json
-	$(PY) -m benchmarks.run --profile full $(BENCH_FLAGS)
+	$(PY) -m benchmarks.run --profile full --set weights=$(WEIGHTS) $(BENCH_FLAGS)
 
 # Soak (issue 6): 10 min at 32 Locust users against `make serve`'s server (attached when running, else
 # started with the same config and archive). Writes benchmarks/reports/soak-<time>/; fails on a missed
