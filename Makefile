@@ -58,8 +58,8 @@ stop:
 
 # Benchmarks (issue 5): `make bench` is the quick profile (< 10 min on 2 CPU cores), `make bench-full`
 # every backend, batch size and concurrency level. Each writes benchmarks/reports/<time>-<device>-<profile>/.
-# The artifacts and archives of `make export` are built once if missing. BENCH_FLAGS: see `python -m benchmarks.run -h`.
-build/export/manifest.json: | $(STAMP) $(WEIGHTS)
+# The artifacts and archives of `make export` are rebuilt when missing or older than the weights. BENCH_FLAGS: see `python -m benchmarks.run -h`.
+build/export/manifest.json: $(STAMP) $(WEIGHTS)
 	$(MAKE) export
 
 bench: $(ARCHIVE) build/export/manifest.json
