@@ -412,9 +412,10 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                "Measured peak (best large matmul): " + ", ".join(f"{p} {v / 1e12:.2f} TFLOP/s" for p, v in model["peak_flops"].items())
                + ". Every timed call is followed by a device synchronisation; warm-up calls are not counted.", ""]
         md.append(table(
-            ["backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "TFLOP/s", "% of peak"],
+            ["backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "TFLOP/s", "% of peak", "runtime"],
             [[r["backend"], r["precision"], r["batch"], r["latency_ms"]["p50"], r["latency_ms"]["p90"], r["latency_ms"]["p99"],
-              r["images_per_s"], f"{r['tflops']:.3f}", None if r["peak_fraction"] is None else 100 * r["peak_fraction"]]
+              r["images_per_s"], f"{r['tflops']:.3f}", None if r["peak_fraction"] is None else 100 * r["peak_fraction"],
+              r.get("note") or "–"]
              for r in model["results"]]))
         md.append("")
         if plots.get("model"):
