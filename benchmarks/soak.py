@@ -185,7 +185,12 @@ def run(args, argv: list[str]) -> int:
         watch = ProcessWatch(target)
 
         def sample(phase: str, t: float) -> None:
-            for name, proc in watch.sample().items():
+            try:
+                found = watch.sample()
+            except requests.RequestException as exc:  # a dead server shows as failures; keep the run going
+                print(f"soak: no RSS sample at {t:.0f} s: {exc}", flush=True)
+                return
+            for name, proc in found.items():
                 rss_rows.append({"phase": phase, "t_s": round(t, 1), "process": name, **proc})
 
         user = soak_user(target, args.images, args.timeout)
@@ -230,14 +235,16 @@ def rss_growth(args, rss_rows: list[dict]) -> list[dict]:
         rows = [r for r in measured if r["process"] == name]
         first = [r["rss_mb"] for r in rows if r["t_s"] <= args.steady]
         last = [r["rss_mb"] for r in rows if r["t_s"] >= args.duration - args.steady]
-        start_mb, end_mb = float(np.median(first)), float(np.median(last))
+        start_mb = float(np.median(first)) if first else None
+        end_mb = float(np.median(last)) if last else None
         processes.append({
             "process": name,
             "pids": sorted({r["pid"] for r in rows}),
-            "rss_start_mb": round(start_mb, 1),
-            "rss_end_mb": round(end_mb, 1),
+            "rss_start_mb": start_mb and round(start_mb, 1),
+            "rss_end_mb": end_mb and round(end_mb, 1),
             "rss_max_mb": max(r["rss_mb"] for r in rows),
-            "growth": round(end_mb / start_mb - 1, 4),
+            # a process missing at either end (it died) has no growth; that misses the target
+            "growth": round(end_mb / start_mb - 1, 4) if start_mb and end_mb else None,
         })
     return processes
 
@@ -247,13 +254,16 @@ def summarise(args, argv, data: np.ndarray, seconds: float, warmup: np.ndarray, 
     processes = rss_growth(args, rss_rows)
     failures, warmup_failures = int(data[:, 2].sum()), int(warmup[:, 2].sum())
     restarted = [p["process"] for p in processes if len(p["pids"]) > 1]
-    worst = max(p["growth"] for p in processes)
+    unmeasured = [p["process"] for p in processes if p["growth"] is None]
+    worst = max((p["growth"] for p in processes if p["growth"] is not None), default=None)
     missed = []
     if failures or warmup_failures:
         missed.append(f"{failures} failures, {warmup_failures} in warm-up")
     if restarted:
         missed.append(f"restarted: {', '.join(restarted)}")
-    if worst >= args.rss_growth_limit:
+    if unmeasured or not processes:
+        missed.append(f"RSS not measured at both ends: {', '.join(unmeasured) or 'no process'}")
+    if worst is not None and worst >= args.rss_growth_limit:
         missed.append(f"RSS growth {worst:+.1%}")
     percentile = lambda q: round(float(np.percentile(ok, q)), 1) if len(ok) else None  # noqa: E731
     return {
@@ -305,7 +315,8 @@ def write_report(out: Path, args, summary: dict, windows: list[dict], rss_rows: 
         "| process | pid(s) | RSS start MB | RSS end MB | growth | max MB |",
         "|---|---|---:|---:|---:|---:|",
         *[f"| {p['process']} | {', '.join(map(str, p['pids']))} | {p['rss_start_mb']} | {p['rss_end_mb']} | "
-          f"{p['growth']:+.1%} | {p['rss_max_mb']} |" for p in summary["processes"]],
+          f"{'n/a' if p['growth'] is None else format(p['growth'], '+.1%')} | {p['rss_max_mb']} |"
+          for p in summary["processes"]],
     ]
     if summary["errors"]:
         lines += ["", "Errors:", *[f"- {n} × {e}" for e, n in summary["errors"].items()]]
