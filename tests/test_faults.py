@@ -5,7 +5,8 @@ What TorchServe 0.12 does, and these tests pin down:
 - a dead worker fails only the batch it was running (HTTP 5xx, JSON "Worker died."); queued
   requests wait for the replacement worker, which the frontend starts by itself;
 - a worker that stops answering is killed after the model's ``responseTimeout`` and its request
-  gets a JSON 5xx answer, not a hang. (``clientTimeoutInMills`` is not used: in 0.12 it drops
+  gets a JSON 5xx answer, not a hang;
+- requests beyond the model's job queue are shed at once with a JSON 503. (``clientTimeoutInMills`` is not used: in 0.12 it drops
   expired requests without answering them, so the client hangs.)
 """
 
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BATCH_SIZE = 4
 RESPONSE_TIMEOUT_S = 10  # far above a batch's time on a busy 2-core box, so only a hang trips it
 CLIENTS = 6
+JOB_QUEUE_SIZE = 8  # per model; small, so an overload test can fill it (the default is 100)
 RECOVERY_DEADLINE_S = 300  # guards against a hang; recovery normally takes a few seconds
 
 
@@ -40,7 +42,8 @@ def fault_server(tmp_path_factory, weights_path):
     serving = ServingConfig(batch_size=BATCH_SIZE, max_batch_delay=50, response_timeout=RESPONSE_TIMEOUT_S,
                             handler={"threads": 1})
     build_archive(weights_path, export_path=store, model_name=MODEL, serving=serving, check=False)
-    server = TorchServe(store, {MODEL: f"{MODEL}.mar"}, run_dir=tmp_path_factory.mktemp("fault_server"))
+    server = TorchServe(store, {MODEL: f"{MODEL}.mar"}, run_dir=tmp_path_factory.mktemp("fault_server"),
+                        properties={"job_queue_size": JOB_QUEUE_SIZE})
     server.start(timeout=600)
     try:
         yield server
@@ -157,6 +160,25 @@ def test_hung_worker_gets_a_timeout_answer_and_is_replaced(fault_server, face_jp
     assert new_pid != pid
     reply = fault_server.predict(MODEL, face_jpeg)
     assert reply.status_code == 200, reply.text
+
+
+def test_overload_is_shed_with_503_not_a_hang(fault_server, face_jpeg):
+    """More concurrent requests than the queue holds: the excess gets TorchServe's 503 at once,
+    everything else is served, and the worker stays up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    burst = 5 * (JOB_QUEUE_SIZE + BATCH_SIZE)
+    pid = worker_pid(fault_server)
+    with ThreadPoolExecutor(burst) as pool:
+        replies = list(pool.map(lambda _: fault_server.predict(MODEL, face_jpeg, timeout=300), range(burst)))
+    statuses = [r.status_code for r in replies]
+    print(f"\n{burst} concurrent requests, queue {JOB_QUEUE_SIZE}: {statuses.count(200)} served, "
+          f"{statuses.count(503)} shed")
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) > 0, "the queue never filled"
+    assert all(r.json()["message"] for r in replies if r.status_code == 503)
+    assert worker_pid(fault_server) == pid
+    assert fault_server.predict(MODEL, face_jpeg).status_code == 200
 
 
 def test_stop_and_start_keep_archive_and_configuration(fault_server, face_jpeg):
