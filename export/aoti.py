@@ -26,5 +26,7 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: Path, min_batch: 
 
 
 def load_aoti(path: Path):
-    """A callable taking the (N, 3, S, S) tensor on the package's device and returning logits."""
+    """A callable taking the (N, 3, S, S) tensor on the package's device and returning logits.
+    The tensor must be contiguous: the package assumes the strides it was compiled for and does not
+    check them (a channels-last batch gives wrong logits, silently)."""
     return torch._inductor.aoti_load_package(str(path))

@@ -96,7 +96,7 @@ def load_runner(artifact: Artifact, export_dir: Path, device: str = "cpu", threa
         from export.onnx_export import onnx_session
 
         session = onnx_session(path, device, threads)
-        return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+        return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.contiguous().numpy()})[0])
     if backend == "tensorrt":
         from export.tensorrt import TensorRTRunner
 
@@ -108,7 +108,9 @@ def load_runner(artifact: Artifact, export_dir: Path, device: str = "cpu", threa
 def _torch_runner(module, device: str):
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return module(x.to(device)).float().cpu()
+            # contiguous: an AOTInductor package reads its input with the strides it was compiled
+            # for, without checking them, and decoded images arrive channels-last
+            return module(x.to(device).contiguous()).float().cpu()
 
     return run
 
