@@ -407,7 +407,7 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
     model = summary.get("model") or {}
     if model.get("results"):
         md += ["## Model only (no HTTP)", "",
-               f"Device {model['device']}, {model['threads']} CPU threads, input {model['input_size']}x{model['input_size']}, "
+               f"Device {model['device']}, torch threads: {model['threads']}, input {model['input_size']}x{model['input_size']}, "
                f"{model['flops_per_image'] / 1e9:.2f} GFLOP per image (torch.utils.flop_counter: convolutions and matmuls). "
                "Measured peak (best large matmul): " + ", ".join(f"{p} {v / 1e12:.2f} TFLOP/s" for p, v in model["peak_flops"].items())
                + ". Every timed call is followed by a device synchronisation; warm-up calls are not counted.", ""]
