@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="run folder (checkpoints, log.csv); default runs/<size>")
     parser.add_argument("--output", type=Path, help="also write the final weights here (e.g. weights/default.safetensors)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    parser.add_argument("--stop-after", type=int, help="train at most this many epochs in this invocation")
+    parser.add_argument("--stop-after", type=int, help="train at most this many epochs in this invocation; "
+                        "with --resume, 0 finishes a run now (best checkpoint -> threshold, test metrics, weights)")
     for name, kind in [("size", str), ("epochs", int), ("batch-size", int), ("lr", float), ("seed", int), ("folds", int),
                        ("patience", int), ("device", str), ("threads", int), ("workers", int), ("cache-dir", str)]:
         parser.add_argument(f"--{name}", type=kind, help="overrides the config file")
