@@ -80,11 +80,14 @@ def test_resume_continues_exactly(generated, tmp_path):
     straight.fit()
 
     interrupted = Trainer(cfg, crops["train"], crops["val"], tmp_path / "resumed", seed=0)
+    interrupted.commands = ["first"]
     interrupted.fit(stop_after=1)
     assert interrupted.state["epoch"] == 1
     resumed = Trainer(cfg, crops["train"], crops["val"], tmp_path / "resumed", seed=0)  # a new process, in effect
+    resumed.commands = ["second"]
     resumed.fit(resume=True)
     assert resumed.state["epoch"] == 2
+    assert resumed.commands == ["first", "second"]
 
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "last.safetensors"))

@@ -169,6 +169,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0}
         self.history: list[dict] = []
+        self.commands: list[str] = []  # every invocation that trained this run, kept across resumes
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "config": asdict(self.config),
+            "commands": self.commands,
         }
         tmp = self.checkpoint_state.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -211,6 +213,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.state = {k: state[k] for k in self.state}
+        self.commands = list(state.get("commands", [])) + self.commands
         if self.log_path.exists():
             with self.log_path.open() as f:
                 self.history = [row for row in csv.DictReader(f) if int(row["epoch"]) <= self.state["epoch"]]
@@ -374,6 +377,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
         return cross_validate(config, crops["train"] + crops["val"], out_dir, stop_after)
 
     trainer = Trainer(config, crops["train"], crops["val"], out_dir, config.seed)
+    trainer.commands = [command]
     state = trainer.fit(resume=resume, stop_after=stop_after)
     trainer.load_best()
     metrics, threshold = {}, 0.5
@@ -406,8 +410,9 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             "device": str(trainer.device),
             "torch": torch.__version__,
             "log": str(trainer.log_path),
+            "invocations": trainer.commands,
         },
-        "command": command,
+        "command": trainer.commands[0],  # the one that started the run
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     save_weights(trainer.model, trainer.best_weights, metadata)
