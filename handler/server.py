@@ -237,10 +237,20 @@ class TorchServe:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
+    @staticmethod
+    def executable() -> str:
+        """The ``torchserve`` script of this interpreter's environment, else the one on PATH
+        (e.g. wheels unpacked into a --target folder on a GPU host)."""
+        beside = Path(sys.executable).with_name("torchserve")
+        found = str(beside) if beside.exists() else shutil.which("torchserve")
+        if not found:
+            raise ServerError("torchserve is not installed beside this Python nor on PATH")
+        return found
+
     def start(self, timeout: float = 600, progress: bool = False) -> "TorchServe":
         """Launch TorchServe and return once every model answered a real prediction."""
-        if not shutil.which("java"):
-            raise ServerError("TorchServe needs Java 11+ on PATH")
+        if not shutil.which("java", path=self._env().get("PATH")):
+            raise ServerError("TorchServe needs Java 11+ on PATH (or JAVA_HOME set)")
         # a fresh log folder: start() reads it to detect crash loops; the last run's logs are kept once
         if self.log_dir.exists():
             shutil.rmtree(self.run_dir / "logs.previous", ignore_errors=True)
@@ -250,7 +260,7 @@ class TorchServe:
         self.config_path.write_text(render_config(self.config, self.model_store, self.ports, self.token_auth, self.properties))
         self.key_file.unlink(missing_ok=True)
         command = [
-            str(Path(sys.executable).with_name("torchserve")),
+            self.executable(),
             "--start",
             "--ncs",  # no config snapshots: every start is exactly this config
             "--model-store", str(self.model_store),
@@ -344,7 +354,7 @@ class TorchServe:
         if processes:
             # torchserve --stop reads the pid file under our own TMPDIR, so it cannot hit another server
             subprocess.run(
-                [str(Path(sys.executable).with_name("torchserve")), "--stop"],
+                [self.executable(), "--stop"],
                 cwd=self.run_dir, env=self._env(), capture_output=True, timeout=60,
             )  # fmt: skip
             _, survivors = psutil.wait_procs(processes, timeout=timeout)
@@ -390,8 +400,16 @@ class TorchServe:
         # TEMP sets the JVM's java.io.tmpdir, where the worker sockets live: servers must not share it
         tmp = str(self.tmp_dir)
         env.update(TMPDIR=tmp, TEMP=tmp, LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir))
-        # workers import the archive's code, never a checkout that happens to be on PYTHONPATH
-        env.pop("PYTHONPATH", None)
+        # workers import the archive's code, never this checkout; other entries (e.g. TorchServe
+        # wheels unpacked with pip --target on a GPU host) stay
+        checkout = Path(__file__).resolve().parents[1]
+        kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != checkout]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            env.pop("PYTHONPATH", None)
+        if env.get("JAVA_HOME"):  # TorchServe runs $JAVA_HOME/bin/java when JAVA_HOME is set
+            env["PATH"] = os.pathsep.join([str(Path(env["JAVA_HOME"]) / "bin"), env.get("PATH", "")])
         return env
 
     def _read_pid(self, deadline: float) -> int | None:
