@@ -7,42 +7,8 @@ import copy
 import torch
 from torch import nn
 
-
-class Cast(nn.Module):
-    """Runs the wrapped module on its input cast to ``dtype``."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.module = module.to(dtype)
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.to(self.dtype))
-
-
-class HalfPrecision(nn.Module):
-    """The model in float16 behind float32 I/O, so an FP16 artifact is a drop-in replacement for the
-    FP32 one (same input tensor, same output dtype).
-
-    Input normalisation and the frequency channel stay in float32 and see the float32 input: the DFT
-    sums 192 terms per output and takes the log of small high-frequency magnitudes, which float16
-    (and float16-rounded pixels) resolve badly: errors above one standard deviation in that channel,
-    measured. It costs two small matrix products per image; the convolutions, where the time goes,
-    run in float16.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        # kept aside before .half() rounds their constants (the DFT bases, the RGB statistics)
-        frequency, mean, std = copy.deepcopy(model.frequency), model.rgb_mean.clone(), model.rgb_std.clone()
-        model = model.half()
-        model.rgb_mean, model.rgb_std = mean, std
-        model.frequency = Cast(frequency, torch.float32)
-        model.entry = Cast(model.entry, torch.float16)  # the first layer that sees the 4-channel input
-        self.model = model
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self.model(rgb.float()).float()
+# the FP16 wrapper lives beside the model: the serving archive carries it for fp16 eager too
+from training.model import HalfPrecision
 
 
 def with_precision(model: nn.Module, precision: str) -> nn.Module:

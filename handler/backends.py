@@ -38,6 +38,10 @@ class Backend:
             raise ValueError("fp16 artifacts run on CUDA only")
         self.device = device
         self.precision = precision
+        if device.type == "cuda" and precision == "fp32":
+            # FP32 means FP32, as in export and parity: cuDNN convolutions default to TF32
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
 
         # the batch sizes the artifact accepts (AOTInductor and TensorRT refuse others)
         self.min_batch, self.max_batch = 1, None
@@ -72,14 +76,16 @@ class EagerBackend(Backend):
         super().__init__(device, precision)
         from training.weights_io import load_weights
 
+        from training.model import HalfPrecision
+
         model, _ = load_weights(path, map_location=device)
-        # fp16 eager is the same weights cast at load time
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         # channels-last: about 1.8x faster depthwise convolutions on CPU (measured), same numbers
-        self.model = model.to(dtype=self.dtype, memory_format=torch.channels_last).eval()
+        model = model.to(memory_format=torch.channels_last).eval()
+        # fp16: the same wrapper as the exported FP16 artifacts (DFT channel kept in float32)
+        self.model = HalfPrecision(model).eval() if precision == "fp16" else model
 
     def _run(self, x):
-        return self.model(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+        return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
 class TorchScriptBackend(Backend):
