@@ -323,16 +323,8 @@ def plot_throughput(summary: dict, path: Path) -> bool:
         ax.plot([r["users"] for r in runs], [r["rps"] for r in runs], style, marker="o",
                 label=label + (" (baseline)" if runs[0].get("baseline") else ""))
     users = sorted({r["users"] for r in load_rows(summary)})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(users, [str(u) for u in users])
-    ax.set_xlabel("concurrent users")
-    ax.set_ylabel("requests/s")
-    ax.set_title(f"Throughput vs concurrency ({summary.get('device', '')})")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_log2_plot(fig, ax, users, "concurrent users", "requests/s",
+                      f"Throughput vs concurrency ({summary.get('device', '')})", path)
     return True
 
 
@@ -348,17 +340,23 @@ def plot_model(summary: dict, path: Path) -> bool:
         runs = sorted(runs, key=lambda r: r["batch"])
         ax.plot([r["batch"] for r in runs], [r["images_per_s"] for r in runs], marker="o", label=label)
     batches = sorted({r["batch"] for r in rows})
+    _finish_log2_plot(fig, ax, batches, "batch size", "images/s (model only)",
+                      f"Model throughput vs batch size ({summary.get('device', '')})", path)
+    return True
+
+
+def _finish_log2_plot(fig, ax, ticks: list, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """Power-of-two x axis labelled at the measured points, then save and close."""
     ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [str(b) for b in batches])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images/s (model only)")
-    ax.set_title(f"Model throughput vs batch size ({summary.get('device', '')})")
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def plot_preprocess(summary: dict, path: Path) -> bool:
