@@ -62,12 +62,8 @@ def model_store(tmp_path_factory, weights_path) -> Path:
 def torchserve(tmp_path_factory, model_store):
     from handler.server import TorchServe
 
-    server = TorchServe(model_store, {MODEL: f"{MODEL}.mar"}, run_dir=tmp_path_factory.mktemp("torchserve"))
-    server.start(timeout=600)
-    try:
+    with TorchServe(model_store, {MODEL: f"{MODEL}.mar"}, run_dir=tmp_path_factory.mktemp("torchserve")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

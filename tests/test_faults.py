@@ -44,11 +44,8 @@ def fault_server(tmp_path_factory, weights_path):
     build_archive(weights_path, export_path=store, model_name=MODEL, serving=serving, check=False)
     server = TorchServe(store, {MODEL: f"{MODEL}.mar"}, run_dir=tmp_path_factory.mktemp("fault_server"),
                         properties={"job_queue_size": JOB_QUEUE_SIZE})
-    server.start(timeout=600)
-    try:
+    with server:  # start() waits for a real prediction; stop() on the way out
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
