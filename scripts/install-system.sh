@@ -1,10 +1,34 @@
 #!/usr/bin/env bash
-# System packages the project needs: a Java 17 runtime for TorchServe's frontend.
+# System packages that `make serve` and `make test` need on a bare Debian or Ubuntu, each installed
+# only when missing, and named before it is installed:
+#   - the venv module of the chosen Python (Debian splits it out as pythonX.Y-venv),
+#   - a Java 17+ runtime for TorchServe's frontend (Debian 12 / Ubuntu 22.04-24.04: 17; Debian 13: 21).
+# Usage: scripts/install-system.sh [PYTHON]   (default python3)
 set -euo pipefail
-if java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])'; then
-    exit 0
+PYTHON=${1:-python3}
+
+need_venv=0
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need_venv=1
+need_java=0
+java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || need_java=1
+[ "$need_venv" -eq 0 ] && [ "$need_java" -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+    [ "$need_venv" -eq 1 ] && echo "error: $PYTHON has no venv/ensurepip module; install it with your package manager" >&2
+    [ "$need_java" -eq 1 ] && echo "error: TorchServe needs Java 17 or newer on PATH; install a JRE with your package manager" >&2
+    exit 1
 fi
-echo "installing OpenJDK 17 (TorchServe's frontend needs Java 17+)" >&2
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless
+packages=()
+if [ "$need_venv" -eq 1 ]; then
+    version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    packages+=("python${version}-venv")
+fi
+if [ "$need_java" -eq 1 ]; then
+    for jre in openjdk-17-jre-headless openjdk-21-jre-headless; do
+        if apt-cache show "$jre" >/dev/null 2>&1; then packages+=("$jre"); break; fi
+    done
+fi
+echo "install-system: installing ${packages[*]} (missing for make serve / make test)" >&2
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
