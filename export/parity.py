@@ -37,7 +37,7 @@ DEFAULT_IMAGE_COUNT = 8
 # ---------------------------------------------------------------- inputs
 
 
-def example_crops(examples_dir: Path, input_size: int, margin: float, count: int) -> torch.Tensor | None:
+def example_crops(examples_dir: Path, settings, count: int) -> torch.Tensor | None:
     """Face crops of the first ``count`` images under ``examples_dir`` (sorted paths, subfolders
     included), or None when it has none."""
     files = sorted(p for p in Path(examples_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -47,7 +47,7 @@ def example_crops(examples_dir: Path, input_size: int, margin: float, count: int
     from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
 
     images = [decode_image(p.read_bytes()) for p in files]
-    prepared = FacePreprocessor(input_size, margin=margin).prepare_many(images)
+    prepared = FacePreprocessor.from_settings(settings, threads=1).prepare_many(images)
     return to_tensor_batch([p.crops[0] for p in prepared])
 
 
@@ -61,14 +61,13 @@ def generated_images(input_size: int, count: int, seed: int = 0) -> torch.Tensor
     return (smooth + levels * noise).clamp(0.0, 1.0)
 
 
-def parity_images(
-    input_size: int, margin: float = 0.3, examples_dir: Path = DEFAULT_EXAMPLES, count: int = DEFAULT_IMAGE_COUNT
-) -> tuple[torch.Tensor, str]:
-    """(images (K, 3, S, S) in [0, 1], a description of where they came from)."""
-    crops = example_crops(examples_dir, input_size, margin, count) if Path(examples_dir).is_dir() else None
+def parity_images(settings, examples_dir: Path = DEFAULT_EXAMPLES, count: int = DEFAULT_IMAGE_COUNT) -> tuple[torch.Tensor, str]:
+    """(images (K, 3, S, S) in [0, 1], a description of where they came from); ``settings`` is the
+    weights' :class:`handler.preprocessing.PreprocessSettings`, so the crops are the served ones."""
+    crops = example_crops(examples_dir, settings, count) if Path(examples_dir).is_dir() else None
     if crops is not None:
         return crops, f"{len(crops)} face crops of {examples_dir}/"
-    return generated_images(input_size, count), f"{count} generated images (no images in {examples_dir}/)"
+    return generated_images(settings.input_size, count), f"{count} generated images (no images in {examples_dir}/)"
 
 
 # ---------------------------------------------------------------- runners
@@ -264,12 +263,12 @@ def run_parity(
     log=print,
 ) -> list[ParityResult]:
     """Check every artifact and write the reports; the eager FP32 model on CPU is the reference."""
+    from handler.preprocessing import PreprocessSettings
     from training.weights_io import load_weights
 
     model, meta = load_weights(weights)
     threshold = float(meta.get("threshold", 0.5))
-    margin = float(meta.get("preprocessing", {}).get("margin", 0.3))
-    images, source = parity_images(model.config.input_size, margin, examples_dir, count)
+    images, source = parity_images(PreprocessSettings.from_metadata(meta), examples_dir, count)
     log(f"[parity] {source}, threshold {threshold:g}")
     reference = Reference(_torch_runner(model, "cpu"), images)
     results = []

@@ -38,6 +38,7 @@ from handler.preprocessing import (  # noqa: E402
     DEFAULT_MIN_SIDE,
     FacePreprocessor,
     ImageError,
+    PreprocessSettings,
     decode_image,
     to_tensor_batch,
 )
@@ -77,22 +78,16 @@ class DeepfakeHandler(BaseHandler):
         self.eager_weights = model_dir / ARTIFACTS["eager"]
         self._explainer = self.backend.model if (self.backend_kind, self.precision) == ("eager", "fp32") else None
 
-        pre = self.metadata.get("preprocessing", {})
-        self.input_size = int(pre.get("input_size", self.metadata["architecture"]["input_size"]))
-        detector = {k: pre[k] for k in ("score_threshold", "nms_threshold", "max_side") if k in pre}
+        settings = PreprocessSettings.from_metadata(self.metadata)
+        self.input_size = settings.input_size
         providers = None  # the detector follows the model onto the GPU when onnxruntime can
         if self.device.type == "cuda":
             import onnxruntime
 
             if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
                 providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
-        self.preprocessor = FacePreprocessor(
-            self.input_size,
-            margin=float(pre.get("margin", 0.3)),
-            max_faces=int(config.get("max_faces", 5)),
-            threads=threads,
-            providers=providers,
-            **detector,
+        self.preprocessor = FacePreprocessor.from_settings(
+            settings, max_faces=int(config.get("max_faces", 5)), threads=threads, providers=providers
         )
         # PIL refuses bigger images itself (decompression bombs); decode_image checks the same limit.
         self.max_pixels = int(config.get("max_pixels", DEFAULT_MAX_PIXELS))

@@ -10,9 +10,11 @@ Face detection uses RetinaFace-MobileNet0.25 as ONNX, whose weights ship inside 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +23,54 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
 DEFAULT_MAX_PIXELS = 40_000_000  # about 6300x6300; larger uploads are refused before decoding
 DEFAULT_MIN_SIDE = 16
+CROP_MODES = ("resize", "native")
+# A native crop may cut the face box by up to this factor (forehead and chin go, the centre of the
+# face stays): FFHQ-style 256 px portraits have 180-215 px face boxes and still get native pixels
+# in a 192 px window.
+NATIVE_FACE_LIMIT = 1.25
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything that decides the pixels the model sees; stored as ``preprocessing`` in the weights'
+    metadata, read back by serving, training, evaluation, export and the benchmarks alike.
+
+    ``crop``: ``resize`` scales the face box grown by ``margin`` to ``input_size`` (every face the
+    same size, at the price of resampling); ``native`` takes an ``input_size`` window of original
+    pixels centred on the face whenever the face box about fits in it (no resampling: the finest traces of
+    a generator survive; measured in docs/ABLATIONS.md), and resizes only larger faces.
+    """
+
+    input_size: int
+    margin: float = 0.3
+    crop: str = "resize"  # older weights have no key: they were trained on resized crops
+    score_threshold: float = 0.8
+    nms_threshold: float = 0.4
+    max_side: int = 640
+
+    def __post_init__(self):
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "PreprocessSettings":
+        """From a weights' metadata (the whole dict, or its ``preprocessing`` section)."""
+        pre = meta.get("preprocessing", meta)
+        if "input_size" not in pre and "architecture" in meta:
+            pre = {**pre, "input_size": meta["architecture"]["input_size"]}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in pre.items() if k in known})
+
+    def to_metadata(self) -> dict:
+        return asdict(self)
+
+    def detector_options(self) -> dict:
+        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold, "max_side": self.max_side}
+
+    def key(self, version: int = 0) -> str:
+        """A short hash of the settings (names crop-cache folders)."""
+        text = json.dumps({**asdict(self), "version": version}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ImageError(ValueError):
@@ -188,7 +238,7 @@ class FaceDetector:
 class Prepared:
     """What the model gets for one image: one square crop per face (largest first)."""
 
-    crops: list[Image.Image]  # each input_size x input_size, RGB
+    crops: list[Image.Image]  # each input_size x input_size, RGB (x context for a widened native crop)
     faces: list[Face]  # same order as crops; empty when no face was found
     image_size: tuple[int, int]
     crop_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
@@ -216,8 +266,21 @@ def square_box(
     return left, top, left + side, top + side
 
 
+def native_window(box: tuple[float, float, float, float], side: int) -> tuple[int, int, int, int]:
+    """A ``side`` square of original pixels centred on the face box (it may reach past the image's
+    edges: PIL fills that part black). Integer centre, so a wider window shares the same centre."""
+    cx, cy = round((box[0] + box[2]) / 2), round((box[1] + box[3]) / 2)
+    left, top = cx - side // 2, cy - side // 2
+    return left, top, left + side, top + side
+
+
 class FacePreprocessor:
-    """Image -> face crops at the model's input size. Configured from the weights' metadata."""
+    """Image -> face crops at the model's input size. Configured from the weights' metadata
+    (:meth:`from_settings` with :meth:`PreprocessSettings.from_metadata`).
+
+    ``context`` > 1 widens native crops to ``context * input_size`` around the same centre (the
+    training cache keeps that much, so augmentation can zoom out); serving uses 1.
+    """
 
     def __init__(
         self,
@@ -225,14 +288,34 @@ class FacePreprocessor:
         margin: float = 0.3,
         max_faces: int = 5,
         detector: FaceDetector | None = None,
+        crop: str = "resize",
+        context: int = 1,
         **detector_options,
     ):
+        if crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
         self.input_size = input_size
         self.margin = margin
         self.max_faces = max_faces
+        self.crop_mode = crop
+        self.context = context
         self.detector = detector or FaceDetector(**detector_options)
 
+    @classmethod
+    def from_settings(cls, settings: PreprocessSettings, **options) -> "FacePreprocessor":
+        """``options``: max_faces, detector, context, threads, providers."""
+        return cls(settings.input_size, settings.margin, crop=settings.crop, **settings.detector_options(), **options)
+
+    def is_native(self, box: tuple[float, float, float, float] | None) -> bool:
+        """Native pixels when the face box is at most NATIVE_FACE_LIMIT times the input window; larger
+        faces are resized."""
+        return (self.crop_mode == "native" and box is not None
+                and max(box[2] - box[0], box[3] - box[1]) <= NATIVE_FACE_LIMIT * self.input_size)
+
     def crop(self, image: Image.Image, box: tuple[float, float, float, float] | None) -> tuple[Image.Image, tuple]:
+        if self.is_native(box):
+            window = native_window(box, self.input_size * self.context)
+            return image.crop(window), window
         square = square_box(box, image.width, image.height, self.margin)
         size = (self.input_size, self.input_size)
         return image.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square

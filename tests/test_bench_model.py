@@ -37,8 +37,8 @@ def test_model_bench_measures_eager_and_reports_missing_artifacts(weights, tmp_p
         # images/s is batch over the mean latency of the timed calls
         assert r["images_per_s"] == pytest.approx(batch * 1000 / lat["mean"], rel=1e-6)
         assert 0 < r["peak_fraction"] < 1.5  # a measured peak is a best case, not a hard ceiling
-    # both sizes of the detector are a few GFLOP per image; achieved FLOP/s is images/s x FLOPs
-    assert 0.5e9 < result["flops_per_image"] < 20e9
+    # the sizes of the detector run from 0.07 (face) to 7.6 (base) GFLOP per image; achieved FLOP/s is images/s x FLOPs
+    assert 2e7 < result["flops_per_image"] < 20e9
     assert result["peak_flops"]["fp32"] > 1e9
     for r in rows.values():
         achieved = r["images_per_s"] * result["flops_per_image"]

@@ -6,13 +6,13 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from handler.preprocessing import FacePreprocessor
+from handler.preprocessing import FacePreprocessor, PreprocessSettings
 from training.augment import Augment, AugmentConfig, self_blend
 from training.data import (
+    centre_view,
     LABELS,
     CropCache,
     CropDataset,
-    CropSettings,
     Sample,
     SplitSpec,
     discover,
@@ -78,7 +78,7 @@ def image_folder(tmp_path_factory):
 
 def test_crop_cache_skips_corrupt_images_and_matches_serving(image_folder, tmp_path):
     samples = discover(image_folder, SplitSpec(0.0, 0.0))["train"]
-    settings = CropSettings(input_size=96, margin=0.3)
+    settings = PreprocessSettings(input_size=96, margin=0.3)
     crops, skipped = CropCache(tmp_path, settings).prepare(samples)
 
     assert [(s.source.name, s.code) for s in skipped] == [("broken.jpg", "not_an_image")]
@@ -99,7 +99,7 @@ def test_crop_cache_skips_corrupt_images_and_matches_serving(image_folder, tmp_p
     assert [c.crop for c in crops2] == [c.crop for c in crops] and len(skipped2) == 1
 
     # other settings -> another cache folder
-    assert CropSettings(96, 0.2).key() != settings.key()
+    assert PreprocessSettings(96, 0.2).key() != settings.key()
 
     x, y = CropDataset(crops)[0]
     assert x.shape == (3, 96, 96) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
@@ -147,3 +147,45 @@ def test_dataset_report(image_folder, tmp_path):
     assert report["spectrum_images"] == {"real": 1, "fake": 1}
     with Image.open(tmp_path / "spectra.png") as png:
         assert png.format == "PNG"
+
+
+def test_native_crop_keeps_original_pixels_and_the_cache_keeps_context(tmp_path):
+    root = tmp_path / "small"
+    (root / "real").mkdir(parents=True)
+    (root / "fake").mkdir()
+    portrait = Image.fromarray(skdata.astronaut()).resize((256, 256), Image.LANCZOS)
+    portrait.save(root / "real" / "astronaut.png")
+    settings = PreprocessSettings(input_size=96, margin=0.3, crop="native")
+    served = FacePreprocessor.from_settings(settings, threads=1).prepare(portrait)
+    x1, y1, x2, y2 = served.faces[0].box
+    assert max(x2 - x1, y2 - y1) <= 96 * 1.25  # small enough for a native crop
+
+    # serving: a 96 px window of untouched original pixels centred on the face
+    left, top, right, bottom = served.crop_boxes[0]
+    assert right - left == 96 and abs((left + right) / 2 - (x1 + x2) / 2) <= 1
+    assert np.array_equal(np.asarray(served.crops[0]), np.asarray(portrait.crop(served.crop_boxes[0])))
+
+    # the cache stores twice the window around the same centre; its centre is the served crop
+    crops, _ = CropCache(tmp_path / "cache", settings).prepare(discover(root, SplitSpec(0.0, 0.0))["train"])
+    with Image.open(crops[0].crop) as cached:
+        assert cached.size == (192, 192)
+        assert np.array_equal(np.asarray(centre_view(cached.convert("RGB"), 96)), np.asarray(served.crops[0]))
+    x, _ = CropDataset(crops)[0]
+    assert torch.equal(x, torch.from_numpy(np.asarray(served.crops[0]).copy()).permute(2, 0, 1).float() / 255)
+
+    # a face bigger than the window is resized (the legacy crop), so a huge upload still fits
+    big = FacePreprocessor.from_settings(PreprocessSettings(input_size=32, crop="native"), threads=1).prepare(portrait)
+    assert max(x2 - x1, y2 - y1) > 32 * 1.25
+    assert big.crops[0].size == (32, 32) and big.crop_boxes[0][2] - big.crop_boxes[0][0] > 32
+
+
+def test_zoom_out_view_shrinks_the_face_like_a_downscaled_upload():
+    context = Image.fromarray(skdata.astronaut()).resize((128, 128))
+    centre = centre_view(context, 64)
+    plain = Augment(AugmentConfig())
+    assert np.array_equal(np.asarray(plain.view(context, 64)), np.asarray(centre))
+    zoom = Augment(AugmentConfig(zoom_out=1.0, zoom_out_factor=(0.5, 0.5)))
+    torch.manual_seed(0)
+    # factor 0.5: the whole 128 px context shrunk to 64 px
+    assert np.array_equal(np.asarray(zoom.view(context, 64)),
+                          np.asarray(context.resize((64, 64), Image.BICUBIC, reducing_gap=None)))

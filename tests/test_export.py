@@ -19,6 +19,7 @@ from export import cli, parity
 from export.artifacts import INPUT_NAME, OUTPUT_NAME, Artifact, read_manifest, write_manifest
 from export.onnx_export import check_onnx, fft_ops, onnx_session, op_types
 from export.precision import with_precision
+from handler.preprocessing import PreprocessSettings
 from training.model import build_model
 from training.weights_io import load_weights, save_weights
 
@@ -216,11 +217,11 @@ def test_parity_images_come_from_the_examples_folder_through_face_preprocessing(
 
     (tmp_path / "real").mkdir()  # like examples/real and examples/fake
     Image.fromarray(data.astronaut()).save(tmp_path / "real" / "astronaut.jpg", quality=95)
-    images, source = parity.parity_images(192, 0.3, tmp_path, count=4)
+    images, source = parity.parity_images(PreprocessSettings(192), tmp_path, count=4)
     assert images.shape == (1, 3, 192, 192) and 0.0 <= images.min() and images.max() <= 1.0
     assert "face crops" in source
 
-    generated, source = parity.parity_images(192, 0.3, tmp_path / "absent", count=4)
+    generated, source = parity.parity_images(PreprocessSettings(192), tmp_path / "absent", count=4)
     assert generated.shape == (4, 3, 192, 192) and "generated" in source
     assert torch.equal(generated, parity.generated_images(192, 4))  # deterministic
 

@@ -57,10 +57,10 @@ def exported_models(torchserve, model_store, weights_path, tmp_path_factory):
 
 def local_eager_probability(weights: Path, image: bytes) -> float:
     """The eager model on this machine through the serving preprocessing: the reference verdict."""
-    from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
+    from handler.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
 
     model, meta = load_weights(weights)
-    preprocessor = FacePreprocessor(model.config.input_size, meta["preprocessing"]["margin"])
+    preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta))
     with torch.no_grad():
         return float(torch.sigmoid(model(to_tensor_batch(preprocessor.prepare(decode_image(image)).crops[:1])))[0])
 

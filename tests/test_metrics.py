@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import binary_metrics, choose_threshold, equal_error_rate
+from training.metrics import (
+    binary_metrics,
+    bootstrap_auc_interval,
+    calibration_bins,
+    choose_threshold,
+    equal_error_rate,
+    expected_calibration_error,
+)
 
 # scores sorted high to low: 0.8 (fake), 0.4 (real), 0.35 (fake), 0.1 (real)
 Y = [0, 0, 1, 1]
@@ -83,3 +90,30 @@ def test_eer_crossing_between_points():
     eer, threshold = equal_error_rate([1, 0, 1, 0, 0], [0.9, 0.8, 0.7, 0.2, 0.1])
     assert eer == pytest.approx(1 / 3)
     assert 0.7 <= threshold <= 0.8
+
+
+def test_expected_calibration_error_by_hand():
+    # bin [0.1, 0.2): predicted 0.1, observed 1/2 -> gap 0.4 on 2 images;
+    # bin [0.9, 1.0]: predicted 0.9, observed 2/2 -> gap 0.1 on 2 images; ECE = (0.8 + 0.2) / 4
+    y, p = [0, 1, 1, 1], [0.1, 0.1, 0.9, 0.9]
+    assert expected_calibration_error(y, p) == pytest.approx(0.25)
+    bins = calibration_bins(y, p)
+    assert [b["n"] for b in bins] == [0, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0  # p = 1.0 falls in the last bin
+
+
+def test_bootstrap_interval_brackets_the_auc_and_narrows_with_data():
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+        return y, np.r_[rng.normal(0, 1, n), rng.normal(1, 1, n)]
+
+    small, large = sample(40), sample(400)
+    low_s, high_s = bootstrap_auc_interval(*small, resamples=300)
+    low_l, high_l = bootstrap_auc_interval(*large, resamples=300)
+    from sklearn.metrics import roc_auc_score
+
+    assert low_s < roc_auc_score(*small) < high_s and low_l < roc_auc_score(*large) < high_l
+    assert high_l - low_l < (high_s - low_s) / 2  # about 1/sqrt(10) as wide
+    assert all(math.isnan(v) for v in bootstrap_auc_interval([1, 1], [0.2, 0.3]))

@@ -68,3 +68,77 @@ def test_weights_round_trip(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the face-pretrained family
+
+
+def test_face_family_contract():
+    torch.manual_seed(4)
+    model = build_model("face").eval()
+    assert model.config.family == "face_hybrid" and model.config.input_size == 192
+    assert count_parameters(model) < 1e6  # default weights far under the 20 MB cap
+    x = torch.rand(3, 3, 192, 192)
+    with torch.no_grad():
+        features = model.features(x)
+        logits = model(x)
+        torch.testing.assert_close(model.head(features), logits)
+    assert logits.shape == (3,) and features.shape[2:] == (6, 6)
+    # a constant image makes many channels constant: the pooled std must still back-propagate
+    model.train()
+    model(torch.full((2, 3, 192, 192), 0.5)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_face_family_round_trip_keeps_family(tmp_path):
+    torch.manual_seed(5)
+    model = build_model("face", input_size=64).eval()
+    loaded, meta = load_weights(save_weights(model, tmp_path / "f.safetensors"))
+    assert type(loaded) is type(model) and meta["architecture"]["family"] == "face_hybrid"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_pretrained_backbone_reproduces_retinaface_graph():
+    """The copied backbone gives RetinaFace's own stage outputs, computed by onnxruntime on its graph."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from retinaface.weights import WEIGHTS
+
+    from training.face_hybrid import RetinaFaceBackbone, load_pretrained_backbone
+
+    graph = onnx.load_from_string(WEIGHTS)
+    stage_outputs = [f"/fx/stage{i}/stage{i}.{j}/stage{i}.{j}.1/stage{i}.{j}.1.2/LeakyRelu_output_0"
+                     for i, j in ((1, 5), (2, 5), (3, 1))]
+    for name in stage_outputs:
+        graph.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-127, 150, (2, 3, 96, 96)).astype(np.float32)
+    expected = session.run(stage_outputs, {"input": x})
+
+    backbone = load_pretrained_backbone(RetinaFaceBackbone()).eval()
+    with torch.no_grad():
+        f8 = backbone.stage1(torch.from_numpy(x) / 255.0)  # it takes RetinaFace's input / 255
+        f16 = backbone.stage2(f8)
+        f32 = backbone.stage3(f16)
+    for reference, ours in zip(expected, (f8, f16, f32)):
+        np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_block_spectrum_is_the_dct_of_each_tile():
+    import numpy as np
+    from scipy.fft import dctn
+
+    from training.blocks import BlockSpectrum
+
+    torch.manual_seed(6)
+    rgb = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    spectrum = BlockSpectrum(8).double()(rgb)
+    assert spectrum.shape == (2, 64, 4, 4)
+    gray = rgb.mean(dim=1).numpy()
+    for n, row, col in [(0, 0, 0), (1, 1, 2), (0, 3, 1)]:
+        tile = gray[n, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8]
+        expected = np.log(1e-3 + np.abs(dctn(tile, norm="ortho"))).reshape(-1)  # row-major (u, v)
+        np.testing.assert_allclose(spectrum[n, :, row, col].numpy(), expected, rtol=0, atol=1e-5)

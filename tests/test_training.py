@@ -55,7 +55,7 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
     model, saved = load_weights(tmp_path / "out" / "w.safetensors")
     assert saved["threshold"] == meta["threshold"]
     # the keys the serving handler reads to rebuild the same preprocessing
-    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640}
+    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "crop": "resize", "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640}
     assert saved["labels"] == {"0": "real", "1": "fake"}
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 1 + cfg.epochs
@@ -116,3 +116,69 @@ def test_kfold_reinitialises_each_fold(generated, tmp_path):
     assert not torch.equal(fresh[0][weight], fresh[1][weight])
     assert not torch.equal(trained[0][weight], trained[1][weight])
     assert json.loads((tmp_path / "cv" / "folds.json").read_text())["summary"]["roc_auc"] == summary
+
+
+@pytest.fixture(scope="module")
+def two_roots(generated, tmp_path_factory):
+    """Two data roots (two 'kinds' of data) made of the generated images, for per-dataset metrics."""
+    import shutil
+
+    parent = tmp_path_factory.mktemp("roots")
+    for name in ("gan", "edits"):
+        shutil.copytree(generated, parent / name, ignore=shutil.ignore_patterns("corrupt.jpg"))
+    return [parent / "gan", parent / "edits"]
+
+
+def test_several_roots_are_split_apart_and_reported_per_dataset(two_roots, tmp_path):
+    cfg = config(tmp_path, epochs=2, balance_datasets=True)
+    meta = train(cfg, two_roots, tmp_path / "run", output=tmp_path / "w.safetensors", command="pytest")
+    assert set(meta["metrics"]["test"]["per_dataset_auc"]) == {"gan", "edits"}
+    assert meta["data"]["counts"]["test"] == {"real": 16, "fake": 16}  # 8 + 8 from each root
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["val_auc_edits", "val_auc_gan"]
+
+    report_dir = tmp_path / "eval"
+    evaluate_main(["--weights", str(tmp_path / "w.safetensors"), "--data", *map(str, two_roots), "--out", str(report_dir),
+                   "--cache-dir", cfg.cache_dir, "--threads", "1", "--robustness", "--bootstrap", "50"])
+    report = json.loads((report_dir / "metrics.json").read_text())
+    assert set(report["datasets"]) == {"gan", "edits", "pooled"}
+    for name in ("gan", "edits"):
+        assert report["datasets"][name]["roc_auc"] == pytest.approx(meta["metrics"]["test"]["per_dataset_auc"][name])
+        low, high = report["datasets"][name]["roc_auc_95ci"]
+        assert low <= report["datasets"][name]["roc_auc"] <= high
+    from training.evaluate import PERTURBATIONS
+
+    assert list(report["robustness"]) == list(PERTURBATIONS)
+    for row in report["robustness"].values():
+        for name in ("gan", "edits"):
+            assert row[name]["drop"] == pytest.approx(report["datasets"][name]["roc_auc"] - row[name]["roc_auc"])
+    assert 0.0 <= report["calibration"]["ece"] <= 1.0
+    for name in ("roc.png", "reliability.png", "robustness.png", "confusion_matrix.png"):
+        with Image.open(report_dir / name) as png:
+            assert png.format == "PNG"
+    assert "| jpeg q75 |" in (report_dir / "report.md").read_text()
+
+    evaluate_main(["--cross", f"both={tmp_path / 'w.safetensors'}", "--data", *map(str, two_roots), "--out",
+                   str(tmp_path / "cross"), "--cache-dir", cfg.cache_dir, "--threads", "1", "--bootstrap", "20"])
+    matrix = json.loads((tmp_path / "cross" / "cross_kind.json").read_text())
+    assert matrix["both"]["gan"]["roc_auc"] == pytest.approx(report["datasets"]["gan"]["roc_auc"])
+
+
+def test_face_family_starts_pretrained_and_stays_frozen_for_the_linear_probe(generated, tmp_path):
+    from training.face_hybrid import RetinaFaceBackbone, load_pretrained_backbone
+
+    cfg = config(tmp_path, size="face", model={"input_size": 64, "highpass_channels": 8, "frequency_channels": 8},
+                 epochs=2, freeze_epochs=1, backbone_lr_scale=0.5, crop="native")
+    crops, _, _ = prepare_crops(cfg, generated)
+    trainer = Trainer(cfg, crops["train"], crops["val"], tmp_path / "run", seed=0)
+    pretrained = load_pretrained_backbone(RetinaFaceBackbone()).state_dict()
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert all(torch.equal(start[f"backbone.{k}"], v) for k, v in pretrained.items())
+
+    trainer.fit(stop_after=1)  # the linear-probe epoch: only the new layers move
+    after_probe = trainer.model.state_dict()
+    assert all(torch.equal(after_probe[f"backbone.{k}"], start[f"backbone.{k}"]) for k in pretrained)
+    assert not torch.equal(after_probe["classifier.weight"], start["classifier.weight"])
+
+    trainer.fit(stop_after=1)  # fine-tuning: the backbone moves too
+    assert not torch.equal(trainer.model.state_dict()["backbone.stage3.1.1.0.weight"], start["backbone.stage3.1.1.0.weight"])

@@ -34,12 +34,19 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.2, 1.2)
     jpeg: float = 0.3  # probability of JPEG re-compression
     jpeg_quality: tuple[int, int] = (50, 95)
+    downscale: float = 0.0  # probability of a down-and-up resize (a lower-resolution upload)
+    downscale_factor: tuple[float, float] = (0.4, 0.9)
+    # on a cached context crop (native crops): zoom out, i.e. a wider window shrunk to the input
+    # size (the face as in a downscaled upload), and shift the window by up to `shift` pixels
+    zoom_out: float = 0.0
+    zoom_out_factor: tuple[float, float] = (0.5, 1.0)
+    shift: int = 0
     sbi: float = 0.0  # probability that a real face becomes a self-blended fake
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "AugmentConfig":
         data = dict(data or {})
-        for key in ("crop_scale", "blur_sigma", "jpeg_quality"):
+        for key in ("crop_scale", "blur_sigma", "jpeg_quality", "downscale_factor", "zoom_out_factor"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -118,6 +125,19 @@ class Augment:
         c = config
         self.jitter = ColorJitter(c.brightness, c.contrast, c.saturation, c.hue)
 
+    def view(self, context: Image.Image, size: int) -> Image.Image:
+        """A ``size`` square from a wider context crop: the centre, shifted, sometimes zoomed out."""
+        c = self.config
+        side = size
+        if _chance(c.zoom_out):
+            side = min(context.width, round(size / _uniform(*c.zoom_out_factor)))
+        room = (context.width - side) // 2
+        limit = min(c.shift, room)
+        dx, dy = (int(torch.randint(-limit, limit + 1, (2,))[i]) for i in range(2)) if limit > 0 else (0, 0)
+        left, top = room + dx, room + dy
+        window = context.crop((left, top, left + side, top + side))
+        return window if side == size else window.resize((size, size), Image.BICUBIC, reducing_gap=None)
+
     def __call__(self, image: Image.Image, label: int) -> tuple[Image.Image, int]:
         c = self.config
         if label == 0 and _chance(c.sbi):
@@ -130,6 +150,10 @@ class Augment:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         if _chance(c.jitter):
             image = self.jitter(image)
+        if _chance(c.downscale):
+            factor = _uniform(*c.downscale_factor)
+            small = (max(8, round(size[0] * factor)), max(8, round(size[1] * factor)))
+            image = image.resize(small, Image.BICUBIC, reducing_gap=None).resize(size, Image.BICUBIC)
         if _chance(c.blur):
             image = image.filter(ImageFilter.GaussianBlur(_uniform(*c.blur_sigma)))
         if _chance(c.jpeg):

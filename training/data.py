@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from handler.preprocessing import FacePreprocessor, ImageError, decode_image
+from handler.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,10 @@ LABELS = {"real": 0, "fake": 1}
 CLASS_NAMES = {v: k for k, v in LABELS.items()}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-CACHE_VERSION = 1  # bump when the crop procedure changes in a way the settings do not capture
+CACHE_VERSION = 2  # bump when the crop procedure changes in a way the settings do not capture
+# Native crops are cached this many times wider than the model input, around the same centre, so
+# augmentation can zoom out (a smaller face, as in a downscaled upload); the centre is the served crop.
+CONTEXT = 2
 
 
 @dataclass(frozen=True)
@@ -117,29 +120,13 @@ def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class CropSettings:
-    """Everything that decides the crop's pixels; its hash names the cache folder."""
-
-    input_size: int
-    margin: float = 0.3
-    score_threshold: float = 0.8
-    nms_threshold: float = 0.4
-    max_side: int = 640
-
-    def key(self) -> str:
-        text = json.dumps({**asdict(self), "version": CACHE_VERSION}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def detector_options(self) -> dict:
-        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold, "max_side": self.max_side}
-
-
-@dataclass(frozen=True)
 class CachedCrop:
     crop: Path  # PNG, input_size x input_size
     label: int
     source: Path
     face_found: bool
+    dataset: str = ""  # which data root it came from (metrics are reported per dataset)
+    input_size: int = 0  # the model's input: a wider (context) crop is cut down to this
 
 
 @dataclass(frozen=True)
@@ -156,9 +143,9 @@ class CropCache:
     decodes nor detects anything; a file whose bytes change gets a new hash and is redone.
     """
 
-    def __init__(self, cache_dir: str | Path, settings: CropSettings, batch_size: int = 16, threads: int = 1):
+    def __init__(self, cache_dir: str | Path, settings: PreprocessSettings, batch_size: int = 16, threads: int = 1):
         self.settings = settings
-        self.root = Path(cache_dir) / settings.key()
+        self.root = Path(cache_dir) / settings.key(CACHE_VERSION)
         self.batch_size = batch_size
         self.threads = threads
         self.index_path = self.root / "index.json"
@@ -168,15 +155,13 @@ class CropCache:
     @property
     def preprocessor(self) -> FacePreprocessor:
         if self._preprocessor is None:  # loading the detector is only needed on a cache miss
-            self._preprocessor = FacePreprocessor(
-                self.settings.input_size, self.settings.margin, threads=self.threads, **self.settings.detector_options()
-            )
+            self._preprocessor = FacePreprocessor.from_settings(self.settings, threads=self.threads, context=CONTEXT)
         return self._preprocessor
 
     def crop_path(self, digest: str) -> Path:
         return self.root / digest[:2] / f"{digest}.png"
 
-    def prepare(self, samples: Sequence[Sample], desc: str = "crops") -> tuple[list[CachedCrop], list[Skipped]]:
+    def prepare(self, samples: Sequence[Sample], desc: str = "crops", dataset: str = "") -> tuple[list[CachedCrop], list[Skipped]]:
         """Crops for ``samples`` (computing missing ones in detector batches) and the files skipped."""
         digests = [hashlib.sha256(s.path.read_bytes()).hexdigest() for s in samples]
         missing = [(s, d) for s, d in zip(samples, digests) if d not in self.index or (
@@ -196,7 +181,8 @@ class CropCache:
                 skipped.append(Skipped(sample.path, entry["error"], entry["message"]))
                 log.warning("skipping %s: %s (%s)", sample.path, entry["message"], entry["error"])
             else:
-                crops.append(CachedCrop(self.crop_path(digest), sample.label, sample.path, entry["face_found"]))
+                crops.append(CachedCrop(self.crop_path(digest), sample.label, sample.path, entry["face_found"], dataset,
+                                          self.settings.input_size))
         return crops, skipped
 
     def _compute(self, batch: Sequence[tuple[Sample, str]]) -> None:
@@ -224,13 +210,23 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-class CropDataset(Dataset):
-    """Cached crops -> (image tensor, label). ``transform`` maps (PIL crop, label) -> (PIL, label),
-    so augmentations such as self-blending may turn a real face into a fake one."""
+def centre_view(image: Image.Image, size: int) -> Image.Image:
+    """The centre ``size`` square: a cached context crop cut down to exactly what serving crops."""
+    if image.width == size:
+        return image
+    left = (image.width - size) // 2
+    return image.crop((left, left, left + size, left + size))
 
-    def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None):
+
+class CropDataset(Dataset):
+    """Cached crops -> (image tensor, label). ``view`` cuts a context crop to the input size (the
+    centre by default); ``transform`` maps (PIL crop, label) -> (PIL, label), so augmentations such
+    as self-blending may turn a real face into a fake one."""
+
+    def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None, view: Callable | None = None):
         self.items = list(items)
         self.transform = transform
+        self.view = view or centre_view
 
     def __len__(self) -> int:
         return len(self.items)
@@ -243,6 +239,8 @@ class CropDataset(Dataset):
         item = self.items[index]
         with Image.open(item.crop) as f:
             image = f.convert("RGB")
+        if item.input_size and image.width != item.input_size:
+            image = self.view(image, item.input_size)
         label = item.label
         if self.transform is not None:
             image, label = self.transform(image, label)

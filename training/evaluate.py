@@ -1,8 +1,19 @@
-"""Evaluate weights on a data split: ``python -m training.evaluate --weights W --data DIR``.
+"""Evaluate weights: ``python -m training.evaluate --weights W --data DIR [DIR ...]``.
 
-Uses the split recorded in the weights' metadata (same seed and fractions as training), so the
-default ``--split test`` is the held-out test set the model never saw. Writes ``metrics.json``,
-``predictions.csv`` and PNG plots (ROC, confusion matrix, training curves when the log is found).
+Uses the split recorded in the weights' metadata (same seed and fractions as training, each data
+root split on its own), so the default ``--split test`` is the held-out test set the model never saw.
+
+Writes to the report folder:
+
+* ``metrics.json``: metrics per data root and pooled (pooled at the top level), each ROC AUC with a
+  stratified bootstrap 95 % interval; calibration (ECE and reliability bins); with ``--robustness``
+  the AUC of every root under each perturbation of ``PERTURBATIONS`` and its drop from clean;
+* ``report.md``: the same as markdown tables, ready for the model card;
+* ``predictions.csv`` and PNG plots: ROC per root, confusion matrix, reliability, robustness, training
+  curves (when the training log is found).
+
+``--cross NAME=WEIGHTS ...`` instead writes the cross-kind matrix: test ROC AUC of each weights
+(rows, e.g. trained on one kind of fake only) on each data root (columns), as ``cross_kind.md/json``.
 """
 
 from __future__ import annotations
@@ -11,83 +22,243 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
+from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from training.data import CropCache, CropDataset, CropSettings, SplitSpec, discover
-from training.metrics import binary_metrics
-from training.plots import plot_confusion, plot_roc, plot_training_curves
-from training.train import predict, resolve_device
+from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
+from training.augment import jpeg_recompress
+from handler.preprocessing import PreprocessSettings
+from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover
+from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
+from training.plots import plot_confusion, plot_reliability, plot_robustness, plot_roc_curves, plot_training_curves
+from training.train import as_roots, dataset_name, predict, resolve_device
 from training.weights_io import load_weights
 
+POOLED = "pooled"
 
-def evaluate(weights: Path, data: Path, split: str, out_dir: Path, cache_dir: str, threads: int, batch_size: int,
-             device: str = "auto", threshold: float | None = None, log_csv: Path | None = None) -> dict:
+
+def _downscale(image: Image.Image, factor: float) -> Image.Image:
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.BICUBIC)
+
+
+# Applied to the decoded upload, before face detection and cropping: what a re-shared image looks like.
+PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "jpeg q90": lambda im: jpeg_recompress(im, 90),
+    "jpeg q75": lambda im: jpeg_recompress(im, 75),
+    "jpeg q50": lambda im: jpeg_recompress(im, 50),
+    "downscale 0.5x": lambda im: _downscale(im, 0.5),
+    "blur sigma 1": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
+    "brightness +20%": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
+    "brightness -20%": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
+}
+
+
+@dataclass
+class Scored:
+    """One data root's split, scored."""
+
+    crops: list[CachedCrop]
+    y: np.ndarray
+    p: np.ndarray
+
+
+
+
+def split_spec(meta: dict) -> SplitSpec:
+    split = meta.get("data", {}).get("split", {})
+    return SplitSpec(split.get("val", 0.15), split.get("test", 0.15), split.get("seed", 0))
+
+
+def score_roots(model, meta: dict, roots: list[Path], split: str, cache_dir: str, threads: int, batch_size: int,
+                device: torch.device) -> dict[str, Scored]:
+    settings = PreprocessSettings.from_metadata(meta)
+    cache = CropCache(cache_dir, settings, threads=threads)
+    scored = {}
+    for root in roots:
+        samples = discover(root, split_spec(meta))[split]
+        if not samples:
+            raise SystemExit(f"split '{split}' of {root} is empty")
+        crops, _ = cache.prepare(samples, split, dataset_name(root))
+        loader = DataLoader(CropDataset(crops), batch_size=batch_size, shuffle=False)
+        y, p, _ = predict(model, loader, device, desc=f"evaluate {dataset_name(root)} {split}")
+        scored[dataset_name(root)] = Scored(crops, y, p)
+    return scored
+
+
+def with_interval(y: np.ndarray, p: np.ndarray, threshold: float, resamples: int) -> dict:
+    metrics = binary_metrics(y, p, threshold)
+    metrics["roc_auc_95ci"] = list(bootstrap_auc_interval(y, p, resamples))
+    return metrics
+
+
+@torch.no_grad()
+def perturbed_scores(model, preprocessor: FacePreprocessor, crops: list[CachedCrop], perturb, device,
+                     batch_size: int) -> np.ndarray:
+    """P(fake) of each source image after ``perturb``, through decoding, detection and cropping again."""
+    probs = []
+    for start in range(0, len(crops), batch_size):
+        images = [perturb(decode_image(c.source.read_bytes())) for c in crops[start : start + batch_size]]
+        batch = to_tensor_batch([prepared.crops[0] for prepared in preprocessor.prepare_many(images)])
+        probs.append(torch.sigmoid(model(batch.to(device)).float()).cpu().numpy())
+    return np.concatenate(probs)
+
+
+def robustness(model, meta: dict, scored: dict[str, Scored], threads: int, batch_size: int, device) -> dict:
+    """``{perturbation: {root: {"roc_auc", "drop"}}}``; drop = clean AUC - perturbed AUC."""
+    preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta), threads=threads)
+    table = {}
+    for name, perturb in tqdm(PERTURBATIONS.items(), desc="robustness", unit="perturbation"):
+        table[name] = {}
+        for root, s in scored.items():
+            p = perturbed_scores(model, preprocessor, s.crops, perturb, device, batch_size)
+            auc = binary_metrics(s.y, p)["roc_auc"]
+            clean = binary_metrics(s.y, s.p)["roc_auc"]
+            table[name][root] = {"roc_auc": auc, "drop": clean - auc}
+    return table
+
+
+def markdown_report(report: dict) -> str:
+    lines = [f"# Evaluation of `{report['weights']}` on the {report['split']} split", "",
+             f"Threshold {report['threshold']:.4f} (chosen on validation). AUC intervals: stratified bootstrap, "
+             f"{report['bootstrap_resamples']} resamples, 95 %.", "",
+             "| data | images (real / fake) | ROC AUC [95 % CI] | AP | EER | accuracy | precision | recall |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in report["datasets"].items():
+        low, high = m["roc_auc_95ci"]
+        lines.append(f"| {name} | {m['n']} ({m['n_real']} / {m['n_fake']}) | {m['roc_auc']:.3f} [{low:.3f}, {high:.3f}] | "
+                     f"{m['average_precision']:.3f} | {m['eer']:.3f} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} |")
+    cal = report["calibration"]
+    lines += ["", f"Calibration (pooled): ECE {cal['ece']:.3f} over {len(cal['bins'])} equal-width bins.", ""]
+    if "robustness" in report:
+        roots = [n for n in report["datasets"] if n != POOLED]
+        lines += ["| perturbation | " + " | ".join(f"{r} AUC (drop)" for r in roots) + " |",
+                  "|---|" + "---:|" * len(roots)]
+        lines.append("| clean | " + " | ".join(f"{report['datasets'][r]['roc_auc']:.3f}" for r in roots) + " |")
+        for name, row in report["robustness"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[r]['roc_auc']:.3f} ({row[r]['drop']:+.3f})" for r in roots) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, threads: int, batch_size: int,
+             device: str = "auto", threshold: float | None = None, log_csv: Path | None = None,
+             with_robustness: bool = False, resamples: int = 1000) -> dict:
     torch.set_num_threads(threads)
     device = resolve_device(device)
     model, meta = load_weights(weights, map_location=device)
-    split_meta = meta.get("data", {}).get("split", {})
-    spec = SplitSpec(split_meta.get("val", 0.15), split_meta.get("test", 0.15), split_meta.get("seed", 0))
-    samples = discover(data, spec)[split]
-    if not samples:
-        raise SystemExit(f"split '{split}' of {data} is empty")
-
-    pre = meta.get("preprocessing", {})
-    detector = {k: pre[k] for k in ("score_threshold", "nms_threshold", "max_side") if k in pre}
-    settings = CropSettings(pre.get("input_size", model.config.input_size), pre.get("margin", 0.3), **detector)
-    crops, skipped = CropCache(cache_dir, settings, threads=threads).prepare(samples, split)
-    loader = DataLoader(CropDataset(crops), batch_size=batch_size, shuffle=False)
-    y, p, loss = predict(model, loader, device, desc=f"evaluate {split}")
+    roots = as_roots(data)
+    scored = score_roots(model, meta, roots, split, cache_dir, threads, batch_size, device)
+    y = np.concatenate([s.y for s in scored.values()])
+    p = np.concatenate([s.p for s in scored.values()])
 
     threshold = meta.get("threshold", 0.5) if threshold is None else threshold
-    metrics = binary_metrics(y, p, threshold)
+    pooled = with_interval(y, p, threshold, resamples)
+    datasets = {name: with_interval(s.y, s.p, threshold, resamples) for name, s in scored.items()}
+    if len(scored) > 1:
+        datasets[POOLED] = pooled
+    bins = calibration_bins(y, p)
     report = {
         "weights": str(weights),
-        "data": str(data),
+        "data": [str(r) for r in roots],
         "split": split,
-        "loss": loss,
-        "skipped": [str(s.source) for s in skipped],
-        **metrics,
+        "bootstrap_resamples": resamples,
+        **pooled,
+        "datasets": datasets,
+        "calibration": {"ece": expected_calibration_error(y, p), "bins": bins},
     }
+    if with_robustness:
+        report["robustness"] = robustness(model, meta, scored, threads, batch_size, device)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown_report(report))
     with (out_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "fake_probability", "predicted"])
-        for crop, label, prob in zip(crops, y, p):
-            writer.writerow([crop.source, int(label), f"{prob:.6f}", int(prob >= threshold)])
+        writer.writerow(["dataset", "path", "label", "fake_probability", "predicted"])
+        for name, s in scored.items():
+            for crop, label, prob in zip(s.crops, s.y, s.p):
+                writer.writerow([name, crop.source, int(label), f"{prob:.6f}", int(prob >= threshold)])
 
-    plot_roc(y, p, out_dir / "roc.png", metrics["roc_auc"], metrics["eer"], title=f"ROC ({split} split)")
-    plot_confusion(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
+    curves = {name: (s.y, s.p, datasets[name]["roc_auc"]) for name, s in scored.items()}
+    if len(scored) > 1:
+        curves[POOLED] = (y, p, pooled["roc_auc"])
+    plot_roc_curves(curves, out_dir / "roc.png", title=f"ROC ({split} split)")
+    plot_confusion(pooled["confusion_matrix"], out_dir / "confusion_matrix.png",
                    title=f"{split} split, threshold {threshold:.3f}")
+    plot_reliability(bins, report["calibration"]["ece"], out_dir / "reliability.png", threshold)
+    if with_robustness:
+        table = {"clean": {n: datasets[n]["roc_auc"] for n in scored}}
+        table.update({k: {n: v[n]["roc_auc"] for n in scored} for k, v in report["robustness"].items()})
+        plot_robustness(table, out_dir / "robustness.png")
     log_csv = log_csv or (Path(meta["training"]["log"]) if "training" in meta else None)
     if log_csv and Path(log_csv).exists():
         plot_training_curves(log_csv, out_dir / "training_curves.png")
     return report
 
 
+def cross_kind(weights: dict[str, Path], data, split: str, out_dir: Path, cache_dir: str, threads: int,
+               batch_size: int, device: str = "auto", resamples: int = 1000) -> dict:
+    """Test ROC AUC [95 % CI] of each named weights on each data root."""
+    torch.set_num_threads(threads)
+    device = resolve_device(device)
+    matrix = {}
+    for name, path in weights.items():
+        model, meta = load_weights(path, map_location=device)
+        scored = score_roots(model, meta, as_roots(data), split, cache_dir, threads, batch_size, device)
+        matrix[name] = {root: {"roc_auc": binary_metrics(s.y, s.p)["roc_auc"],
+                               "roc_auc_95ci": list(bootstrap_auc_interval(s.y, s.p, resamples)),
+                               "trained_on": meta.get("data", {}).get("root")}
+                        for root, s in scored.items()}
+    roots = list(next(iter(matrix.values())))
+    lines = [f"Test ROC AUC [95 % CI] of each model (rows) on each data root (columns), {split} split.", "",
+             "| model | " + " | ".join(roots) + " |", "|---|" + "---:|" * len(roots)]
+    for name, row in matrix.items():
+        cells = [f"{row[r]['roc_auc']:.3f} [{row[r]['roc_auc_95ci'][0]:.3f}, {row[r]['roc_auc_95ci'][1]:.3f}]" for r in roots]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cross_kind.json").write_text(json.dumps(matrix, indent=2) + "\n")
+    (out_dir / "cross_kind.md").write_text("\n".join(lines) + "\n")
+    return matrix
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=Path("weights/default.safetensors"))
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="one or more data roots")
     parser.add_argument("--split", choices=["train", "val", "test"], default="test")
     parser.add_argument("--out", type=Path, help="report folder; default build/eval/<weights name>-<split>")
     parser.add_argument("--log", type=Path, help="training log.csv for the curves (default: from the metadata)")
     parser.add_argument("--threshold", type=float, help="override the threshold stored in the metadata")
+    parser.add_argument("--robustness", action="store_true", help="also score every perturbation (re-detects faces)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
+    parser.add_argument("--cross", nargs="+", metavar="NAME=WEIGHTS", help="write the cross-kind matrix of these weights instead")
     parser.add_argument("--cache-dir", default="build/crops")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    data = args.data if len(args.data) > 1 else args.data[0]
+    if args.cross:
+        out = args.out or Path("build/eval/cross-kind")
+        weights = dict(item.split("=", 1) for item in args.cross)
+        cross_kind({k: Path(v) for k, v in weights.items()}, data, args.split, out, args.cache_dir, args.threads,
+                   args.batch_size, args.device, args.bootstrap)
+        print((out / "cross_kind.md").read_text())
+        return 0
     out = args.out or Path("build/eval") / f"{args.weights.stem}-{args.split}"
-    report = evaluate(args.weights, args.data, args.split, out, args.cache_dir, args.threads, args.batch_size,
-                      args.device, args.threshold, args.log)
-    keys = ["n", "threshold", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer"]
-    print("\n".join(f"{k:>18}: {report[k]:.4f}" if isinstance(report[k], float) else f"{k:>18}: {report[k]}" for k in keys))
-    print(f"{'confusion_matrix':>18}: {report['confusion_matrix']}  (rows true real/fake, columns predicted)")
-    print(f"wrote {out}/metrics.json and plots")
+    report = evaluate(args.weights, data, args.split, out, args.cache_dir, args.threads, args.batch_size,
+                      args.device, args.threshold, args.log, args.robustness, args.bootstrap)
+    print(markdown_report(report))
+    print(f"{'confusion_matrix':>18}: {report['confusion_matrix']}  (pooled; rows true real/fake, columns predicted)")
+    print(f"wrote {out}/metrics.json, report.md and plots")
     return 0
 
 

@@ -81,3 +81,44 @@ def binary_metrics(y_true, p_fake, threshold: float = 0.5) -> dict:
     else:  # undefined with one class; keep the keys so consumers need no special case
         result.update(roc_auc=float("nan"), average_precision=float("nan"), eer=float("nan"))
     return result
+
+
+def bootstrap_auc_interval(y_true, p_fake, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC; each resample draws reals and fakes separately
+    (stratified), so every resample has both classes and the class balance of the test set."""
+    y_true = np.asarray(y_true).astype(int)
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    if not _both_classes(y_true):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    real, fake = np.flatnonzero(y_true == 0), np.flatnonzero(y_true == 1)
+    labels = np.r_[np.zeros(len(real), int), np.ones(len(fake), int)]
+    aucs = np.empty(resamples)
+    for i in range(resamples):
+        picked = np.r_[rng.choice(real, len(real)), rng.choice(fake, len(fake))]
+        aucs[i] = roc_auc_score(labels, p_fake[picked])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(aucs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def calibration_bins(y_true, p_fake, bins: int = 10) -> list[dict]:
+    """Equal-width bins of P(fake): count, mean predicted probability and observed fake rate."""
+    y_true = np.asarray(y_true).astype(float)
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    index = np.minimum((p_fake * bins).astype(int), bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        rows.append({"low": b / bins, "high": (b + 1) / bins, "n": n,
+                     "mean_predicted": float(p_fake[inside].mean()) if n else float("nan"),
+                     "fraction_fake": float(y_true[inside].mean()) if n else float("nan")})
+    return rows
+
+
+def expected_calibration_error(y_true, p_fake, bins: int = 10) -> float:
+    """ECE: the count-weighted mean gap between predicted probability and observed fake rate per bin."""
+    rows = calibration_bins(y_true, p_fake, bins)
+    total = sum(r["n"] for r in rows)
+    return float(sum(r["n"] * abs(r["mean_predicted"] - r["fraction_fake"]) for r in rows if r["n"]) / max(1, total))

