@@ -42,6 +42,7 @@ from handler.preprocessing import (  # noqa: E402
     decode_image,
     to_tensor_batch,
 )
+from training.weights_io import Calibration  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class DeepfakeHandler(BaseHandler):
         Image.MAX_IMAGE_PIXELS = self.max_pixels
 
         self.threshold = float(self.metadata.get("threshold", 0.5))
+        self.calibration = Calibration.from_metadata(self.metadata)  # P(fake) as fitted on validation
         self.labels = {int(k): v for k, v in self.metadata.get("labels", {"0": "real", "1": "fake"}).items()}
         manifest = context.manifest or {}
         self.model_info = {
@@ -163,7 +165,7 @@ class DeepfakeHandler(BaseHandler):
         requests, tensor = batch
         start = time.perf_counter()
         if tensor is not None:
-            probabilities = torch.sigmoid(self.backend(tensor)).tolist()
+            probabilities = self.calibration.probability(self.backend(tensor)).tolist()
             for request in requests:
                 if request.rows is not None:
                     request.probabilities = probabilities[request.rows]

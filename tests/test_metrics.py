@@ -12,6 +12,7 @@ from training.metrics import (
     choose_threshold,
     equal_error_rate,
     expected_calibration_error,
+    fit_platt,
 )
 
 # scores sorted high to low: 0.8 (fake), 0.4 (real), 0.35 (fake), 0.1 (real)
@@ -117,3 +118,28 @@ def test_bootstrap_interval_brackets_the_auc_and_narrows_with_data():
     assert low_s < roc_auc_score(*small) < high_s and low_l < roc_auc_score(*large) < high_l
     assert high_l - low_l < (high_s - low_s) / 2  # about 1/sqrt(10) as wide
     assert all(math.isnan(v) for v in bootstrap_auc_interval([1, 1], [0.2, 0.3]))
+
+
+def test_platt_fit_recovers_the_scale_and_shift_that_generated_the_labels():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, 20000)
+    # labels drawn from P(fake) = sigmoid(0.5 * logit - 1): an over-confident, biased score
+    y = (rng.random(len(logits)) < 1 / (1 + np.exp(-(0.5 * logits - 1)))).astype(int)
+    scale, shift = fit_platt(logits, y)
+    assert scale == pytest.approx(0.5, abs=0.03) and shift == pytest.approx(-1.0, abs=0.06)
+    assert fit_platt([0.3, 1.2], [1, 1]) == (1.0, 0.0)  # one class: nothing to fit, identity
+
+
+def test_calibration_changes_probabilities_not_rankings():
+    import torch
+
+    from training.weights_io import Calibration
+
+    calibration = Calibration(scale=0.5, shift=-1.0)
+    logits = np.array([-4.0, -1.0, 0.0, 2.0, 6.0])
+    p = calibration.probability(logits)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(0.5 * logits - 1))))
+    assert (np.diff(p) > 0).all()
+    torch.testing.assert_close(calibration.probability(torch.tensor(logits)), torch.tensor(p))
+    assert Calibration.from_metadata({}) == Calibration()  # older weights: the plain sigmoid
+    assert Calibration.from_metadata({"calibration": calibration.to_metadata()}) == calibration

@@ -54,6 +54,7 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
 
     model, saved = load_weights(tmp_path / "out" / "w.safetensors")
     assert saved["threshold"] == meta["threshold"]
+    assert saved["calibration"]["method"] == "platt" and saved["calibration"]["scale"] > 0
     # the keys the serving handler reads to rebuild the same preprocessing
     assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "crop": "resize", "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640}
     assert saved["labels"] == {"0": "real", "1": "fake"}
@@ -70,6 +71,22 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
     for name in ("roc.png", "confusion_matrix.png", "training_curves.png"):
         with Image.open(report_dir / name) as png:
             assert png.format == "PNG" and png.width > 200
+
+    # calibrating weights afterwards reproduces what training fitted on the same validation split
+    import shutil
+
+    from training.calibrate import calibrate
+
+    copy = tmp_path / "copy" / "w.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(tmp_path / "out" / "w.safetensors", copy)
+    plain = {**saved}
+    del plain["calibration"]
+    copy.with_suffix(".json").write_text(json.dumps(plain))
+    refitted = calibrate(copy, generated, cache_dir=cfg.cache_dir, threads=1)
+    for key in ("scale", "shift"):
+        assert refitted["calibration"][key] == pytest.approx(saved["calibration"][key], rel=1e-4, abs=1e-4)
+    assert refitted["threshold"] == pytest.approx(saved["threshold"], abs=1e-6)
 
 
 def test_resume_continues_exactly(generated, tmp_path):

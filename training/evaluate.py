@@ -39,7 +39,7 @@ from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discove
 from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
 from training.plots import plot_confusion, plot_reliability, plot_robustness, plot_roc_curves, plot_training_curves
 from training.train import as_roots, dataset_name, predict, resolve_device
-from training.weights_io import load_weights
+from training.weights_io import Calibration, load_weights
 
 POOLED = "pooled"
 
@@ -88,8 +88,8 @@ def score_roots(model, meta: dict, roots: list[Path], split: str, cache_dir: str
             raise SystemExit(f"split '{split}' of {root} is empty")
         crops, _ = cache.prepare(samples, split, dataset_name(root))
         loader = DataLoader(CropDataset(crops), batch_size=batch_size, shuffle=False)
-        y, p, _ = predict(model, loader, device, desc=f"evaluate {dataset_name(root)} {split}")
-        scored[dataset_name(root)] = Scored(crops, y, p)
+        y, z, _ = predict(model, loader, device, desc=f"evaluate {dataset_name(root)} {split}")
+        scored[dataset_name(root)] = Scored(crops, y, Calibration.from_metadata(meta).probability(z))
     return scored
 
 
@@ -100,14 +100,14 @@ def with_interval(y: np.ndarray, p: np.ndarray, threshold: float, resamples: int
 
 
 @torch.no_grad()
-def perturbed_scores(model, preprocessor: FacePreprocessor, crops: list[CachedCrop], perturb, device,
-                     batch_size: int) -> np.ndarray:
+def perturbed_scores(model, preprocessor: FacePreprocessor, calibration: Calibration, crops: list[CachedCrop], perturb,
+                     device, batch_size: int) -> np.ndarray:
     """P(fake) of each source image after ``perturb``, through decoding, detection and cropping again."""
     probs = []
     for start in range(0, len(crops), batch_size):
         images = [perturb(decode_image(c.source.read_bytes())) for c in crops[start : start + batch_size]]
         batch = to_tensor_batch([prepared.crops[0] for prepared in preprocessor.prepare_many(images)])
-        probs.append(torch.sigmoid(model(batch.to(device)).float()).cpu().numpy())
+        probs.append(calibration.probability(model(batch.to(device)).float()).cpu().numpy())
     return np.concatenate(probs)
 
 
@@ -118,7 +118,7 @@ def robustness(model, meta: dict, scored: dict[str, Scored], threads: int, batch
     for name, perturb in tqdm(PERTURBATIONS.items(), desc="robustness", unit="perturbation"):
         table[name] = {}
         for root, s in scored.items():
-            p = perturbed_scores(model, preprocessor, s.crops, perturb, device, batch_size)
+            p = perturbed_scores(model, preprocessor, Calibration.from_metadata(meta), s.crops, perturb, device, batch_size)
             auc = binary_metrics(s.y, p)["roc_auc"]
             clean = binary_metrics(s.y, s.p)["roc_auc"]
             table[name][root] = {"roc_auc": auc, "drop": clean - auc}

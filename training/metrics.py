@@ -83,6 +83,18 @@ def binary_metrics(y_true, p_fake, threshold: float = 0.5) -> dict:
     return result
 
 
+def fit_platt(logits, y_true) -> tuple[float, float]:
+    """(scale, shift) of P(fake) = sigmoid(scale * logit + shift) that maximise the likelihood of the
+    labels (Platt scaling: a one-feature logistic regression, practically unregularised)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y_true = np.asarray(y_true).astype(int)
+    if not _both_classes(y_true):
+        return 1.0, 0.0
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(np.asarray(logits, dtype=np.float64).reshape(-1, 1), y_true)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
 def bootstrap_auc_interval(y_true, p_fake, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the ROC AUC; each resample draws reals and fakes separately
     (stratified), so every resample has both classes and the class balance of the test set."""

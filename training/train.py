@@ -40,10 +40,10 @@ from training.data import (
     class_counts,
     discover,
 )
-from training.metrics import binary_metrics, choose_threshold
+from training.metrics import binary_metrics, choose_threshold, fit_platt
 from training.face_hybrid import load_pretrained_backbone
 from training.model import build_model, count_parameters
-from training.weights_io import save_weights
+from training.weights_io import Calibration, save_weights
 
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_auc", "val_accuracy", "seconds"]
 # with several data roots, the log also has val_auc_<dataset> columns and val_auc is their mean
@@ -137,18 +137,18 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float, pre
 
 @torch.no_grad()
 def predict(model, loader, device: torch.device, amp: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, P(fake), mean BCE loss) over a loader."""
+    """(labels, logits, mean BCE loss) over a loader; ``Calibration.probability`` turns logits into P(fake)."""
     model.eval()
-    labels, probs, total = [], [], 0.0
+    labels, outputs, total = [], [], 0.0
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
         images, targets = images.to(device, non_blocking=True), targets.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(images).float()
         total += F.binary_cross_entropy_with_logits(logits, targets, reduction="sum").item()
         labels.append(targets.cpu().numpy())
-        probs.append(torch.sigmoid(logits).cpu().numpy())
+        outputs.append(logits.cpu().numpy())
     y = np.concatenate(labels).astype(int) if labels else np.zeros(0, int)
-    return y, (np.concatenate(probs) if probs else np.zeros(0)), total / max(1, len(y))
+    return y, (np.concatenate(outputs) if outputs else np.zeros(0)), total / max(1, len(y))
 
 
 def auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
@@ -327,11 +327,11 @@ class Trainer:
             start = time.time()
             lr = self.scheduler.get_last_lr()[0]
             train_loss, train_acc = self.train_epoch(epoch)
-            y, p, val_loss = predict(self.model, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
-            aucs = per_dataset_auc(self.val_set.items, y, p) if len(self.datasets) > 1 else {}
+            y, z, val_loss = predict(self.model, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
+            aucs = per_dataset_auc(self.val_set.items, y, z) if len(self.datasets) > 1 else {}
             # several roots: the mean of their AUCs, so a small or easy root cannot hide a weak one
-            val_auc = float(np.mean(list(aucs.values()))) if aucs else auc_or_nan(y, p)
-            val_acc = float(((p >= 0.5) == y).mean()) if len(y) else float("nan")
+            val_auc = float(np.mean(list(aucs.values()))) if aucs else auc_or_nan(y, z)
+            val_acc = float(((z >= 0) == y).mean()) if len(y) else float("nan")  # P(fake) >= 0.5
             # without validation data the latest epoch counts as the best
             improved = math.isnan(val_auc) or val_auc > self.state["best_auc"]
             if improved:
@@ -369,8 +369,9 @@ class Trainer:
         return self.model.eval()
 
     def evaluate(self, items: list[CachedCrop], desc: str) -> tuple[np.ndarray, np.ndarray]:
-        y, p, _ = predict(self.model, self.loader(CropDataset(items), False, 0), self.device, self.amp, desc)
-        return y, p
+        """(labels, logits)."""
+        y, z, _ = predict(self.model, self.loader(CropDataset(items), False, 0), self.device, self.amp, desc)
+        return y, z
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +419,8 @@ def cross_validate(config: TrainConfig, pool: list[CachedCrop], out_dir: Path, s
         trainer = Trainer(config, [pool[i] for i in train_idx], [pool[i] for i in val_idx], out_dir / f"fold{fold}", config.seed + fold)
         trainer.fit(stop_after=stop_after)
         trainer.load_best()
-        y, p = trainer.evaluate(trainer.val_set.items, f"fold {fold} val")
+        y, z = trainer.evaluate(trainer.val_set.items, f"fold {fold} val")
+        p = Calibration().probability(z)
         metrics = binary_metrics(y, p, choose_threshold(y, p, config.threshold_method))
         metrics["best_epoch"] = trainer.state["best_epoch"]
         results.append(metrics)
@@ -444,15 +446,18 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
     trainer.commands = [command]
     state = trainer.fit(resume=resume, stop_after=stop_after)
     trainer.load_best()
-    metrics, threshold = {}, 0.5
+    metrics, threshold, calibration = {}, 0.5, Calibration()
     if crops["val"]:
-        y, p = trainer.evaluate(crops["val"], "validation")
+        y, z = trainer.evaluate(crops["val"], "validation")
+        calibration = Calibration(*fit_platt(z, y))
+        p = calibration.probability(z)
         threshold = choose_threshold(y, p, config.threshold_method)
         metrics["val"] = binary_metrics(y, p, threshold)
         if len(trainer.datasets) > 1:
             metrics["val"]["per_dataset_auc"] = per_dataset_auc(crops["val"], y, p)
     if crops["test"]:
-        y, p = trainer.evaluate(crops["test"], "test")
+        y, z = trainer.evaluate(crops["test"], "test")
+        p = calibration.probability(z)
         metrics["test"] = binary_metrics(y, p, threshold)
         if len(dataset_names(crops["test"])) > 1:
             metrics["test"]["per_dataset_auc"] = per_dataset_auc(crops["test"], y, p)
@@ -460,6 +465,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
     metadata = {
         "threshold": threshold,
         "threshold_method": config.threshold_method,
+        "calibration": calibration.to_metadata(),
         "preprocessing": settings.to_metadata(),
         "metrics": metrics,
         "data": {

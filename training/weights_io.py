@@ -8,7 +8,10 @@ it travels inside the TorchServe archive.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,6 +23,30 @@ from handler.preprocessing import PreprocessSettings
 from training.model import model_from_config
 
 METADATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(fake) = sigmoid(scale * logit + shift): Platt scaling fitted on the validation split, so
+    that P(fake) reads as a frequency; the identity (plain sigmoid) for weights without it. Monotonic:
+    it changes no ranking (AUC) and, with the threshold chosen after it, no decision."""
+
+    scale: float = 1.0
+    shift: float = 0.0
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "Calibration":
+        fitted = meta.get("calibration") or {}
+        return cls(float(fitted.get("scale", 1.0)), float(fitted.get("shift", 0.0)))
+
+    def to_metadata(self) -> dict:
+        return {"method": "platt", "scale": self.scale, "shift": self.shift, "fitted_on": "validation"}
+
+    def probability(self, logits):
+        """Logits (a torch tensor or a numpy array) -> P(fake), same type."""
+        if isinstance(logits, torch.Tensor):
+            return torch.sigmoid(logits * self.scale + self.shift)
+        return 1.0 / (1.0 + np.exp(-(np.asarray(logits, dtype=np.float64) * self.scale + self.shift)))
 
 
 def metadata_path(weights: str | Path) -> Path:
