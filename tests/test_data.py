@@ -16,6 +16,7 @@ from training.data import (
     Sample,
     SplitSpec,
     discover,
+    list_class_folders,
     stratified_split,
 )
 
@@ -27,9 +28,12 @@ def touch_images(folder, n, prefix="img"):
     (folder / "notes.txt").write_text("not an image, ignored")
 
 
-def test_labels_are_explicit():
-    # alphabetical order would give fake = 0; the contract is real = 0, fake = 1
-    assert LABELS == {"real": 0, "fake": 1}
+def test_labels_are_explicit(tmp_path):
+    # alphabetical order (ImageFolder's) would give fake = 0; the contract is real = 0, fake = 1
+    touch_images(tmp_path / "fake", 2)
+    touch_images(tmp_path / "real", 2)
+    samples = list_class_folders(tmp_path)
+    assert {s.path.parent.name: s.label for s in samples} == {"real": 0, "fake": 1}
 
 
 def test_flat_folder_split_is_stratified_deterministic_and_disjoint(tmp_path):

@@ -59,10 +59,13 @@ def local_eager_probability(weights: Path, image: bytes) -> float:
     """The eager model on this machine through the serving preprocessing: the reference verdict."""
     from handler.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
 
+    from training.weights_io import Calibration
+
     model, meta = load_weights(weights)
     preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta))
     with torch.no_grad():
-        return float(torch.sigmoid(model(to_tensor_batch(preprocessor.prepare(decode_image(image)).crops[:1])))[0])
+        logits = model(to_tensor_batch(preprocessor.prepare(decode_image(image)).crops[:1]))
+    return float(Calibration.from_metadata(meta).probability(logits)[0])
 
 
 def test_archive_names_follow_the_store_convention():

@@ -198,6 +198,11 @@ def test_stop_and_start_keep_archive_and_configuration(fault_server, face_jpeg):
         }
 
     before = state()
+    # a change made at run time through the management API: the restart must not keep it (config
+    # snapshots are off, `--ncs`), so the server comes back exactly as declared, not as last left
+    scaled = server.management("PUT", f"/models/{MODEL}?min_worker={before['workers'] + 1}&synchronous=true")
+    assert scaled.status_code == 200, scaled.text
+    assert len(describe(server)["workers"]) == before["workers"] + 1
     old_frontend = server.pid
     server.stop()
     assert not psutil.pid_exists(old_frontend) and archive.is_file()

@@ -116,22 +116,29 @@ def test_resume_continues_exactly(generated, tmp_path):
     assert (tmp_path / "straight" / "log.csv").read_text().count("\n") == (tmp_path / "resumed" / "log.csv").read_text().count("\n") == 3
 
 
-def test_kfold_reinitialises_each_fold(generated, tmp_path):
+def test_kfold_reinitialises_each_fold(generated, tmp_path, monkeypatch):
     cfg = config(tmp_path, epochs=1, folds=2)
+    # record the weights each fold starts training from
+    starts, fit = [], Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
     report = train(cfg, generated, tmp_path / "cv")
-    assert len(report["folds"]) == 2
+    assert len(report["folds"]) == 2 and len(starts) == 2
     summary = report["summary"]["roc_auc"]
     aucs = [f["roc_auc"] for f in report["folds"]]
     assert summary["mean"] == pytest.approx(np.mean(aucs)) and summary["std"] == pytest.approx(np.std(aucs))
 
-    # each fold starts from its own fresh initialisation, not from the previous fold's weights
+    # fold 2 starts from a fresh initialisation (its own seed), not from fold 1's trained weights
     crops, _, _ = prepare_crops(cfg, generated)
     pool = crops["train"] + crops["val"]
-    fresh = [Trainer(cfg, pool, [], tmp_path / f"init{k}", seed=cfg.seed + k).model.state_dict() for k in (1, 2)]
-    trained = [load_file(str(tmp_path / "cv" / f"fold{k}" / "last.safetensors")) for k in (1, 2)]
-    weight = "classifier.weight"
-    assert not torch.equal(fresh[0][weight], fresh[1][weight])
-    assert not torch.equal(trained[0][weight], trained[1][weight])
+    fresh = Trainer(cfg, pool, [], tmp_path / "init2", seed=cfg.seed + 2).model.state_dict()
+    fold1_trained = load_file(str(tmp_path / "cv" / "fold1" / "last.safetensors"))
+    assert all(torch.equal(starts[1][k], fresh[k]) for k in fresh)
+    assert not torch.equal(starts[1]["classifier.weight"], fold1_trained["classifier.weight"])
     assert json.loads((tmp_path / "cv" / "folds.json").read_text())["summary"]["roc_auc"] == summary
 
 
