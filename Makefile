@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml scripts/install-system.sh
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-# Retrains the default weights on both data roots (CPU: about 25 min with 2 free cores; docs/MODEL_CARD.md).
+# Retrains the default weights on both data roots (CPU: 24 epochs of 15-45 s, by load; docs/MODEL_CARD.md).
 TRAIN_CONFIG ?= configs/train_face.yaml
 train: $(STAMP)
 	$(PY) -m training.train --config $(TRAIN_CONFIG) --data $(DATA) --output $(WEIGHTS)

@@ -1,14 +1,16 @@
-"""Hybrid-attention deepfake classifier.
+"""Hybrid-attention deepfake classifiers: the model registry, the Xception-style family trained from
+scratch (`small`, `base`) and the FP16 wrapper. The face-pretrained family (`face`, the default) is in
+``training/face_hybrid.py``; both share ``training/blocks.py``.
 
-Xception-style depthwise-separable convolutions, CBAM attention after the entry, middle and exit
-flows, and a fourth input channel holding the log FFT magnitude of the image.
+The Xception family: depthwise-separable convolutions, CBAM attention after the entry, middle and
+exit flows, and a fourth input channel holding the log FFT magnitude of the image.
 
 Everything a served model needs happens inside ``forward``: it takes plain RGB in [0, 1] of shape
 (N, 3, S, S), normalises it, computes the frequency channel as a DFT by matrix products (fixed cos/sin
 bases, so ONNX and TensorRT can export it; they have no FFT op) and returns one logit per image,
 positive meaning "fake".
 
-This module depends on torch alone: it travels inside the TorchServe archive.
+These modules depend on torch alone: they travel inside the TorchServe archive.
 """
 
 from __future__ import annotations
