@@ -47,7 +47,7 @@ export: $(STAMP)
 # Serving (issue 3): the default eager archive, built from the committed weights.
 SERVE_DIR ?= build/serve
 ARCHIVE := model_store/$(MODEL).mar
-ARCHIVE_SOURCES := $(WEIGHTS) $(WEIGHTS:.safetensors=.json) export/archive.py handler/*.py training/blocks.py training/face_hybrid.py training/model.py training/weights_io.py
+ARCHIVE_SOURCES := $(WEIGHTS) $(WEIGHTS:.safetensors=.json) export/archive.py handler/*.py runtime/*.py
 
 archive: $(ARCHIVE)
 

@@ -18,41 +18,25 @@ from gevent import monkey
 monkey.patch_all()  # before anything imports ssl/socket; Locust would do it on import anyway
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import zipfile  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
-import yaml  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
-from benchmarks.profile import BatchSetting, LoadSettings, Profile, load_profile  # noqa: E402
+from benchmarks.profile import LoadSettings, Profile, load_profile  # noqa: E402
 from benchmarks.serverstats import GpuSampler, HostSampler, model_values, parse_prometheus, server_split  # noqa: E402
+from export.archive import repack  # noqa: E402
+from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
 
 MODEL = "deepfake-detector"
-
-
-@dataclass
-class Endpoints:
-    """Where a running TorchServe answers, and the keys it wants (empty when token auth is off)."""
-
-    inference: str
-    management: str
-    metrics: str
-    inference_key: str = ""
-    management_key: str = ""
-    frontend_pid: int | None = None
-
-    def headers(self, management: bool = False) -> dict:
-        key = self.management_key if management else self.inference_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def archive_for(store: Path, backend: str) -> Path | None:
@@ -61,59 +45,9 @@ def archive_for(store: Path, backend: str) -> Path | None:
     return next((store / n for n in names if (store / n).exists()), None)
 
 
-def repack(source: Path, dest: Path, setting: BatchSetting, workers: int) -> Path:
-    """Copy an archive with its model-config.yaml set to this batch setting and worker count."""
-    with zipfile.ZipFile(source) as src:
-        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
-        config_name = manifest["model"].get("configFile") or "model-config.yaml"
-        config = yaml.safe_load(src.read(config_name)) if config_name in src.namelist() else {}
-        config = dict(config or {})
-        config.update(batchSize=setting.batch_size, maxBatchDelay=setting.max_batch_delay,
-                      minWorkers=workers, maxWorkers=workers)
-        manifest["model"]["configFile"] = config_name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(dest, "w") as out:
-            for item in src.infolist():
-                if item.filename in (config_name, "MAR-INF/MANIFEST.json"):
-                    continue
-                out.writestr(item, src.read(item), compress_type=item.compress_type)
-            out.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest, indent=2))
-            out.writestr(config_name, yaml.safe_dump(config, sort_keys=False))
-    return dest
-
-
-class Management:
-    def __init__(self, endpoints: Endpoints):
-        self.e = endpoints
-
-    def register(self, archive: str, name: str, setting: BatchSetting, workers: int, timeout: float = 600) -> None:
-        params = {
-            "url": archive, "model_name": name, "initial_workers": workers, "synchronous": "true",
-            "batch_size": setting.batch_size, "max_batch_delay": setting.max_batch_delay,
-        }
-        r = requests.post(f"{self.e.management}/models", params=params, headers=self.e.headers(True), timeout=timeout)
-        if r.status_code != 200:
-            raise RuntimeError(f"registering {archive} failed: HTTP {r.status_code} {r.text[:300]}")
-
-    def describe(self, name: str) -> dict:
-        r = requests.get(f"{self.e.management}/models/{name}", headers=self.e.headers(True), timeout=30)
-        r.raise_for_status()
-        return r.json()[0]
-
-    def unregister(self, name: str) -> None:
-        requests.delete(f"{self.e.management}/models/{name}", headers=self.e.headers(True), timeout=120)
-
-
-def scrape(endpoints: Endpoints):
-    r = requests.get(f"{endpoints.metrics}/metrics", timeout=10)
-    r.raise_for_status()
-    return parse_prometheus(r.text)
-
-
-def first_prediction(endpoints: Endpoints, name: str, image: bytes, timeout: float = 120) -> None:
+def first_prediction(client: TorchServeClient, name: str, image: bytes, timeout: float = 120) -> None:
     """A real answer, not /ping: proves the workers load and run the model."""
-    r = requests.post(f"{endpoints.inference}/predictions/{name}", data=image,
-                      headers=endpoints.headers(), timeout=timeout)
+    r = client.predict(name, image, timeout)
     if r.status_code != 200:
         raise RuntimeError(f"first prediction on {name} failed: HTTP {r.status_code} {r.text[:300]}")
 
@@ -146,16 +80,17 @@ class Progress:
         self.log(f"[load {elapsed / 60:5.1f} min] {message}")
 
 
-def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, progress: Progress) -> dict:
+def measure_level(client: TorchServeClient, frontend_pid: int | None, name: str, users: int, s: LoadSettings,
+                  progress: Progress) -> dict:
     """One concurrency level: warm-up, then windows until stable; percentiles over the counted windows."""
-    env = Environment(user_classes=[DetectorUser], host=endpoints.inference)
+    env = Environment(user_classes=[DetectorUser], host=client.inference_url)
     records: list[tuple[float, float, bool, str]] = []  # finish time, ms, failed, message
 
     def on_request(response_time, exception=None, **_):
         records.append((time.monotonic(), float(response_time), exception is not None, str(exception or "")[:200]))
 
     env.events.request.add_listener(on_request)
-    host, gpu = HostSampler(endpoints.frontend_pid), GpuSampler()
+    host, gpu = HostSampler(frontend_pid), GpuSampler()
     gauges: list[dict] = []
     sampling = {"on": False}
 
@@ -166,7 +101,7 @@ def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, 
                 host.sample()
                 gpu.sample()
                 try:
-                    gauges.append(scrape_values(endpoints, name))
+                    gauges.append(model_values(scrape(client), name))
                 except requests.RequestException:
                     pass
 
@@ -177,7 +112,7 @@ def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, 
         gevent.sleep(s.warmup_s)
         windows: list[dict] = []
         while len(windows) < s.max_windows:
-            start_scrape = scrape(endpoints)
+            start_scrape = scrape(client)
             host.reset()
             gpu.reset()
             gauges.clear()
@@ -192,7 +127,7 @@ def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, 
                 "rps": len(latencies) / (end - start),  # answered requests only: fast errors must not count as speed
                 "latencies": latencies,
                 "failures": [r[3] for r in done if r[2]],
-                "server": server_split(start_scrape, scrape(endpoints), gauges, name),
+                "server": server_split(start_scrape, scrape(client), gauges, name),
                 "host": host.summary(),
                 "gpu": gpu.summary(),
             }
@@ -230,8 +165,8 @@ def measure_level(endpoints: Endpoints, name: str, users: int, s: LoadSettings, 
     }
 
 
-def scrape_values(endpoints: Endpoints, name: str) -> dict:
-    return model_values(scrape(endpoints), name)
+def scrape(client: TorchServeClient):
+    return parse_prometheus(client.metrics(timeout=10))
 
 
 def _mean_dicts(rows: list[dict]) -> dict:
@@ -239,7 +174,7 @@ def _mean_dicts(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in sorted(keys)}
 
 
-def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
+def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, store: Path, log=print) -> dict:
     """The ``load`` section of summary.json. ``store`` is the server's model store; variant archives
     are written there and removed afterwards."""
     s = profile.load
@@ -247,7 +182,6 @@ def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
     plan = s.plan()
     progress = Progress(s, len(plan) * len(s.users), log)
     deadline = time.monotonic() + s.max_minutes * 60
-    management = Management(endpoints)
     rows, skipped = [], []
     baseline_backend, baseline_setting = s.baseline_setting()
     for backend, setting in plan:
@@ -259,20 +193,23 @@ def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
             log(f"[load] {backend} {setting.label}: skipped, no archive")
             continue
         name = f"bench-{backend}-b{setting.batch_size}-d{setting.max_batch_delay}"
-        variant = repack(source, store / f"{name}.mar", setting, s.workers)
+        variant = repack(source, store / f"{name}.mar", batchSize=setting.batch_size,
+                         maxBatchDelay=setting.max_batch_delay, minWorkers=s.workers, maxWorkers=s.workers)
         progress(f"registering {name} ({s.workers} worker(s)) from {source.name}")
         try:
-            management.register(variant.name, name, setting, s.workers)
-            described = management.describe(name)
-            first_prediction(endpoints, name, images[0][1])
-        except (RuntimeError, requests.RequestException) as exc:
+            # the management API then gives exactly this setting, whatever the archive says
+            client.register(variant.name, name, s.workers, setting.batch_size, setting.max_batch_delay)
+            described = client.describe(name)
+            first_prediction(client, name, images[0][1])
+        except (RuntimeError, requests.RequestException) as exc:  # TorchServeError included
             skipped.append({"backend": backend, "setting": setting.label, "reason": str(exc)[:300]})
             progress.done += len(s.users)
             log(f"[load] {name}: skipped, {exc}")
-            management.unregister(name)
+            with contextlib.suppress(TorchServeError, requests.RequestException):
+                client.unregister(name)
             variant.unlink(missing_ok=True)
             continue
-        DetectorUser.configure(images, name, endpoints.inference_key)
+        DetectorUser.configure(images, name, client.key("inference") or "")
         try:
             for users in s.users:
                 if time.monotonic() > deadline:
@@ -280,7 +217,7 @@ def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
                                     "reason": f"profile time budget of {s.max_minutes} min spent"})
                     progress.done += 1
                     continue
-                level = measure_level(endpoints, name, users, s, progress)
+                level = measure_level(client, frontend_pid, name, users, s, progress)
                 progress.done += 1
                 rows.append({
                     "backend": backend, "batch_size": setting.batch_size, "max_batch_delay": setting.max_batch_delay,
@@ -289,7 +226,8 @@ def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
                     **level,
                 })
         finally:
-            management.unregister(name)
+            with contextlib.suppress(TorchServeError, requests.RequestException):
+                client.unregister(name)
             variant.unlink(missing_ok=True)
     return {
         "images": len(images), "image_folder": str(profile.images), "settings": profile.to_dict()["load"],
@@ -297,35 +235,6 @@ def run(profile: Profile, endpoints: Endpoints, store: Path, log=print) -> dict:
                      "max_batch_delay": baseline_setting.max_batch_delay},
         "results": rows, "skipped": skipped,
     }
-
-
-def wait_for_management(endpoints: Endpoints, server, timeout: float = 120) -> None:
-    """`torchserve --start` returns before the frontend listens; wait for the key file and the API."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"TorchServe exited during start-up\n{server.log_tail()}")
-        try:
-            if server.token_auth and not server.key_file.exists():
-                raise FileNotFoundError("key file not written yet")
-            endpoints.inference_key = server.key("inference") or ""
-            endpoints.management_key = server.key("management") or ""
-            r = requests.get(f"{endpoints.management}/models", headers=endpoints.headers(True), timeout=10)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}"
-        except (requests.RequestException, OSError, ValueError) as exc:  # ValueError: key file half written
-            last = type(exc).__name__
-        time.sleep(0.5)
-    raise RuntimeError(f"TorchServe's management API did not answer in {timeout:.0f}s ({last})\n{server.log_tail()}")
-
-
-def endpoints_of(server) -> Endpoints:
-    """Endpoints of a handler.server.TorchServe (keys read once the server wrote them)."""
-    endpoints = Endpoints(server.inference_url, server.management_url, server.metrics_url, frontend_pid=server.pid)
-    wait_for_management(endpoints, server)
-    return endpoints
 
 
 def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
@@ -343,7 +252,7 @@ def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
     log(f"[load] starting TorchServe (logs: {server.log_dir})")
     server.start()
     try:
-        return run(profile, endpoints_of(server), store, log)
+        return run(profile, server.client, server.pid, store, log)
     finally:
         server.stop()
         log("[load] TorchServe stopped")
@@ -357,7 +266,7 @@ def attach_and_run(profile: Profile, run_dir: Path, log=print) -> dict:
     server = TorchServe.attach(run_dir)
     if not server.alive():
         raise RuntimeError(f"no running TorchServe recorded in {run_dir}")
-    return run(profile, endpoints_of(server), server.model_store, log)
+    return run(profile, server.client, server.pid, server.model_store, log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ class Runner:
 
 
 def _eager_model(weights: Path, device: str, precision: str):
-    from training.weights_io import load_weights
+    from runtime.weights import load_weights
 
     if not weights.exists():
         raise Unavailable(f"weights {weights} not found (run `make train` or pass --set weights=...)")
@@ -46,10 +46,10 @@ def _eager_model(weights: Path, device: str, precision: str):
 
 
 def load_runner(backend: str, precision: str, device: str, weights: Path, export_dir: Path) -> Runner:
-    """The serving path's own loader (handler.backends) for each artifact, so the numbers are the
+    """The serving path's own loader (runtime.backends) for each artifact, so the numbers are the
     handler's; ``compile`` (torch.compile of the eager model) is measured here only."""
-    from export.artifacts import artifact_name
-    from handler.backends import load_backend
+    from runtime.artifacts import artifact_name
+    from runtime.backends import load_backend
 
     cuda = device.startswith("cuda")
     if precision == "fp16" and not cuda:
@@ -124,7 +124,7 @@ def time_calls(call: Callable[[], object], sync: Callable[[], None], settings: M
 
 
 def input_size_of(weights: Path) -> int:
-    from training.weights_io import load_metadata
+    from runtime.weights import load_metadata
 
     meta = load_metadata(weights)
     return int(meta.get("preprocessing", {}).get("input_size") or meta["architecture"]["input_size"])

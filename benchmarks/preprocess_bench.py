@@ -28,8 +28,8 @@ def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
 
 def run(profile: Profile, log=print) -> dict:
     """The ``preprocess`` section of summary.json; ``skipped`` says why when nothing was timed."""
-    from handler.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
-    from training.weights_io import load_metadata
+    from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+    from runtime.weights import load_metadata
 
     files = image_files(profile.images, profile.preprocess.images)
     if not files:

@@ -23,7 +23,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +32,8 @@ import numpy as np
 import psutil
 import requests
 from locust.env import Environment
+
+from handler.tsclient import TorchServeClient, TorchServeError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,11 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @dataclass
 class Target:
-    inference: str
-    management: str
+    client: TorchServeClient
     model: str
-    inference_headers: dict = field(default_factory=dict)
-    management_headers: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -75,8 +74,7 @@ def serve(args):
 
     if (args.run_dir / STATE_FILE).exists() and (running := TorchServe.attach(args.run_dir)).alive():
         print(f"soak: attaching to the server of {args.run_dir} at {running.inference_url}", flush=True)
-        yield Target(running.inference_url, running.management_url, args.model,
-                     running.headers("inference"), running.headers("management"))
+        yield Target(running.client, args.model)
         return
     archive = args.archive.resolve()
     server = TorchServe(archive.parent, {args.model: archive.name}, ROOT / "build" / "soak-server", args.config,
@@ -85,8 +83,7 @@ def serve(args):
           f"(logs: {server.log_dir}) ...", flush=True)
     server.start(progress=True)
     try:
-        yield Target(server.inference_url, server.management_url, args.model,
-                     server.headers("inference"), server.headers("management"))
+        yield Target(server.client, args.model)
     finally:
         server.stop()
 
@@ -101,10 +98,7 @@ class ProcessWatch:
 
     def workers(self) -> dict[str, int]:
         """worker id -> pid"""
-        url = f"{self.target.management}/models/{self.target.model}"
-        reply = requests.get(url, headers=self.target.management_headers, timeout=30)
-        reply.raise_for_status()
-        return {str(w["id"]): int(w["pid"]) for w in reply.json()[0]["workers"] if w.get("pid")}
+        return {str(wid): pid for wid, pid in self.target.client.worker_pids(self.target.model).items()}
 
     def sample(self) -> dict[str, dict]:
         """name -> {"pid", "rss_mb"}; the frontend is the workers' parent process."""
@@ -166,11 +160,10 @@ def soak_user(target: Target, folder: Path, timeout: float) -> type:
         images = [("astronaut.jpg", buffer.getvalue())]
 
     class SoakUser(DetectorUser):
-        host = target.inference
+        host = target.client.inference_url
         network_timeout = timeout
 
-    token = target.inference_headers.get("Authorization", "").removeprefix("Bearer ")
-    SoakUser.configure(images, target.model, token)
+    SoakUser.configure(images, target.model, target.client.key("inference") or "")
     return SoakUser
 
 
@@ -187,7 +180,7 @@ def run(args, argv: list[str]) -> int:
         def sample(phase: str, t: float) -> None:
             try:
                 found = watch.sample()
-            except requests.RequestException as exc:  # a dead server shows as failures; keep the run going
+            except (requests.RequestException, TorchServeError) as exc:  # a dead server shows as failures; keep the run going
                 print(f"soak: no RSS sample at {t:.0f} s: {exc}", flush=True)
                 return
             for name, proc in found.items():

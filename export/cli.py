@@ -1,7 +1,7 @@
 """``python -m export`` (``make export``): weights -> every serving artifact, parity-checked.
 
 Writes under ``--out`` (default ``build/export``): the artifacts (file names in
-``export/artifacts.py``), ``model.json`` (the weights' metadata, which every archive carries),
+``runtime/artifacts.py``), ``model.json`` (the weights' metadata, which every archive carries),
 ``manifest.json`` (what was built, how, and how long it took) and the parity reports
 ``parity.json`` / ``parity.md``. Exits non-zero when an export fails or an artifact fails parity.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from export.artifacts import BACKENDS, PRECISIONS, Artifact, artifact_name, write_manifest
-from export.precision import supports_fp16, with_precision
+from runtime.artifacts import BACKENDS, PRECISIONS, Artifact, artifact_name, write_manifest
+from runtime.precision import supports_fp16, with_precision
 
 DEFAULT_MAX_BATCH = {"cpu": 32, "cuda": 256}
 DEFAULT_OPT_BATCH = 16
@@ -115,7 +115,7 @@ class Exporter:
     def _eager(self, path: Path, precision: str) -> dict:
         if not path.exists() or not path.samefile(self.weights):
             shutil.copyfile(self.weights, path)
-        return {"loaded_with": "training.weights_io.load_weights", "cast_at_load": precision == "fp16"}
+        return {"loaded_with": "runtime.weights.load_weights", "cast_at_load": precision == "fp16"}
 
     def _torchscript(self, path: Path, precision: str) -> dict:
         from export.torchscript import export_torchscript
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.weights.exists():
         raise SystemExit(f"weights not found: {args.weights} (train with `make train` or pass --weights)")
 
-    from training.weights_io import load_weights, metadata_path
+    from runtime.weights import load_weights, metadata_path
 
     model, meta = load_weights(args.weights)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ import onnx
 import torch
 from torch import nn
 
-from export.artifacts import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME
+from runtime.artifacts import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME
+from runtime.backends import onnx_session
 
 MIN_OPSET = 18
 # Spectral ops TensorRT and several runtimes lack; the model is built to avoid them.
@@ -102,19 +103,3 @@ def op_types(model: onnx.ModelProto) -> set[str]:
 
 def fft_ops(model: onnx.ModelProto) -> set[str]:
     return op_types(model) & FFT_OPS
-
-
-def onnx_session(path: Path, device: str = "cpu", threads: int = 0):
-    """An onnxruntime session: CUDA provider on a CUDA device (when onnxruntime has it), else CPU."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # 0 = onnxruntime's default
-    options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if torch.device(device).type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("onnxruntime has no CUDA provider here; install onnxruntime-gpu to run ONNX on CUDA")
-        # TF32 off: an FP32 artifact is checked (and should be served) at FP32 accuracy
-        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": 0}))
-    return ort.InferenceSession(str(path), options, providers=providers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from export.artifacts import Artifact
+from runtime.artifacts import Artifact
 
 MODEL_NAME = "deepfake-detector"
 

@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from export.artifacts import Artifact, read_manifest
-from export.precision import with_precision
+from runtime.artifacts import Artifact, read_manifest
+from runtime.backends import load_backend
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.weights import load_metadata
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -44,8 +46,6 @@ def example_crops(examples_dir: Path, settings, count: int) -> torch.Tensor | No
     files = files[:count]
     if not files:
         return None
-    from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
-
     images = [decode_image(p.read_bytes()) for p in files]
     prepared = FacePreprocessor.from_settings(settings, threads=1).prepare_many(images)
     return to_tensor_batch([p.crops[0] for p in prepared])
@@ -63,7 +63,7 @@ def generated_images(input_size: int, count: int, seed: int = 0) -> torch.Tensor
 
 def parity_images(settings, examples_dir: Path = DEFAULT_EXAMPLES, count: int = DEFAULT_IMAGE_COUNT) -> tuple[torch.Tensor, str]:
     """(images (K, 3, S, S) in [0, 1], a description of where they came from); ``settings`` is the
-    weights' :class:`handler.preprocessing.PreprocessSettings`, so the crops are the served ones."""
+    weights' :class:`runtime.preprocessing.PreprocessSettings`, so the crops are the served ones."""
     crops = example_crops(examples_dir, settings, count) if Path(examples_dir).is_dir() else None
     if crops is not None:
         return crops, f"{len(crops)} face crops of {examples_dir}/"
@@ -74,44 +74,22 @@ def parity_images(settings, examples_dir: Path = DEFAULT_EXAMPLES, count: int = 
 
 
 def load_runner(artifact: Artifact, export_dir: Path, device: str = "cpu", threads: int = 0):
-    """A callable (N, 3, S, S) float32 CPU tensor -> (N,) float32 CPU logits, for one artifact."""
-    path = Path(export_dir) / artifact.file
-    backend = artifact.backend
-    if backend == "eager":
-        from training.weights_io import load_weights
-
-        model = with_precision(load_weights(path, map_location=device)[0], artifact.precision).eval()
-        return _torch_runner(model, device)
-    if backend == "torchscript":
-        from export.torchscript import load_torchscript
-
-        return _torch_runner(load_torchscript(path, device), device)
-    if backend == "aoti":
-        from export.aoti import load_aoti
-
-        return _torch_runner(load_aoti(path), device)
-    if backend == "onnx":
-        from export.artifacts import INPUT_NAME, OUTPUT_NAME
-        from export.onnx_export import onnx_session
-
-        session = onnx_session(path, device, threads)
-        return lambda x: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.contiguous().numpy()})[0])
-    if backend == "tensorrt":
-        from export.tensorrt import TensorRTRunner
-
-        runner = TensorRTRunner(path, device)
-        return lambda x: runner(x).cpu()
-    raise ValueError(f"unknown backend {backend!r}")
+    """Serving's own loader for one artifact (``runtime.backends.load_backend``, as the handler calls
+    it), so parity checks what is served: (N, 3, S, S) float32 -> (N,) float32 CPU logits."""
+    return load_backend(
+        artifact.backend,
+        Path(export_dir) / artifact.file,
+        torch.device(device),
+        artifact.precision,
+        threads=threads,
+        min_batch=artifact.min_batch,
+        max_batch=artifact.max_batch,
+    )
 
 
-def _torch_runner(module, device: str):
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            # contiguous: an AOTInductor package reads its input with the strides it was compiled
-            # for, without checking them, and decoded images arrive channels-last
-            return module(x.to(device).contiguous()).float().cpu()
-
-    return run
+def reference_runner(weights: Path):
+    """The reference: the eager FP32 model on the CPU, loaded as the eager archive serves it."""
+    return load_backend("eager", Path(weights), torch.device("cpu"), "fp32")
 
 
 # ---------------------------------------------------------------- comparison
@@ -263,14 +241,11 @@ def run_parity(
     log=print,
 ) -> list[ParityResult]:
     """Check every artifact and write the reports; the eager FP32 model on CPU is the reference."""
-    from handler.preprocessing import PreprocessSettings
-    from training.weights_io import load_weights
-
-    model, meta = load_weights(weights)
+    meta = load_metadata(weights)
     threshold = float(meta.get("threshold", 0.5))
     images, source = parity_images(PreprocessSettings.from_metadata(meta), examples_dir, count)
     log(f"[parity] {source}, threshold {threshold:g}")
-    reference = Reference(_torch_runner(model, "cpu"), images)
+    reference = Reference(reference_runner(weights), images)
     results = []
     for artifact in artifacts:
         result = check_artifact(artifact, export_dir, reference, threshold, device, threads)

@@ -6,7 +6,7 @@ Precision comes from the ONNX file itself (strongly typed network): the FP16 eng
 10 and 11 alike (11 removed the weak-typing ``BuilderFlag.FP16``). TF32 is switched off so that
 "fp32" means FP32 and meets the FP32 parity bound.
 
-Only usable where ``tensorrt`` imports and CUDA is available; ``unavailable_reason()`` says why not.
+Engines run through serving's ``runtime.backends.TensorRTBackend``. Only usable where ``tensorrt`` imports and CUDA is available; ``unavailable_reason()`` says why not.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from export.artifacts import INPUT_NAME, OUTPUT_NAME
+from runtime.artifacts import INPUT_NAME
 
 
 def unavailable_reason() -> str | None:
@@ -74,29 +74,3 @@ def build_engine(
     engine_path = Path(engine_path)
     engine_path.write_bytes(bytes(serialized))
     return engine_path
-
-
-class TensorRTRunner:
-    """Runs a serialized engine on torch CUDA tensors: (N, 3, S, S) float32 -> (N,) float32 logits."""
-
-    def __init__(self, engine_path: Path, device: str = "cuda"):
-        import tensorrt as trt
-
-        self.device = torch.device(device)
-        self._runtime = trt.Runtime(_logger())  # must outlive the engine
-        self.engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{engine_path} is not an engine this TensorRT version and GPU can load")
-        self.context = self.engine.create_execution_context()
-
-    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
-        rgb = rgb.to(self.device, torch.float32).contiguous()
-        logits = torch.empty(rgb.shape[0], dtype=torch.float32, device=self.device)
-        self.context.set_input_shape(INPUT_NAME, tuple(rgb.shape))
-        self.context.set_tensor_address(INPUT_NAME, rgb.data_ptr())
-        self.context.set_tensor_address(OUTPUT_NAME, logits.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return logits

@@ -24,9 +24,3 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, chec
     path = Path(path)
     traced.save(str(path))
     return path
-
-
-def load_torchscript(path: Path, device: str = "cpu") -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        return torch.jit.load(str(path), map_location=device).eval()

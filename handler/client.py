@@ -19,12 +19,13 @@ import json
 import mimetypes
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import requests
+
+from handler.tsclient import TorchServeClient, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -32,28 +33,17 @@ CSV_FIELDS = ["path", "status", "label", "fake_probability", "threshold", "faces
 
 
 class Client:
-    def __init__(self, url: str, model: str, token: str | None, timeout: float = 120):
-        self.url = url.rstrip("/")
-        self.model = model
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout = timeout
-        self._local = threading.local()  # one keep-alive session per thread
+    """Files in, verdicts out, through the project's TorchServe client (thread-safe)."""
 
-    @property
-    def session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+    def __init__(self, url: str, model: str, token: str | None, timeout: float = 120):
+        self.server = TorchServeClient(url, keys={"inference": token} if token else {})
+        self.model = model
+        self.timeout = timeout
 
     def post(self, path: Path, explain: bool = False) -> requests.Response:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        api = "explanations" if explain else "predictions"
-        return self.session.post(
-            f"{self.url}/{api}/{self.model}",
-            data=path.read_bytes(),
-            headers={**self.headers, "Content-Type": content_type},
-            timeout=self.timeout,
-        )
+        send = self.server.explain if explain else self.server.predict
+        return send(self.model, path.read_bytes(), self.timeout, headers={"Content-Type": content_type})
 
     def row(self, path: Path) -> dict:
         """One CSV row; transport errors become rows too, so a folder run never stops half-way."""
@@ -94,7 +84,7 @@ def find_token(args) -> str | None:
         return os.environ["DEEPFAKE_TOKEN"]
     key_file = args.run_dir / "key_file.json"
     if key_file.exists():
-        return json.loads(key_file.read_text())["inference"]["key"]
+        return read_keys(key_file).get("inference")
     return None
 
 

@@ -1,12 +1,12 @@
 """TorchServe handler: image bytes in, a real/fake verdict per face out.
 
-One handler serves every artifact kind (``handler/backends.py``). Each batch TorchServe hands over is
+One handler serves every artifact kind (``runtime/backends.py``). Each batch TorchServe hands over is
 decoded per request, face detection runs once over all decodable images, and the face crops of every
 request go through the model in one forward pass. A bad request gets its own 4xx status and JSON
 reason; its batch-mates are answered normally.
 
-Archive layout (``export/archive.py``): this file at the root beside the ``handler`` and ``training``
-packages, the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
+handler's own modules (``handler/payload.py``, ``handler/gradcam.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
 ``handler:`` section picks backend, precision and artifact.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 # Inside an archive the packages below sit beside this file; make them win over any installed copy,
 # so the server runs exactly the code that was archived.
 _ARCHIVE_ROOT = Path(__file__).resolve().parent
-if (_ARCHIVE_ROOT / "training" / "model.py").is_file() and sys.path[:1] != [str(_ARCHIVE_ROOT)]:
+if (_ARCHIVE_ROOT / "runtime" / "model.py").is_file() and sys.path[:1] != [str(_ARCHIVE_ROOT)]:
     sys.path.insert(0, str(_ARCHIVE_ROOT))
 
 import torch  # noqa: E402
@@ -31,9 +31,9 @@ from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
 from handler import gradcam  # noqa: E402
-from handler.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
 from handler.payload import Request, http_status, image_bytes  # noqa: E402
-from handler.preprocessing import (  # noqa: E402
+from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
+from runtime.preprocessing import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
     FacePreprocessor,
@@ -42,7 +42,7 @@ from handler.preprocessing import (  # noqa: E402
     decode_image,
     to_tensor_batch,
 )
-from training.weights_io import Calibration  # noqa: E402
+from runtime.weights import Calibration  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class DeepfakeHandler(BaseHandler):
             "backend": self.backend_kind,
             "precision": self.precision,
             "architecture": self.metadata["architecture"].get("size"),
-            "device": self.device.type,
+            "device": self.backend.device.type,  # where the model really runs (ONNX may fall back to CPU)
         }
         self.manifest = manifest
         self.initialized = True
@@ -217,7 +217,7 @@ class DeepfakeHandler(BaseHandler):
         if self._explainer is None:
             if not self.eager_weights.is_file():
                 raise ImageError("explain_unavailable", f"this {self.backend_kind} archive carries no eager weights for Grad-CAM")
-            from training.weights_io import load_weights
+            from runtime.weights import load_weights
 
             self._explainer, _ = load_weights(self.eager_weights, map_location=self.device)
         return self._explainer

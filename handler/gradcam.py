@@ -1,6 +1,6 @@
 """Grad-CAM (Selvaraju et al. 2017) for the detector: where in the face crop the "fake" logit looks.
 
-Uses the model's split into ``features`` (last feature map) and ``head`` (pooling + classifier), so
+Uses the model's split into ``forward_features`` (last feature map) and ``forward_head`` (pooling + classifier), so
 it needs the eager PyTorch model; compiled artifacts cannot be differentiated.
 """
 
@@ -21,8 +21,8 @@ _RAMP = np.array([[0, 0, 128], [0, 128, 255], [0, 255, 255], [255, 255, 0], [255
 def grad_cam(model, crop: torch.Tensor) -> np.ndarray:
     """(1, 3, S, S) crop in [0, 1] -> (S, S) map in [0, 1] for the fake logit."""
     with torch.enable_grad():
-        features = model.features(crop).detach().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(model.head(features).sum(), features)
+        features = model.forward_features(crop).detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(model.forward_head(features).sum(), features)
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # channel importance
     cam = torch.relu((weights * features).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0, 0]

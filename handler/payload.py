@@ -9,7 +9,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from handler.preprocessing import ImageError, Prepared
+from runtime.preprocessing import ImageError, Prepared
 
 # ImageError code -> HTTP status. Unknown codes are client errors too (400).
 HTTP_STATUS = {

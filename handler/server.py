@@ -6,10 +6,11 @@ Used by ``make serve`` / ``make stop``, the integration tests and the benchmarks
 
     with TorchServe("model_store", {"deepfake-detector": "deepfake-detector.mar"}) as server:
         response = server.predict("deepfake-detector", image_bytes)   # token passed for you
-        print(server.inference_url, server.metrics_url)
+        server.client                                                  # handler.tsclient.TorchServeClient
 
 By default each server gets free loopback ports; ``ports=Ports.from_config(path)`` uses the ones a
-config file names. ``start()`` returns only when every model answered a real prediction with 200:
+config file names (``handler/tsconfig.py`` renders the config); HTTP goes through ``server.client``
+(``handler/tsclient.py``). ``start()`` returns only when every model answered a real prediction with 200:
 TorchServe's ``/ping`` reports Healthy even while workers crash-loop. ``stop()`` stops exactly that
 server (its own pid file under its own TMPDIR) and waits for its workers to exit.
 
@@ -19,22 +20,23 @@ CLI: ``python -m handler.server start|stop|status --run-dir build/serve ...`` (s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
 import psutil
 import requests
+
+from handler.tsclient import TorchServeClient, TorchServeError, probe_image, read_keys
+from handler.tsconfig import Ports, render_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config.properties"
@@ -44,83 +46,6 @@ CRASH_LOOP_LIMIT = 3  # worker deaths while loading before start() gives up (Tor
 
 class ServerError(RuntimeError):
     """TorchServe did not start, or a model never answered; the message carries the log tail."""
-
-
-@dataclass(frozen=True)
-class Ports:
-    inference: int
-    management: int
-    metrics: int
-    grpc_inference: int
-    grpc_management: int
-
-    @classmethod
-    def free(cls) -> "Ports":
-        """Five distinct free loopback ports (held open together so none repeats)."""
-        sockets = []
-        try:
-            for _ in range(5):
-                s = socket.socket()
-                s.bind(("127.0.0.1", 0))
-                sockets.append(s)
-            return cls(*(s.getsockname()[1] for s in sockets))
-        finally:
-            for s in sockets:
-                s.close()
-
-    @classmethod
-    def from_config(cls, path: str | Path) -> "Ports":
-        props = read_properties(path)
-        port = lambda key: int(props[key].rsplit(":", 1)[1])  # noqa: E731
-        return cls(
-            port("inference_address"),
-            port("management_address"),
-            port("metrics_address"),
-            int(props.get("grpc_inference_port", 7070)),
-            int(props.get("grpc_management_port", 7071)),
-        )
-
-
-def read_properties(path: str | Path) -> dict[str, str]:
-    props = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
-
-
-def render_config(base: str | Path, model_store: Path, ports: Ports, token_auth: bool, overrides: Mapping[str, object] = ()) -> str:
-    """The base config with this server's ports, model store and auth; ``overrides`` win."""
-    props = read_properties(base)
-    props.update(
-        inference_address=f"http://127.0.0.1:{ports.inference}",
-        management_address=f"http://127.0.0.1:{ports.management}",
-        metrics_address=f"http://127.0.0.1:{ports.metrics}",
-        grpc_inference_address="127.0.0.1",
-        grpc_management_address="127.0.0.1",
-        grpc_inference_port=str(ports.grpc_inference),
-        grpc_management_port=str(ports.grpc_management),
-        model_store=str(model_store),
-        # registration by URL is limited to archives inside this server's model store
-        allowed_urls=f"file://{model_store}/.*",
-        disable_token_authorization=str(not token_auth).lower(),
-    )
-    props.update({k: str(v) for k, v in dict(overrides).items()})
-    return "".join(f"{k}={v}\n" for k, v in props.items())
-
-
-def probe_image() -> bytes:
-    """A small valid PNG (a gradient, no face): enough for a real end-to-end prediction."""
-    import numpy as np
-    from PIL import Image
-
-    ramp = np.linspace(0, 255, 96, dtype=np.uint8)
-    pixels = np.stack([np.tile(ramp, (96, 1)), np.tile(ramp[:, None], (1, 96)), np.full((96, 96), 128, np.uint8)], -1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class TorchServe:
@@ -154,7 +79,7 @@ class TorchServe:
         self.env = dict(env or {})
         self.pid: int | None = None
         self.startup_seconds: float | None = None  # launch to first successful prediction
-        self._keys: dict | None = None
+        self._client: TorchServeClient | None = None
 
     # --- paths and URLs ---------------------------------------------------------------------------
 
@@ -186,53 +111,48 @@ class TorchServe:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.metrics}"
 
-    # --- auth -------------------------------------------------------------------------------------
+    # --- the HTTP client (handler/tsclient.py) with this server's keys -----------------------------
+
+    @property
+    def client(self) -> TorchServeClient:
+        """A client for this server; built once its key file exists (a restart writes new keys)."""
+        if self._client is None:
+            keys = read_keys(self.key_file) if self.token_auth else {}
+            self._client = TorchServeClient(self.inference_url, self.management_url, self.metrics_url, keys)
+        return self._client
 
     def key(self, api: str = "inference") -> str | None:
         """The token for ``inference`` or ``management`` (None with auth off)."""
-        if not self.token_auth:
-            return None
-        if self._keys is None:
-            self._keys = json.loads(self.key_file.read_text())
-        return self._keys[api]["key"]
+        return self.client.key(api)
 
     def headers(self, api: str = "inference") -> dict[str, str]:
-        key = self.key(api)
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    # --- requests ---------------------------------------------------------------------------------
+        return self.client.headers(api)
 
     def predict(self, model: str, data: bytes | None = None, timeout: float = 120, **kwargs) -> requests.Response:
         """POST to /predictions/<model>; ``data`` is sent raw, or pass files=/json= as in requests."""
-        headers = {**self.headers("inference"), **kwargs.pop("headers", {})}
-        return requests.post(f"{self.inference_url}/predictions/{model}", data=data, headers=headers, timeout=timeout, **kwargs)
+        return self.client.predict(model, data, timeout, **kwargs)
 
     def explain(self, model: str, data: bytes | None = None, timeout: float = 120, **kwargs) -> requests.Response:
-        headers = {**self.headers("inference"), **kwargs.pop("headers", {})}
-        return requests.post(f"{self.inference_url}/explanations/{model}", data=data, headers=headers, timeout=timeout, **kwargs)
+        return self.client.explain(model, data, timeout, **kwargs)
 
     def management(self, method: str, path: str, timeout: float = 60, **kwargs) -> requests.Response:
-        headers = {**self.headers("management"), **kwargs.pop("headers", {})}
-        return requests.request(method, f"{self.management_url}{path}", headers=headers, timeout=timeout, **kwargs)
+        return self.client.management(method, path, timeout, **kwargs)
 
     def metrics(self, timeout: float = 30) -> str:
-        """Prometheus text from the metrics endpoint."""
-        response = requests.get(f"{self.metrics_url}/metrics", timeout=timeout)
-        response.raise_for_status()
-        return response.text
+        return self.client.metrics(timeout)
 
     def register(self, archive: str, name: str | None = None, workers: int = 1, timeout: float = 600) -> None:
         """Register an archive of the model store on the running server and wait for a prediction."""
         name = name or Path(archive).stem
-        params = {"url": archive, "model_name": name, "initial_workers": workers, "synchronous": "true"}
-        response = self.management("POST", "/models", params=params, timeout=timeout)
-        if response.status_code != 200:
-            raise ServerError(f"registering {archive} failed ({response.status_code}): {response.text}\n{self.log_tail()}")
+        try:
+            self.client.register(archive, name, workers, timeout=timeout)
+        except TorchServeError as exc:
+            raise ServerError(f"{exc}\n{self.log_tail()}") from None
         self.models[name] = archive
         self.wait_for_prediction(name, timeout)
 
     def unregister(self, name: str) -> None:
-        self.management("DELETE", f"/models/{name}").raise_for_status()
+        self.client.unregister(name)
         self.models.pop(name, None)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -259,6 +179,7 @@ class TorchServe:
             folder.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_config(self.config, self.model_store, self.ports, self.token_auth, self.properties))
         self.key_file.unlink(missing_ok=True)
+        self._client = None
         command = [
             self.executable(),
             "--start",
@@ -293,7 +214,7 @@ class TorchServe:
                 raise ServerError(f"TorchServe exited during start-up\n{self.log_tail()}")
             try:
                 if not self.token_auth or self.key_file.exists():
-                    self._keys = None  # re-read: a restart writes new keys
+                    self._client = None  # re-read the keys: a restart writes new ones
                     if self.management("GET", "/models", timeout=10).status_code == 200:
                         return
             except (requests.ConnectionError, requests.Timeout, json.JSONDecodeError, KeyError):

@@ -41,8 +41,8 @@ SESSION_BATCH_DELAY_MS = 100
 def weights_path(tmp_path_factory) -> Path:
     if DEFAULT_WEIGHTS.is_file() and DEFAULT_WEIGHTS.with_suffix(".json").is_file():
         return DEFAULT_WEIGHTS
-    from training.model import build_model
-    from training.weights_io import save_weights
+    from runtime.model import build_model
+    from runtime.weights import save_weights
 
     torch.manual_seed(0)
     return save_weights(build_model("small"), tmp_path_factory.mktemp("weights") / "random.safetensors")

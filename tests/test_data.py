@@ -6,11 +6,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from handler.preprocessing import FacePreprocessor, PreprocessSettings
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings
 from training.augment import Augment, AugmentConfig, self_blend
 from training.data import (
     centre_view,
-    LABELS,
     CropCache,
     CropDataset,
     Sample,

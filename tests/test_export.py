@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,13 @@ import torch
 from onnx import TensorProto, helper
 
 from export import cli, parity
-from export.artifacts import INPUT_NAME, OUTPUT_NAME, Artifact, read_manifest, write_manifest
-from export.onnx_export import check_onnx, fft_ops, onnx_session, op_types
-from export.precision import with_precision
-from handler.preprocessing import PreprocessSettings
-from training.model import build_model
-from training.weights_io import load_weights, save_weights
+from runtime.artifacts import INPUT_NAME, OUTPUT_NAME, read_manifest, write_manifest
+from export.onnx_export import check_onnx, fft_ops, op_types
+from runtime.backends import onnx_session
+from runtime.precision import with_precision
+from runtime.preprocessing import PreprocessSettings
+from runtime.model import build_model
+from runtime.weights import load_weights, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_BACKENDS = ("eager", "torchscript", "onnx", "aoti")
@@ -174,6 +174,21 @@ def test_fft_ops_are_detected_in_the_graph_and_in_functions(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_parity_loads_each_artifact_with_the_serving_loader(exported, backend):
+    """Parity checks what serving runs: the handler's backend class, with the batch range the
+    artifact was exported for (an artifact loaded by an exporter-only path could pass parity and still
+    fail in the handler)."""
+    from runtime.backends import LOADERS
+
+    _, _, out = exported
+    _, artifacts = read_manifest(out)
+    artifact = next(a for a in artifacts if a.backend == backend)
+    runner = parity.load_runner(artifact, out)
+    assert type(runner) is LOADERS[backend]
+    assert (runner.min_batch, runner.max_batch) == (artifact.min_batch, artifact.max_batch)
+
+
 def test_parity_check_fails_a_wrong_artifact_and_exits_non_zero(exported, tmp_path):
     """A TorchScript file from other weights, under the right name, must fail parity and the command."""
     _, _, out = exported
@@ -195,9 +210,9 @@ def test_parity_reports_a_missing_artifact_as_a_failure_not_a_crash(exported, tm
     _, _, out = exported
     _, artifacts = read_manifest(out)
     onnx_artifact = next(a for a in artifacts if a.backend == "onnx")
-    model, meta = load_weights(out / "model.safetensors")
+    _, meta = load_weights(out / "model.safetensors")
     images = parity.generated_images(192, 2)
-    reference = parity.Reference(parity._torch_runner(model, "cpu"), images)
+    reference = parity.Reference(parity.reference_runner(out / "model.safetensors"), images)
     result = parity.check_artifact(onnx_artifact, tmp_path, reference, meta["threshold"])
     assert not result.passed and "model.onnx" in result.error
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from export import cli
-from export.artifacts import Artifact
+from runtime.artifacts import Artifact
 from export.pack import archive_name
-from training.weights_io import load_weights
+from runtime.weights import load_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,9 +57,9 @@ def exported_models(torchserve, model_store, weights_path, tmp_path_factory):
 
 def local_eager_probability(weights: Path, image: bytes) -> float:
     """The eager model on this machine through the serving preprocessing: the reference verdict."""
-    from handler.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+    from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
 
-    from training.weights_io import Calibration
+    from runtime.weights import Calibration
 
     model, meta = load_weights(weights)
     preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta))

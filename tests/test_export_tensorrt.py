@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from export import cli
-from export.artifacts import read_manifest
-from export.tensorrt import TensorRTRunner, unavailable_reason
-from training.model import build_model
-from training.weights_io import load_weights, save_weights
+from runtime.artifacts import read_manifest
+from export.tensorrt import unavailable_reason
+from runtime.backends import load_backend
+from runtime.model import build_model
+from runtime.weights import load_weights, save_weights
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"TensorRT export not testable here: {REASON}")
@@ -56,13 +57,14 @@ def test_tensorrt_engines_build_from_onnx_and_pass_parity(exported):
 @pytest.mark.parametrize("file", ["model.engine", "model.fp16.engine"])
 def test_engine_runs_every_batch_size_of_its_profile(exported, file):
     _, _, out, weights = exported
-    runner = TensorRTRunner(out / file)
+    precision = "fp32" if file == "model.engine" else "fp16"
+    runner = load_backend("tensorrt", out / file, torch.device("cuda"), precision, min_batch=1, max_batch=MAX_BATCH)
     model, _ = load_weights(weights, map_location="cuda")
     tolerance = 1e-4 if file == "model.engine" else 1e-2
     for n in (1, 3, MAX_BATCH):
         x = torch.rand(n, 3, 192, 192, device="cuda")
         with torch.no_grad():
             want = torch.sigmoid(model(x))
-        got = torch.sigmoid(runner(x))
+        got = torch.sigmoid(runner(x)).to(want.device)
         assert got.shape == (n,) and got.dtype == torch.float32
         assert (got - want).abs().max().item() <= tolerance

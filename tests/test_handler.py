@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import MODEL
-from handler.backends import ARTIFACTS, detect_backend, load_backend
+from runtime.backends import ARTIFACTS, detect_backend, load_backend
 from handler.payload import image_bytes
-from handler.preprocessing import ImageError
+from runtime.preprocessing import ImageError
 
 
 class FakeContext:
@@ -134,7 +134,7 @@ def test_backend_chunks_to_the_exported_batch_range(model_dir):
     whole = load_backend("eager", path, torch.device("cpu"))(batch)
     chunked = load_backend("eager", path, torch.device("cpu"), min_batch=2, max_batch=2)(batch)
     assert whole.shape == (5,) and torch.allclose(whole, chunked, atol=1e-5)
-    from training.weights_io import load_weights
+    from runtime.weights import load_weights
 
     plain, _ = load_weights(path)  # the backend's channels-last layout changes no number that matters
     with torch.inference_mode():
@@ -142,7 +142,7 @@ def test_backend_chunks_to_the_exported_batch_range(model_dir):
 
 
 def test_torchscript_backend_matches_eager(model_dir, tmp_path):
-    from training.weights_io import load_weights
+    from runtime.weights import load_weights
 
     model, _ = load_weights(model_dir / ARTIFACTS["eager"])
     x = torch.rand(2, 3, model.config.input_size, model.config.input_size)
@@ -191,7 +191,7 @@ def test_tensorrt_backend_matches_eager(tmp_path, weights_path):
     import contextlib
 
     from export import cli
-    from training.weights_io import load_weights
+    from runtime.weights import load_weights
 
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["--weights", str(weights_path), "--out", str(tmp_path), "--device", "cuda",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.preprocessing import ImageError, decode_image
+from runtime.preprocessing import ImageError, decode_image
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def test_bomb_is_refused_from_its_header(tmp_path):
     bomb.write_bytes(decompression_bomb())
     script = (
         "import resource, sys\n"
-        "from handler.preprocessing import ImageError, decode_image\n"
+        "from runtime.preprocessing import ImageError, decode_image\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    decode_image(data)\nexcept ImageError as e:\n    print(e.code)\n"
@@ -340,7 +340,7 @@ def test_explanations_refuse_bad_input_the_same_way(torchserve):
 def test_oversized_body_is_refused_by_the_frontend(torchserve):
     """max_request_size is enforced by TorchServe's Netty frontend before any handler code runs:
     a bare 413 (TorchServe 0.12 sends no body with it), and the worker never sees the bytes."""
-    from handler.server import read_properties
+    from handler.tsconfig import read_properties
 
     limit = int(read_properties(torchserve.config_path)["max_request_size"])
     before = {w["pid"] for w in workers(torchserve)}

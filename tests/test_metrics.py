@@ -133,7 +133,7 @@ def test_platt_fit_recovers_the_scale_and_shift_that_generated_the_labels():
 def test_calibration_changes_probabilities_not_rankings():
     import torch
 
-    from training.weights_io import Calibration
+    from runtime.weights import Calibration
 
     calibration = Calibration(scale=0.5, shift=-1.0)
     logits = np.array([-4.0, -1.0, 0.0, 2.0, 6.0])

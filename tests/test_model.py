@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from training.model import SIZES, FrequencyFeatures, build_model, count_parameters
-from training.weights_io import load_weights, save_weights
+from runtime.blocks import FrequencyFeatures
+from runtime.model import build_model, count_parameters
+from runtime.xception_hybrid import SIZES
+from runtime.weights import load_weights, save_weights
 
 torch.set_num_threads(1)
 
@@ -20,9 +22,9 @@ def test_shapes_and_parameter_counts(size, input_size, low, high):
     assert low <= count_parameters(model) <= high
     x = torch.rand(2, 3, input_size, input_size)
     with torch.no_grad():
-        features = model.features(x)
+        features = model.forward_features(x)
         logits = model(x)
-        assert torch.allclose(model.head(features), logits)
+        assert torch.allclose(model.forward_head(features), logits)
     assert logits.shape == (2,)
     assert features.shape[:2] == (2, SIZES[size].exit_channels[1])
     assert torch.isfinite(logits).all()
@@ -80,9 +82,9 @@ def test_face_family_contract():
     assert count_parameters(model) < 1e6  # default weights far under the 20 MB cap
     x = torch.rand(3, 3, 192, 192)
     with torch.no_grad():
-        features = model.features(x)
+        features = model.forward_features(x)
         logits = model(x)
-        torch.testing.assert_close(model.head(features), logits)
+        torch.testing.assert_close(model.forward_head(features), logits)
     assert logits.shape == (3,) and features.shape[2:] == (6, 6)
     # a constant image makes many channels constant: the pooled std must still back-propagate
     model.train()
@@ -107,7 +109,7 @@ def test_pretrained_backbone_reproduces_retinaface_graph():
     import onnxruntime as ort
     from retinaface.weights import WEIGHTS
 
-    from training.face_hybrid import RetinaFaceBackbone, load_pretrained_backbone
+    from runtime.face_hybrid import RetinaFaceBackbone, load_pretrained_backbone
 
     graph = onnx.load_from_string(WEIGHTS)
     stage_outputs = [f"/fx/stage{i}/stage{i}.{j}/stage{i}.{j}.1/stage{i}.{j}.1.2/LeakyRelu_output_0"
@@ -131,7 +133,7 @@ def test_block_spectrum_is_the_dct_of_each_tile():
     import numpy as np
     from scipy.fft import dctn
 
-    from training.blocks import BlockSpectrum
+    from runtime.blocks import BlockSpectrum
 
     torch.manual_seed(6)
     rgb = torch.rand(2, 3, 32, 32, dtype=torch.float64)

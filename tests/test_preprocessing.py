@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from handler.preprocessing import FacePreprocessor, ImageError, decode_image, to_tensor_batch
+from runtime.preprocessing import FacePreprocessor, ImageError, decode_image, to_tensor_batch
 
 # Eileen Collins' face in astronaut.png (512x512), located by eye: forehead to chin, ear to ear
 FACE_REGION = (170, 50, 280, 185)

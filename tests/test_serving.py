@@ -127,7 +127,7 @@ def test_bad_json_bodies(torchserve, kwargs, status, code):
 
 
 def test_explanation_png_has_the_crop_size(torchserve, astronaut_jpeg, weights_path):
-    from training.weights_io import load_metadata
+    from runtime.weights import load_metadata
 
     size = load_metadata(weights_path)["preprocessing"]["input_size"]
     response = torchserve.explain(MODEL, astronaut_jpeg)
@@ -173,10 +173,10 @@ def test_archive_is_self_contained(model_store):
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     assert {
         "deepfake_handler.py",
-        "handler/preprocessing.py",
-        "handler/backends.py",
-        "training/model.py",
-        "training/weights_io.py",
+        "runtime/preprocessing.py",
+        "runtime/backends.py",
+        "runtime/model.py",
+        "runtime/weights.py",
         "model.safetensors",
         "model.json",
         "index_to_name.json",
@@ -185,13 +185,18 @@ def test_archive_is_self_contained(model_store):
     } <= names
     assert config["batchSize"] == SESSION_BATCH_SIZE and config["handler"]["backend"] == "eager"
     assert manifest["model"]["handler"] == "deepfake_handler.py"
+    # the runtime and the handler only: no training, export or benchmark code, no server control
+    code = {n for n in names if n.endswith(".py")}
+    packages = {n.split("/")[0] for n in code if "/" in n}
+    assert packages == {"runtime", "handler"}, packages
+    assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py"}
 
 
 def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):
     import csv
 
     from handler.client import main as client
-    from training.weights_io import load_metadata
+    from runtime.weights import load_metadata
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -216,7 +221,8 @@ def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tm
 def test_server_cli_starts_and_stops_exactly_its_server(model_store, tmp_path):
     import psutil
 
-    from handler.server import STATE_FILE, TorchServe, probe_image
+    from handler.server import STATE_FILE, TorchServe
+    from handler.tsclient import probe_image
     from handler.server import main as server_cli
 
     run_dir = tmp_path / "serve"

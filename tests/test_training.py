@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from training.evaluate import main as evaluate_main
 from training.train import Trainer, TrainConfig, prepare_crops, train
-from training.weights_io import load_weights
+from runtime.weights import load_weights
 
 # a tiny variant of the small model so that CPU training takes seconds
 TINY = {"input_size": 64, "entry_channels": [8, 16], "entry_blocks": [24, 32, 48], "middle_channels": 48,
@@ -189,7 +189,7 @@ def test_several_roots_are_split_apart_and_reported_per_dataset(two_roots, tmp_p
 
 
 def test_face_family_starts_pretrained_and_stays_frozen_for_the_linear_probe(generated, tmp_path):
-    from training.face_hybrid import RetinaFaceBackbone, load_pretrained_backbone
+    from runtime.face_hybrid import RetinaFaceBackbone, load_pretrained_backbone
 
     cfg = config(tmp_path, size="face", model={"input_size": 64, "highpass_channels": 8, "frequency_channels": 8},
                  epochs=2, freeze_epochs=1, backbone_lr_scale=0.5, crop="native")
@@ -206,3 +206,33 @@ def test_face_family_starts_pretrained_and_stays_frozen_for_the_linear_probe(gen
 
     trainer.fit(stop_after=1)  # fine-tuning: the backbone moves too
     assert not torch.equal(trainer.model.state_dict()["backbone.stage3.1.1.0.weight"], start["backbone.stage3.1.1.0.weight"])
+
+
+def test_ema_is_validated_kept_and_resumed_exactly(generated, tmp_path):
+    """With ema_decay the shipped weights are the moving average, not the last step's, and a
+    resumed run carries the average on exactly (it lives in the checkpoint, not in the weights)."""
+    cfg = config(tmp_path, epochs=2, ema_decay=0.9)
+    crops, _, _ = prepare_crops(cfg, generated)
+    straight = Trainer(cfg, crops["train"], crops["val"], tmp_path / "straight", seed=0)
+    straight.fit()
+    interrupted = Trainer(cfg, crops["train"], crops["val"], tmp_path / "resumed", seed=0)
+    interrupted.fit(stop_after=1)
+    resumed = Trainer(cfg, crops["train"], crops["val"], tmp_path / "resumed", seed=0)
+    resumed.fit(resume=True)
+
+    averaged, raw = straight.shipped.state_dict(), straight.model.state_dict()
+    assert not torch.equal(averaged["classifier.weight"], raw["classifier.weight"])
+    assert all(torch.equal(v, resumed.shipped.state_dict()[k]) for k, v in averaged.items())
+    if straight.state["best_epoch"] == 2:  # the best checkpoint is the average at that epoch
+        best = load_file(str(tmp_path / "straight" / "best.safetensors"))
+        assert all(torch.equal(best[k], v.float()) for k, v in averaged.items())
+
+
+def test_face_neck_widens_the_pooled_features_and_keeps_the_contract():
+    from runtime.model import build_model
+
+    plain, neck = build_model("face", input_size=64), build_model("face", input_size=64, neck_multiplier=2)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        assert neck.eval()(x).shape == (3,)
+        assert neck.forward_features(x).shape[1] == 2 * plain.forward_features(x).shape[1]

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from handler.preprocessing import PreprocessSettings
+from runtime.preprocessing import PreprocessSettings
 from training.data import CropCache, CropDataset, discover
 from training.evaluate import split_spec
 from training.metrics import binary_metrics, choose_threshold, fit_platt
 from training.train import as_roots, dataset_name, per_dataset_auc, predict, resolve_device
-from training.weights_io import Calibration, load_weights, metadata_path
+from runtime.weights import Calibration, load_weights, metadata_path
 
 
 def split_logits(model, meta: dict, roots: list[Path], split: str, cache_dir: str, threads: int, device) -> tuple:

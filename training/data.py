@@ -7,7 +7,7 @@ Two layouts are accepted (folder names case-insensitive):
 
 Labels are explicit, never alphabetical: real = 0, fake = 1.
 
-Every image goes once through ``handler.preprocessing`` (decode, face detection, square crop) —
+Every image goes once through ``runtime.preprocessing`` (decode, face detection, square crop) —
 the code serving runs — and the crop is stored as a lossless PNG under the cache folder, keyed by the
 file's content hash and the preprocessing settings. Unreadable images are reported and skipped.
 """
@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from handler.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image
+from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image
 
 log = logging.getLogger(__name__)
 

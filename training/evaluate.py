@@ -32,14 +32,14 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handler.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
+from runtime.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
 from training.augment import jpeg_recompress
-from handler.preprocessing import PreprocessSettings
+from runtime.preprocessing import PreprocessSettings
 from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover
 from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
 from training.plots import plot_confusion, plot_reliability, plot_robustness, plot_roc_curves, plot_training_curves
 from training.train import as_roots, dataset_name, predict, resolve_device
-from training.weights_io import Calibration, load_weights
+from runtime.weights import Calibration, load_weights
 
 POOLED = "pooled"
 

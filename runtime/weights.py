@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from torch import nn
 
-from handler.preprocessing import PreprocessSettings
+from runtime.preprocessing import PreprocessSettings
 
-from training.model import model_from_config
+from runtime.model import model_from_config
 
 METADATA_VERSION = 1
 

@@ -28,6 +28,7 @@ CROP_MODES = ("resize", "native")
 # face stays): FFHQ-style 256 px portraits have 180-215 px face boxes and still get native pixels
 # in a 192 px window.
 NATIVE_FACE_LIMIT = 1.25
+DEFAULT_MARGIN = 0.3  # face box growth for the crop, as a fraction of its longer side
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class PreprocessSettings:
     """
 
     input_size: int
-    margin: float = 0.3
+    margin: float = DEFAULT_MARGIN
     crop: str = "resize"  # older weights have no key: they were trained on resized crops
     score_threshold: float = 0.8
     nms_threshold: float = 0.4
@@ -285,7 +286,7 @@ class FacePreprocessor:
     def __init__(
         self,
         input_size: int,
-        margin: float = 0.3,
+        margin: float = DEFAULT_MARGIN,
         max_faces: int = 5,
         detector: FaceDetector | None = None,
         crop: str = "resize",

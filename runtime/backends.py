@@ -9,20 +9,16 @@ asked for, so an archive needs only the runtime of its own artifact.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-# File names inside an archive (docs/ARCHITECTURE.md).
-ARTIFACTS = {
-    "eager": "model.safetensors",
-    "torchscript": "model.torchscript.pt",
-    "onnx": "model.onnx",
-    "aoti": "model.pt2",
-    "tensorrt": "model.engine",
-}
-PRECISIONS = ("fp32", "fp16")
+from runtime.artifacts import ARTIFACTS, INPUT_NAME, OUTPUT_NAME, PRECISIONS
+
+logger = logging.getLogger(__name__)
 
 
 class Backend:
@@ -68,21 +64,20 @@ class Backend:
 
 
 class EagerBackend(Backend):
-    """The PyTorch module from ``training.model``; also the one Grad-CAM can differentiate."""
+    """The PyTorch module of ``runtime.model``; also the one Grad-CAM can differentiate."""
 
     kind = "eager"
 
     def __init__(self, path: Path, device: torch.device, precision: str):
         super().__init__(device, precision)
-        from training.weights_io import load_weights
-
-        from training.model import HalfPrecision
+        from runtime.precision import with_precision
+        from runtime.weights import load_weights
 
         model, _ = load_weights(path, map_location=device)
         # channels-last: about 1.8x faster depthwise convolutions on CPU (measured), same numbers
         model = model.to(memory_format=torch.channels_last).eval()
         # fp16: the same wrapper as the exported FP16 artifacts (DFT channel kept in float32)
-        self.model = HalfPrecision(model).eval() if precision == "fp16" else model
+        self.model = with_precision(model, precision)
 
     def _run(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last))
@@ -93,34 +88,53 @@ class TorchScriptBackend(Backend):
 
     def __init__(self, path: Path, device: torch.device, precision: str):
         super().__init__(device, precision)
-        self.module = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():  # torch.jit's deprecation notice, once per worker
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            self.module = torch.jit.load(str(path), map_location=device).eval()
 
     def _run(self, x):
         return self.module(x)
 
 
+def onnx_session(path: Path, device: torch.device | str = "cpu", threads: int = 0):
+    """The one onnxruntime session set-up (export checks, parity, serving, benchmarks): the CUDA
+    provider on a CUDA device, with TF32 off so FP32 means FP32; ``threads`` 0 = onnxruntime's default.
+    Raises when a CUDA device is asked for and this onnxruntime has no CUDA provider."""
+    import onnxruntime as ort
+
+    device = torch.device(device)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("onnxruntime has no CUDA provider here; install onnxruntime-gpu to run ONNX on CUDA")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0, "use_tf32": 0}))
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
 class OnnxBackend(Backend):
-    """onnxruntime; the CUDA provider when the worker has a GPU and the wheel ships it."""
+    """onnxruntime. On a CUDA device without onnxruntime's CUDA provider it runs on the CPU and says
+    so (``device`` becomes cpu), rather than failing the worker or claiming a GPU it does not use."""
 
     kind = "onnx"
 
     def __init__(self, path: Path, device: torch.device, precision: str, threads: int = 1):
         super().__init__(device, precision)
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        providers: list = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        try:
+            self.session = onnx_session(path, device, threads)
+        except RuntimeError as exc:
+            if device.type != "cuda" or precision != "fp32":
+                raise
+            logger.warning("%s: ONNX runs on the CPU", exc)
+            self.device = torch.device("cpu")
+            self.session = onnx_session(path, self.device, threads)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         array = batch.to(torch.float32).contiguous().numpy()
-        (logits,) = self.session.run(None, {self.input_name: array})[:1]
+        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
         return torch.from_numpy(logits).reshape(-1).float()
 
 
