@@ -20,7 +20,9 @@ monkey.patch_all()  # before anything imports ssl/socket; Locust would do it on 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,16 +35,21 @@ from locust.env import Environment  # noqa: E402
 from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
 from benchmarks.profile import LoadSettings, Profile, load_profile  # noqa: E402
 from benchmarks.serverstats import GpuSampler, HostSampler, model_values, parse_prometheus, server_split  # noqa: E402
-from export.archive import repack  # noqa: E402
+from export.archive import archive_backend, repack  # noqa: E402
 from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
+from handler.tsconfig import Ports  # noqa: E402
 
 MODEL = "deepfake-detector"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def archive_for(store: Path, backend: str) -> Path | None:
-    """model_store/deepfake-detector-<backend>.mar; eager may also be the default archive."""
-    names = [f"{MODEL}-{backend}.mar"] + ([f"{MODEL}.mar"] if backend == "eager" else [])
-    return next((store / n for n in names if (store / n).exists()), None)
+    """model_store/deepfake-detector-<backend>.mar (from `make export`), else the served archive
+    model_store/deepfake-detector.mar when it holds that backend."""
+    named, served = store / f"{MODEL}-{backend}.mar", store / f"{MODEL}.mar"
+    if named.exists():
+        return named
+    return served if served.exists() and archive_backend(served) == backend else None
 
 
 def first_prediction(client: TorchServeClient, name: str, image: bytes, timeout: float = 120) -> None:
@@ -80,17 +87,19 @@ class Progress:
         self.log(f"[load {elapsed / 60:5.1f} min] {message}")
 
 
-def measure_level(client: TorchServeClient, frontend_pid: int | None, name: str, users: int, s: LoadSettings,
-                  progress: Progress) -> dict:
-    """One concurrency level: warm-up, then windows until stable; percentiles over the counted windows."""
-    env = Environment(user_classes=[DetectorUser], host=client.inference_url)
+def measure_level(url: str, client: TorchServeClient | None, server_pid: int | None, name: str, users: int,
+                  s: LoadSettings, progress: Progress) -> dict:
+    """One concurrency level: warm-up, then windows until stable; percentiles over the counted windows.
+    ``client`` reads TorchServe's metrics (None for a server without them); ``server_pid`` is the
+    process whose CPU and memory (with its children's) the host sampler reports."""
+    env = Environment(user_classes=[DetectorUser], host=url)
     records: list[tuple[float, float, bool, str]] = []  # finish time, ms, failed, message
 
     def on_request(response_time, exception=None, **_):
         records.append((time.monotonic(), float(response_time), exception is not None, str(exception or "")[:200]))
 
     env.events.request.add_listener(on_request)
-    host, gpu = HostSampler(frontend_pid), GpuSampler()
+    host, gpu = HostSampler(server_pid), GpuSampler()
     gauges: list[dict] = []
     sampling = {"on": False}
 
@@ -100,10 +109,9 @@ def measure_level(client: TorchServeClient, frontend_pid: int | None, name: str,
             if sampling["on"]:
                 host.sample()
                 gpu.sample()
-                try:
-                    gauges.append(model_values(scrape(client), name))
-                except requests.RequestException:
-                    pass
+                if client is not None:
+                    with contextlib.suppress(requests.RequestException):
+                        gauges.append(model_values(scrape(client), name))
 
     runner = env.create_local_runner()
     runner.start(users, spawn_rate=users)
@@ -112,7 +120,7 @@ def measure_level(client: TorchServeClient, frontend_pid: int | None, name: str,
         gevent.sleep(s.warmup_s)
         windows: list[dict] = []
         while len(windows) < s.max_windows:
-            start_scrape = scrape(client)
+            start_scrape = scrape(client) if client is not None else None
             host.reset()
             gpu.reset()
             gauges.clear()
@@ -127,7 +135,7 @@ def measure_level(client: TorchServeClient, frontend_pid: int | None, name: str,
                 "rps": len(latencies) / (end - start),  # answered requests only: fast errors must not count as speed
                 "latencies": latencies,
                 "failures": [r[3] for r in done if r[2]],
-                "server": server_split(start_scrape, scrape(client), gauges, name),
+                "metrics": server_split(start_scrape, scrape(client), gauges, name) if client is not None else {},
                 "host": host.summary(),
                 "gpu": gpu.summary(),
             }
@@ -159,7 +167,7 @@ def measure_level(client: TorchServeClient, frontend_pid: int | None, name: str,
         "window_rps": [w["rps"] for w in windows],
         "stable": stable,
         "rps_spread": spread,
-        "server": _mean_dicts([w["server"] for w in counted]),
+        "metrics": _mean_dicts([w["metrics"] for w in counted]),  # TorchServe's own, per request / batch
         "host": _mean_dicts([w["host"] for w in counted]),
         "gpu": counted[-1]["gpu"],
     }
@@ -174,35 +182,42 @@ def _mean_dicts(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in sorted(keys)}
 
 
-def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, store: Path, log=print) -> dict:
-    """The ``load`` section of summary.json. ``store`` is the server's model store; variant archives
-    are written there and removed afterwards."""
+def sweep_progress(profile: Profile, log=print) -> Progress:
+    s = profile.load
+    return Progress(s, (len(s.plan()) + s.plain) * len(s.users), log)
+
+
+def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, store: Path, progress: Progress,
+        log=print) -> dict:
+    """The ``load`` section of summary.json (TorchServe rows). ``store`` is the server's model store;
+    variant archives are written there and removed afterwards."""
     s = profile.load
     images = load_images(profile.images)
     plan = s.plan()
-    progress = Progress(s, len(plan) * len(s.users), log)
     deadline = time.monotonic() + s.max_minutes * 60
     rows, skipped = [], []
-    baseline_backend, baseline_setting = s.baseline_setting()
-    for backend, setting in plan:
+    baseline = s.baseline_config()
+    for config in plan:
+        backend, setting, layout = config.backend, config.batching, config.layout
+        label = f"{setting.label} {layout.label}"
         source = archive_for(Path(profile.model_store), backend)
         if source is None:
-            skipped.append({"backend": backend, "setting": setting.label,
+            skipped.append({"backend": backend, "setting": label,
                             "reason": f"no archive for {backend} in {profile.model_store} (run `make export`)"})
             progress.done += len(s.users)
-            log(f"[load] {backend} {setting.label}: skipped, no archive")
+            log(f"[load] {backend} {label}: skipped, no archive")
             continue
-        name = f"bench-{backend}-b{setting.batch_size}-d{setting.max_batch_delay}"
-        variant = repack(source, store / f"{name}.mar", batchSize=setting.batch_size,
-                         maxBatchDelay=setting.max_batch_delay, minWorkers=s.workers, maxWorkers=s.workers)
-        progress(f"registering {name} ({s.workers} worker(s)) from {source.name}")
+        name = f"bench-{backend}-b{setting.batch_size}-d{setting.max_batch_delay}-w{layout.workers}-t{layout.threads}"
+        variant = repack(source, store / f"{name}.mar", batchSize=setting.batch_size, maxBatchDelay=setting.max_batch_delay,
+                         minWorkers=layout.workers, maxWorkers=layout.workers, handler={"threads": layout.threads})
+        progress(f"registering {name} from {source.name}")
         try:
             # the management API then gives exactly this setting, whatever the archive says
-            client.register(variant.name, name, s.workers, setting.batch_size, setting.max_batch_delay)
+            client.register(variant.name, name, layout.workers, setting.batch_size, setting.max_batch_delay)
             described = client.describe(name)
             first_prediction(client, name, images[0][1])
         except (RuntimeError, requests.RequestException) as exc:  # TorchServeError included
-            skipped.append({"backend": backend, "setting": setting.label, "reason": str(exc)[:300]})
+            skipped.append({"backend": backend, "setting": label, "reason": str(exc)[:300]})
             progress.done += len(s.users)
             log(f"[load] {name}: skipped, {exc}")
             with contextlib.suppress(TorchServeError, requests.RequestException):
@@ -213,16 +228,18 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
         try:
             for users in s.users:
                 if time.monotonic() > deadline:
-                    skipped.append({"backend": backend, "setting": setting.label, "users": users,
+                    skipped.append({"backend": backend, "setting": label, "users": users,
                                     "reason": f"profile time budget of {s.max_minutes} min spent"})
                     progress.done += 1
                     continue
-                level = measure_level(client, frontend_pid, name, users, s, progress)
+                level = measure_level(client.inference_url, client, frontend_pid, name, users, s, progress)
                 progress.done += 1
                 rows.append({
-                    "backend": backend, "batch_size": setting.batch_size, "max_batch_delay": setting.max_batch_delay,
-                    "workers": s.workers, "baseline": (backend, setting) == (baseline_backend, baseline_setting),
+                    "server": "torchserve", "backend": backend, "batch_size": setting.batch_size,
+                    "max_batch_delay": setting.max_batch_delay, "workers": layout.workers, "threads": layout.threads,
+                    "baseline": config == baseline,
                     "served_batch_size": described.get("batchSize"), "served_max_batch_delay": described.get("maxBatchDelay"),
+                    "served_workers": len(described.get("workers", [])),
                     **level,
                 })
         finally:
@@ -231,10 +248,52 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
             variant.unlink(missing_ok=True)
     return {
         "images": len(images), "image_folder": str(profile.images), "settings": profile.to_dict()["load"],
-        "baseline": {"backend": baseline_backend, "batch_size": baseline_setting.batch_size,
-                     "max_batch_delay": baseline_setting.max_batch_delay},
+        "baseline": {"backend": baseline.backend, "batch_size": baseline.batching.batch_size,
+                     "max_batch_delay": baseline.batching.max_batch_delay, "workers": baseline.layout.workers,
+                     "threads": baseline.layout.threads},
         "results": rows, "skipped": skipped,
     }
+
+
+def run_plain(profile: Profile, result: dict, server_dir: Path, progress: Progress) -> None:
+    """Measure benchmarks/plain_server.py (uvicorn, one process) at the same user levels, with the same
+    weights and images, after TorchServe has stopped; its rows join ``result["results"]``."""
+    s = profile.load
+    images = load_images(profile.images)
+    port = Ports.free().inference
+    server_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PLAIN_WEIGHTS": str(Path(profile.weights).resolve())}
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.plain_server:app", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning"]
+    progress(f"starting the plain server (FastAPI + uvicorn, eager) on port {port}")
+    with open(server_dir / "plain_server.log", "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    client = TorchServeClient(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up when it answers a real image
+            try:
+                first_prediction(client, MODEL, images[0][1], timeout=30)
+                break
+            except (RuntimeError, requests.RequestException) as exc:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    result["skipped"].append({"backend": "plain", "setting": "", "reason": f"the plain server did not answer: {exc}"})
+                    return
+                time.sleep(0.5)
+        DetectorUser.configure(images, MODEL, "")
+        for users in s.users:
+            level = measure_level(client.inference_url, None, process.pid, MODEL, users, s, progress)
+            progress.done += 1
+            result["results"].append({
+                "server": "plain", "backend": "eager", "batch_size": 1, "max_batch_delay": 0, "workers": 1,
+                "threads": os.cpu_count(), "baseline": False, **level,
+            })
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
@@ -251,11 +310,15 @@ def serve_and_run(profile: Profile, server_dir: Path, log=print) -> dict:
     )
     log(f"[load] starting TorchServe (logs: {server.log_dir})")
     server.start()
+    progress = sweep_progress(profile, log)
     try:
-        return run(profile, server.client, server.pid, store, log)
+        result = run(profile, server.client, server.pid, store, progress, log)
     finally:
         server.stop()
         log("[load] TorchServe stopped")
+    if profile.load.plain:
+        run_plain(profile, result, server_dir, progress)
+    return result
 
 
 def attach_and_run(profile: Profile, run_dir: Path, log=print) -> dict:
@@ -266,7 +329,11 @@ def attach_and_run(profile: Profile, run_dir: Path, log=print) -> dict:
     server = TorchServe.attach(run_dir)
     if not server.alive():
         raise RuntimeError(f"no running TorchServe recorded in {run_dir}")
-    return run(profile, server.client, server.pid, server.model_store, log)
+    progress = sweep_progress(profile, log)
+    result = run(profile, server.client, server.pid, server.model_store, progress, log)
+    if profile.load.plain:
+        run_plain(profile, result, run_dir / "plain", progress)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ class PreprocessSettings:
     repeats: int = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchSetting:
     batch_size: int
     max_batch_delay: int  # milliseconds
@@ -44,13 +44,38 @@ class BatchSetting:
         return f"b{self.batch_size}/d{self.max_batch_delay}"
 
 
+@dataclass(frozen=True)
+class Layout:
+    """TorchServe workers for the model, and the intra-op threads each worker's torch/onnxruntime and
+    face detector use (the handler's ``threads``)."""
+
+    workers: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.workers}w x {self.threads}t"
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One measured TorchServe configuration."""
+
+    backend: str
+    batching: BatchSetting
+    layout: Layout
+
+
 @dataclass
 class LoadSettings:
     backends: list[str] = field(default_factory=lambda: ["eager"])
+    # the naive configuration every other is compared with; workers/threads default to 1
     baseline: dict = field(default_factory=lambda: {"backend": "eager", "batch_size": 1, "max_batch_delay": 0})
     batching: list[dict] = field(default_factory=list)
+    layouts: list[dict] = field(default_factory=list)  # [{workers, threads}]; empty: `workers` x 1 thread
     users: list[int] = field(default_factory=lambda: [1, 4, 16])
     workers: int = 1
+    plain: bool = True  # also measure benchmarks/plain_server.py (FastAPI, eager, one image per request)
     warmup_s: float = 5.0
     window_s: float = 5.0
     min_windows: int = 2
@@ -59,23 +84,28 @@ class LoadSettings:
     sample_interval_s: float = 1.0
     max_minutes: float = 10.0
 
-    def baseline_setting(self) -> tuple[str, BatchSetting]:
+    def baseline_config(self) -> LoadConfig:
         b = self.baseline
-        return b["backend"], BatchSetting(int(b["batch_size"]), int(b["max_batch_delay"]))
+        return LoadConfig(b["backend"], BatchSetting(int(b["batch_size"]), int(b["max_batch_delay"])),
+                          Layout(int(b.get("workers", 1)), int(b.get("threads", 1))))
 
     def batch_settings(self) -> list[BatchSetting]:
         return [BatchSetting(int(b["batch_size"]), int(b["max_batch_delay"])) for b in self.batching]
 
-    def plan(self) -> list[tuple[str, BatchSetting]]:
-        """(backend, batch setting) pairs in run order: the naive baseline first, then every backend
-        with every batching setting."""
-        base = self.baseline_setting()
-        pairs = [base]
+    def layout_list(self) -> list[Layout]:
+        return [Layout(int(x["workers"]), int(x["threads"])) for x in self.layouts] or [Layout(self.workers, 1)]
+
+    def plan(self) -> list[LoadConfig]:
+        """Configurations in run order: the naive baseline first, then every backend x batching x layout."""
+        base = self.baseline_config()
+        plan = [base]
         for backend in self.backends:
             for setting in self.batch_settings():
-                if (backend, setting) != base:
-                    pairs.append((backend, setting))
-        return pairs
+                for layout in self.layout_list():
+                    config = LoadConfig(backend, setting, layout)
+                    if config != base:
+                        plan.append(config)
+        return plan
 
 
 @dataclass

@@ -38,18 +38,59 @@ GPU_TARGETS = {
 # --- derived numbers ------------------------------------------------------------------------------
 
 
+PLAIN_LABEL = "plain FastAPI (eager, 1 image/request)"
+
+
 def config_label(row: dict) -> str:
-    return f"{row['backend']} b{row['batch_size']}/d{row['max_batch_delay']}"
+    if is_plain(row):
+        return PLAIN_LABEL
+    label = f"{row['backend']} b{row['batch_size']}/d{row['max_batch_delay']}"
+    if "threads" in row:  # reports before the worker x thread sweep had one layout
+        label += f" {row['workers']}w x {row['threads']}t"
+    return label
+
+
+def is_plain(row: dict) -> bool:
+    return row.get("server") == "plain"
+
+
+def server_metrics(row: dict) -> dict:
+    """TorchServe's metrics split of a load row (``server`` held them before rows named their server)."""
+    old = row.get("server")
+    return row.get("metrics") or (old if isinstance(old, dict) else {})
 
 
 def load_rows(summary: dict) -> list[dict]:
     return (summary.get("load") or {}).get("results", [])
 
 
+def torchserve_rows(summary: dict) -> list[dict]:
+    return [r for r in load_rows(summary) if not is_plain(r)]
+
+
+def against_plain(summary: dict) -> list[dict]:
+    """At each user level: the best TorchServe configuration (no failures) against the plain server
+    measured in the same run with the same weights and images."""
+    plain = {r["users"]: r for r in load_rows(summary) if is_plain(r)}
+    out = []
+    for users, p in sorted(plain.items()):
+        best = best_load(summary, users)
+        if not best or not p["rps"]:
+            continue
+        p99, plain_p99 = best["latency_ms"].get("p99"), p["latency_ms"].get("p99")
+        out.append({
+            "users": users, "config": config_label(best), "rps": best["rps"], "plain_rps": p["rps"],
+            "rps_ratio": best["rps"] / p["rps"], "p99_ms": p99, "plain_p99_ms": plain_p99,
+            "p99_ratio": plain_p99 / p99 if p99 and plain_p99 else None,
+            "plain_failures": p["failures"],
+        })
+    return out
+
+
 def speedups(summary: dict) -> list[dict]:
     """Every load row against the naive baseline at the same number of users, measured in the same
     run: requests/s ratio (higher is better) and p99 ratio (baseline / row, higher is better)."""
-    rows = load_rows(summary)
+    rows = torchserve_rows(summary)
     base = {r["users"]: r for r in rows if r.get("baseline")}
     out = []
     for r in rows:
@@ -79,7 +120,8 @@ def fastest_batch1(summary: dict) -> dict | None:
 
 
 def best_load(summary: dict, users: int | None = None) -> dict | None:
-    rows = [r for r in load_rows(summary) if users is None or r["users"] == users]
+    """The TorchServe configuration with the most requests/s (without failures, when any has none)."""
+    rows = [r for r in torchserve_rows(summary) if users is None or r["users"] == users]
     rows = [r for r in rows if r["failures"] == 0] or rows
     return max(rows, key=lambda r: r["rps"], default=None)
 
@@ -105,7 +147,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def _server_keys(rows: list[dict]) -> list[str]:
     """Server-side columns worth a table: the frontend split first, then the handler's timings."""
-    keys = sorted({k for r in rows for k in r.get("server", {})})
+    keys = sorted({k for r in rows for k in server_metrics(r)})
     first = [k for k in ("queue_ms", "total_ms") if k in keys]
     timings = [k for k in keys if k not in first and ("Time" in k or k.endswith("_ms"))]
     sizes = [k for k in keys if "Batch" in k or k.endswith("_mean")]
@@ -150,6 +192,13 @@ def headline(summary: dict) -> list[str]:
         lines.append(f"- The host was shared: processes other than TorchServe and Locust used {sum(others) / len(others):.0f} % "
                      "CPU on average during the load phase (100 % = one core), so every number here is lower than this "
                      "machine gives when quiet.")
+    plain = against_plain(summary)
+    if plain:
+        top_plain = max(plain, key=lambda s: s["users"])
+        lines.append(f"- Against the plain server (FastAPI + uvicorn, eager, one image per request, same weights and "
+                     f"preprocessing) in the same run, at {top_plain['users']} users: {top_plain['rps_ratio']:.2f}x requests/s "
+                     f"({top_plain['config']}: {top_plain['rps']:.1f} vs {top_plain['plain_rps']:.1f}), p99 "
+                     f"{fmt(top_plain['p99_ms'], 0)} vs {fmt(top_plain['plain_p99_ms'], 0)} ms.")
     ups = [s for s in speedups(summary) if s["rps_ratio"]]
     if ups:
         best_up = max(ups, key=lambda s: s["rps_ratio"])
@@ -175,7 +224,7 @@ def bounds_section(summary: dict) -> list[str]:
                      f"{100 * (best.get('peak_fraction') or 0):.0f} % of the measured {best['precision']} matmul peak "
                      f"({model.get('flops_per_image', 0) / 1e9:.2f} GFLOP per image).")
     if top:
-        server = top.get("server", {})
+        server = server_metrics(top)
         parts = [f"{top['rps']:.1f} requests/s at {top['users']} users ({config_label(top)})"]
         if "total_ms" in server:
             parts.append(f"server time {server['total_ms']:.1f} ms per request, of which {server.get('queue_ms', 0):.1f} ms queueing")
@@ -256,11 +305,12 @@ def write_csvs(summary: dict, out: Path) -> list[str]:
         for r in (summary.get("model") or {}).get("results", [])
     ]
     load = [
-        {"backend": r["backend"], "batch_size": r["batch_size"], "max_batch_delay": r["max_batch_delay"],
-         "workers": r["workers"], "baseline": r.get("baseline", False), "users": r["users"], "rps": r["rps"],
+        {"server": "plain" if is_plain(r) else "torchserve", "backend": r["backend"], "batch_size": r["batch_size"],
+         "max_batch_delay": r["max_batch_delay"], "workers": r["workers"], "threads": r.get("threads", ""),
+         "baseline": r.get("baseline", False), "users": r["users"], "rps": r["rps"],
          **{f"latency_{k}_ms": v for k, v in r["latency_ms"].items()},
          "requests": r["requests"], "failures": r["failures"], "windows": r["windows"], "stable": r["stable"],
-         **{f"server_{k}": v for k, v in r.get("server", {}).items()},
+         **{f"server_{k}": v for k, v in server_metrics(r).items()},
          **{f"host_{k}": v for k, v in r.get("host", {}).items()},
          **{f"gpu{g['index']}_{k}": v for g in r.get("gpu", []) for k, v in g.items() if k != "index"}}
         for r in load_rows(summary)
@@ -319,8 +369,9 @@ def plot_throughput(summary: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, runs in groups.items():
-        style = "--" if runs[0].get("baseline") else "-"
+        style = ":" if is_plain(runs[0]) else "--" if runs[0].get("baseline") else "-"
         ax.plot([r["users"] for r in runs], [r["rps"] for r in runs], style, marker="o",
+                color="black" if is_plain(runs[0]) else None,
                 label=label + (" (baseline)" if runs[0].get("baseline") else ""))
     users = sorted({r["users"] for r in load_rows(summary)})
     _finish_log2_plot(fig, ax, users, "concurrent users", "requests/s",
@@ -435,9 +486,10 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
     if rows:
         load = summary["load"]
         st = load.get("settings", {})
-        md += ["## End to end through TorchServe (Locust)", "",
+        md += ["## End to end through TorchServe and the plain server (Locust)", "",
                f"{load['images']} images from `{load['image_folder']}` posted round-robin as raw bytes, one per request, by "
-               f"closed-loop Locust users on loopback; {st.get('workers', '?')} worker(s) per model. Each level: "
+               "closed-loop Locust users on loopback; `NwxMt` = N TorchServe workers, each with M intra-op threads "
+               "(torch/onnxruntime and the face detector). Each level: "
                f"{st.get('warmup_s')} s warm-up, then {st.get('window_s')} s windows until {st.get('min_windows')} consecutive "
                f"windows agree within {100 * st.get('tolerance', 0):.0f} % on requests/s (at most {st.get('max_windows')}); "
                "latency percentiles over the requests of those windows. Baseline: "
@@ -456,15 +508,27 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                             [[u["config"], u["users"], u["rps"], u["baseline_rps"], u["rps_ratio"] and f"{u['rps_ratio']:.2f}x",
                               u["p99_ms"], u["baseline_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in ups]))
             md += ["", "p99 ratio = baseline p99 / config p99 (above 1: the config is faster).", ""]
+        plain = against_plain(summary)
+        if plain:
+            md += ["### TorchServe against the plain server (same run, same weights, same users)", "",
+                   "The plain server is `benchmarks/plain_server.py`: what a user would write instead of TorchServe — "
+                   "FastAPI under one uvicorn process, the same weights and face preprocessing, eager PyTorch with its "
+                   "default threads (every core), one image per request. It ran after TorchServe had stopped.", ""]
+            md.append(table(["users", "best TorchServe config", "req/s", "plain req/s", "req/s ratio", "p99 ms", "plain p99 ms", "p99 ratio"],
+                            [[u["users"], u["config"], u["rps"], u["plain_rps"], f"{u['rps_ratio']:.2f}x", u["p99_ms"],
+                              u["plain_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in plain]))
+            md += ["", "The throughput plot below draws the plain server as a dotted black line.", ""]
         keys = _server_keys(rows)
         if keys:
             md += ["### Server-side split (TorchServe metrics, mean per window)", "",
                    "`queue_ms` and `total_ms` are exact per-request means from the frontend's counters; the handler's times "
                    "are per batch (gauges sampled through the window).", ""]
             md.append(table(["config", "users", *keys],
-                            [[config_label(r), r["users"], *(r.get("server", {}).get(k) for k in keys)] for r in rows]))
+                            [[config_label(r), r["users"], *(server_metrics(r).get(k) for k in keys)]
+                             for r in rows if not is_plain(r)]))
             md.append("")
-        md += ["### Host resources (mean CPU %, 100 = one core; peak RSS MiB)", ""]
+        md += ["### Host resources (mean CPU %, 100 = one core; peak RSS MiB)", "",
+               "For the plain server, \"frontend\" is its one uvicorn process (it has no workers).", ""]
         md.append(table(
             ["config", "users", "workers CPU", "frontend CPU", "Locust CPU", "other CPU", "workers RSS", "frontend RSS", "GPU util %", "GPU MiB"],
             [[config_label(r), r["users"], *(r.get("host", {}).get(k) for k in

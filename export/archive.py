@@ -155,14 +155,24 @@ def verify(mar: Path) -> None:
             raise RuntimeError(f"{mar.name}: modules resolved outside the archive: {outside}")
 
 
+def archive_backend(mar: Path) -> str:
+    """The backend an archive serves, from its model-config.yaml (eager when it does not say)."""
+    with zipfile.ZipFile(mar) as archive:
+        names = archive.namelist()
+        config = yaml.safe_load(archive.read("model-config.yaml")) if "model-config.yaml" in names else {}
+    return ((config or {}).get("handler") or {}).get("backend", "eager")
+
+
 def repack(source: Path, dest: Path, **model_config) -> Path:
-    """Copy an archive with keys of its model-config.yaml replaced (e.g. ``batchSize=8, minWorkers=2``):
-    the same code and artifact under other serving settings, without re-exporting."""
+    """Copy an archive with keys of its model-config.yaml replaced (e.g. ``batchSize=8, minWorkers=2``;
+    a dict merges into the section of that name, e.g. ``handler={"threads": 2}``): the same code and
+    artifact under other serving settings, without re-exporting."""
     with zipfile.ZipFile(source) as src:
         manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
         config_name = manifest["model"].get("configFile") or "model-config.yaml"
         config = dict((yaml.safe_load(src.read(config_name)) if config_name in src.namelist() else {}) or {})
-        config.update(model_config)
+        for key, value in model_config.items():
+            config[key] = {**(config.get(key) or {}), **value} if isinstance(value, dict) else value
         manifest["model"]["configFile"] = config_name
         dest.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(dest, "w") as out:

@@ -29,6 +29,16 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA; elsewhere they skip and say so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; this host has none (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = ROOT / "weights" / "default.safetensors"
 MODEL = "deepfake-detector"

@@ -24,8 +24,9 @@ def test_short_locust_run_gives_a_well_formed_summary_without_failures(torchserv
             "backends": ["eager"],
             "baseline": {"backend": "eager", "batch_size": 1, "max_batch_delay": 0},
             "batching": [{"batch_size": 4, "max_batch_delay": 50}],
+            "layouts": [{"workers": 2, "threads": 1}],
             "users": [3],
-            "workers": 1,
+            "plain": True,
             "warmup_s": 1,
             "window_s": 2,
             "min_windows": 2,
@@ -49,9 +50,15 @@ def test_short_locust_run_gives_a_well_formed_summary_without_failures(torchserv
     assert summary["machine"]["versions"]["torchserve"] == "0.12.0"
     load = summary["load"]
     assert load["skipped"] == []
-    rows = {(r["batch_size"], r["max_batch_delay"]): r for r in load["results"]}
+    plain = [r for r in load["results"] if r["server"] == "plain"]
+    rows = {(r["batch_size"], r["max_batch_delay"]): r for r in load["results"] if r["server"] == "torchserve"}
     assert set(rows) == {(1, 0), (4, 50)}
     assert rows[(1, 0)]["baseline"] and not rows[(4, 50)]["baseline"]
+    # each configuration ran with the workers it asked for
+    assert [rows[k]["served_workers"] for k in ((1, 0), (4, 50))] == [1, 2]
+    # the plain server ran at the same user level, with the same images, and answered every request
+    assert len(plain) == 1 and plain[0]["users"] == 3
+    assert plain[0]["failures"] == 0 and plain[0]["requests"] > 0 and plain[0]["metrics"] == {}
     for (batch, delay), r in rows.items():
         assert r["users"] == 3
         assert r["failures"] == 0, r["failure_examples"]
@@ -62,13 +69,14 @@ def test_short_locust_run_gives_a_well_formed_summary_without_failures(torchserv
         # the server really ran the setting asked for
         assert (r["served_batch_size"], r["served_max_batch_delay"]) == (batch, delay)
         # the server-side split comes from TorchServe's own counters
-        assert r["server"]["requests"] > 0
-        assert 0 <= r["server"]["queue_ms"] < r["server"]["total_ms"]
+        assert r["metrics"]["requests"] > 0
+        assert 0 <= r["metrics"]["queue_ms"] < r["metrics"]["total_ms"]
         assert r["host"]["workers"] >= 1 and r["host"]["frontend_rss_mib"] > 0 and r["host"]["workers_rss_mib"] > 0
 
     # the run rendered its report, with the naive baseline side by side
     text = (out / "report.md").read_text()
     assert "### Speed-up over the naive baseline" in text
+    assert "### TorchServe against the plain server" in text
     assert (out / "throughput_vs_users.png").stat().st_size > 0
 
     # the benchmark left the server as it found it: its variant models unregistered, their archives gone

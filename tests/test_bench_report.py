@@ -34,7 +34,7 @@ def test_report_renders_tables_csvs_and_plots(tmp_path):
     text = report.build(run).read_text()
 
     for heading in ("## Machine", "## Model only (no HTTP)", "## Preprocessing per image",
-                    "## End to end through TorchServe (Locust)", "### Speed-up over the naive baseline",
+                    "## End to end through TorchServe and the plain server (Locust)", "### Speed-up over the naive baseline",
                     "### Server-side split", "### Host resources"):
         assert heading in text, heading
     assert summary["command"] in text

@@ -20,7 +20,8 @@ from runtime.model import build_model
 from runtime.weights import load_weights, save_weights
 
 REASON = unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"TensorRT export not testable here: {REASON}")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(REASON is not None, reason=f"TensorRT export not testable here: {REASON}")]
 MAX_BATCH = 8
 
 

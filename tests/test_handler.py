@@ -181,6 +181,7 @@ def test_a_server_fault_is_a_json_500_and_bad_input_keeps_its_4xx(model_dir, ast
     assert [context.statuses[i][0] for i in (0, 1)] == [500, 415]
 
 
+@pytest.mark.gpu
 def test_tensorrt_backend_matches_eager(tmp_path, weights_path):
     """Skips, saying why, where TensorRT or CUDA is missing (always on this CPU machine)."""
     from export.tensorrt import unavailable_reason
@@ -203,3 +204,23 @@ def test_tensorrt_backend_matches_eager(tmp_path, weights_path):
     with torch.inference_mode():
         expected = model(x.to(device)).float().cpu()
     assert torch.allclose(backend(x), expected, atol=1e-3)  # 6 rows: a chunk of 4 and one of 2
+
+
+def test_onnx_on_a_gpu_worker_without_the_cuda_provider_runs_on_the_cpu_and_says_so(weights_path, tmp_path):
+    """A GPU host with the CPU build of onnxruntime: the worker still loads, and its backend reports
+    cpu, so the answer's ``model.device`` never claims a GPU it does not use."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider: no fallback to show")
+    from runtime.weights import load_weights
+
+    model, _ = load_weights(weights_path)
+    path = tmp_path / "model.onnx"
+    x = torch.rand(2, 3, model.config.input_size, model.config.input_size)
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},), external_data=False)
+    backend = load_backend("onnx", path, torch.device("cuda"))
+    assert backend.device.type == "cpu"
+    with torch.no_grad():
+        torch.testing.assert_close(backend(x), model(x), atol=1e-4, rtol=1e-4)
