@@ -10,7 +10,7 @@ MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
 DATA ?= ../shared/data/faces ../shared/data/photoshop
 
-.PHONY: setup setup-gpu test serve stop train evaluate dataset-report export archive bench bench-full soak clean
+.PHONY: setup setup-gpu test serve stop status train evaluate dataset-report export archive bench bench-full soak clean
 
 setup: $(STAMP)
 
@@ -67,12 +67,18 @@ $(SERVING): $(STAMP) $(ARCHIVE_SOURCES)
 	$(PY) -m export.serving --weights $(WEIGHTS) --model-store model_store --backend $(SERVE_BACKEND) --workers $(WORKERS) --threads $(THREADS)
 	touch $@
 
-# Starts TorchServe with config.properties (token auth on), returns after a real prediction succeeded.
+# Starts TorchServe with config.properties (token auth on), returns after a real prediction succeeded,
+# and leaves the watchdog (handler/watchdog.py) probing it with real predictions and recovering it.
 serve: $(SERVING)
 	$(PY) -m handler.server start --run-dir $(SERVE_DIR) --model-store model_store --models $(MODEL)=$(MODEL).mar
 
+# Stops the watchdog, then TorchServe.
 stop:
 	$(PY) -m handler.server stop --run-dir $(SERVE_DIR)
+
+# The last real prediction the watchdog saw, its failures and recoveries (not /ping); exits 1 when unhealthy.
+status:
+	$(PY) -m handler.server status --run-dir $(SERVE_DIR)
 
 # Benchmarks (issue 5): `make bench` is the quick profile (< 10 min on 2 CPU cores), `make bench-full`
 # every backend, batch size and concurrency level. Each writes benchmarks/reports/<time>-<device>-<profile>/.

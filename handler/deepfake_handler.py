@@ -115,6 +115,8 @@ class DeepfakeHandler(BaseHandler):
 
     def handle(self, data, context):
         self.context = context
+        if self._is_describe():  # GET /models/<name>?customized=true: no prediction, no error counted
+            return [self.describe_handle()]
         start = time.perf_counter()
         batch = None
         try:
@@ -127,8 +129,21 @@ class DeepfakeHandler(BaseHandler):
             fault = ImageError("internal_error", "the server failed on this batch; see the model log")
             known = batch[0] if batch else [Request() for _ in data]
             responses = [self._error(i, r.error) if r.error else self._error(i, fault, 500) for i, r in enumerate(known)]
+        self._end_grpc_streams(len(data))
         self._metric("HandlerTime", (time.perf_counter() - start) * 1000, "ms")
         return responses
+
+    def describe_handle(self) -> dict:
+        """The model's description for ``customized=true`` (TorchServe puts it under
+        ``customizedMetadata``): what serves, how it decides and what it looks at."""
+        return {
+            **self.model_info,
+            "threshold": self.threshold,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "calibration": self.metadata.get("calibration"),
+            "preprocessing": PreprocessSettings.from_metadata(self.metadata).to_metadata(),
+            "limits": {"max_faces": self.preprocessor.max_faces, "max_pixels": self.max_pixels, "min_side": self.min_side},
+        }
 
     # --- stages -----------------------------------------------------------------------------------
 
@@ -249,6 +264,21 @@ class DeepfakeHandler(BaseHandler):
         self.context.set_response_status(status or http_status(error), error.message, idx)
         self._metric("Errors", 1, "count", MetricTypes.COUNTER, kind=error.code)
         return {"error": error.code, "message": error.message}
+
+    def _end_grpc_streams(self, count: int) -> None:
+        """Mark each gRPC request's answer as the last of its stream. TorchServe 0.12's frontend
+        reads ``ts_stream_next`` from every StreamPredictions answer, and a missing key is a
+        NullPointerException that kills the worker; unary gRPC Predictions ignore it. REST must not
+        get the key (it switches the reply to chunked), so only requests without any HTTP header
+        get it: over gRPC a request's properties are just its inputs' content types (dicts), while
+        REST ones always carry headers (the frontend adds ``explain`` and ``url_path``)."""
+        for idx in range(count):
+            try:
+                properties = self.context.get_all_request_header(idx)
+                if not any(isinstance(value, str) for value in properties.values()):
+                    self.context.set_response_header(idx, "ts_stream_next", "false")
+            except (AttributeError, IndexError, KeyError, TypeError):
+                pass
 
     def _header(self, idx: int, key: str) -> str | None:
         try:

@@ -14,6 +14,10 @@ config file names (``handler/tsconfig.py`` renders the config); HTTP goes throug
 TorchServe's ``/ping`` reports Healthy even while workers crash-loop. ``stop()`` stops exactly that
 server (its own pid file under its own TMPDIR) and waits for its workers to exit.
 
+``start_watchdog()`` adds ``handler/watchdog.py``'s supervisor, a process owned by the same run
+folder (``make serve`` starts it); ``stop()`` stops it first. ``status`` reports the last real
+prediction the watchdog saw, never ``/ping``.
+
 CLI: ``python -m handler.server start|stop|status --run-dir build/serve ...`` (see ``--help``).
 """
 
@@ -41,6 +45,8 @@ from handler.tsconfig import Ports, render_config
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config.properties"
 STATE_FILE = "server.json"
+WATCHDOG_STATE = "watchdog.json"  # written by handler/watchdog.py, read by `status`
+WATCHDOG_METRICS = "watchdog.prom"  # the same counters as Prometheus text
 CRASH_LOOP_LIMIT = 3  # worker deaths while loading before start() gives up (TorchServe retries forever)
 
 
@@ -78,6 +84,7 @@ class TorchServe:
         self.properties = dict(properties or {})
         self.env = dict(env or {})
         self.pid: int | None = None
+        self.watchdog_pid: int | None = None
         self.startup_seconds: float | None = None  # launch to first successful prediction
         self._client: TorchServeClient | None = None
 
@@ -98,6 +105,10 @@ class TorchServe:
     @property
     def key_file(self) -> Path:
         return self.run_dir / "key_file.json"
+
+    @property
+    def watchdog_state(self) -> Path:
+        return self.run_dir / WATCHDOG_STATE
 
     @property
     def inference_url(self) -> str:
@@ -262,7 +273,8 @@ class TorchServe:
             return False
 
     def stop(self, timeout: float = 60) -> None:
-        """Stop this server (and only it) and wait until its frontend and workers have exited."""
+        """Stop this server (and only it) and wait until its watchdog, frontend and workers have exited."""
+        self.stop_watchdog()  # first: it would "recover" a server that is going away
         if self.pid is None:
             self.pid = self._read_pid(deadline=time.monotonic())
         processes = []
@@ -288,6 +300,67 @@ class TorchServe:
         self.pid = None
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
 
+    # --- the watchdog (handler/watchdog.py) -------------------------------------------------------
+
+    def start_watchdog(self) -> int:
+        """Start ``python -m handler.watchdog`` for this run folder in its own session (it outlives
+        ``make serve``); logs to logs/watchdog.log, counters in watchdog.json and watchdog.prom."""
+        self.stop_watchdog()
+        self.watchdog_state.unlink(missing_ok=True)
+        with open(self.log_dir / "watchdog.log", "a") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "handler.watchdog", "--run-dir", str(self.run_dir)],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.watchdog_pid = process.pid
+        self._write_state()
+        return process.pid
+
+    def watchdog_process(self) -> psutil.Process | None:
+        """This run folder's running watchdog, if any (a recycled pid running something else is not)."""
+        if self.watchdog_pid is None:
+            return None
+        try:
+            process = psutil.Process(self.watchdog_pid)
+            ours = "handler.watchdog" in process.cmdline() and str(self.run_dir) in process.cmdline()
+            return process if ours and process.status() != psutil.STATUS_ZOMBIE else None
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def stop_watchdog(self, timeout: float = 30) -> None:
+        process = self.watchdog_process()
+        if process is not None:
+            process.terminate()  # its state file is replaced atomically, so a kill at any point is safe
+            _, survivors = psutil.wait_procs([process], timeout=timeout)
+            for survivor in survivors:
+                survivor.kill()
+        if self.watchdog_pid is not None:
+            self.watchdog_pid = None
+            if (self.run_dir / STATE_FILE).exists():
+                self._write_state()
+
+    def status(self) -> dict:
+        """Whether each model gave a real verdict recently, as the watchdog saw it (not /ping, which
+        says Healthy while a model answers nothing). ``healthy``: the frontend runs, the watchdog
+        runs and every model answered within the watchdog's detection window."""
+        report = {"alive": self.alive(), "pid": self.pid, "inference": self.inference_url,
+                  "watchdog": {"running": self.watchdog_process() is not None, "pid": self.watchdog_pid}}  # fmt: skip
+        state = json.loads(self.watchdog_state.read_text()) if self.watchdog_state.exists() else {}
+        now, models = time.time(), {}
+        for name in self.models:
+            seen = state.get("models", {}).get(name, {})
+            last = seen.get("last_success")
+            models[name] = {
+                "last_real_prediction": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last else None,
+                "seconds_ago": round(now - last, 1) if last else None,
+                "answering": bool(last) and now - last <= state.get("stale_after_s", 0),
+                **{k: seen.get(k, 0) for k in ("consecutive_failures", "failures", "recoveries", "failed_recoveries")},
+                "last_recovery": seen.get("last_recovery"),
+            }
+        report["models"] = models
+        report["healthy"] = report["alive"] and report["watchdog"]["running"] and all(m["answering"] for m in models.values())
+        return report
+
     def __enter__(self) -> "TorchServe":
         return self.start()
 
@@ -305,6 +378,7 @@ class TorchServe:
         state = json.loads((run_dir / STATE_FILE).read_text())
         server = cls(state["model_store"], state["models"], run_dir, state["config"], Ports(**state["ports"]), state["token_auth"])
         server.pid = state["pid"]
+        server.watchdog_pid = state.get("watchdog_pid")
         return server
 
     def log_tail(self, lines: int = 40) -> str:
@@ -350,6 +424,7 @@ class TorchServe:
             "config": str(self.config),
             "ports": asdict(self.ports),
             "token_auth": self.token_auth,
+            "watchdog_pid": self.watchdog_pid,
         }
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -383,9 +458,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "status":
         if not (args.run_dir / STATE_FILE).exists():
             sys.exit(f"no server recorded in {args.run_dir}")
-        server = TorchServe.attach(args.run_dir)
-        print(json.dumps({"alive": server.alive(), "pid": server.pid, "inference": server.inference_url}))
-        return
+        report = TorchServe.attach(args.run_dir).status()
+        print(json.dumps(report, indent=2))
+        sys.exit(0 if report["healthy"] else 1)
 
     if (args.run_dir / STATE_FILE).exists() and TorchServe.attach(args.run_dir).alive():
         sys.exit(f"a server from {args.run_dir} is still running; run `make stop` first")
@@ -399,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"TorchServe did not come up:\n{exc}")
     name = next(iter(models))
     print(f"ready in {server.startup_seconds:.1f}s: {name} answered a real prediction")
+    server.start_watchdog()
+    print(f"watchdog started (pid {server.watchdog_pid}): real predictions on an interval, a silent model is "
+          f"rescaled or re-registered; `make status` shows the last real verdict (log: {server.log_dir / 'watchdog.log'})")
     python = os.path.relpath(sys.executable)
     example = next(iter(sorted((ROOT / "examples").glob("*/*.jpg"))), None)
     image = os.path.relpath(example) if example else "face.jpg"

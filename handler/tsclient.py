@@ -120,9 +120,9 @@ class TorchServeClient:
         """The first (default) version's description: workers, batch settings, status."""
         return self._checked(self.management("GET", f"/models/{name}", timeout=30), f"describing {name}").json()[0]
 
-    def scale(self, name: str, workers: int, timeout: float = 300) -> None:
-        """Set min = max workers and wait until TorchServe has them."""
-        params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+    def scale(self, name: str, workers: int, max_workers: int | None = None, timeout: float = 300) -> None:
+        """Set min workers (and max, = min by default) and wait until TorchServe has them."""
+        params = {"min_worker": workers, "max_worker": max(workers, max_workers or workers), "synchronous": "true"}
         self._checked(self.management("PUT", f"/models/{name}", params=params, timeout=timeout), f"scaling {name}")
 
     def worker_pids(self, name: str) -> dict[str, int]:

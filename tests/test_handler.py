@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import zipfile
 
 import pytest
@@ -27,11 +28,18 @@ class FakeContext:
         self.model_name = MODEL
         self.headers = headers or {}
         self.statuses: dict[int, tuple[int, str]] = {}
+        self.response_headers: dict[int, dict[str, str]] = {}
         self.metrics = self
         self.recorded: list[tuple[str, float, dict]] = []
 
     def get_request_header(self, idx, key):
         return self.headers.get(idx, {}).get(key)
+
+    def get_all_request_header(self, idx):
+        return self.headers.get(idx, {})
+
+    def set_response_header(self, idx, key, value):
+        self.response_headers.setdefault(idx, {})[key] = value
 
     def set_response_status(self, code, phrase, idx):
         self.statuses[idx] = (code, phrase)
@@ -105,6 +113,29 @@ def test_explanation_request(handler, model_dir, astronaut_jpeg):
     assert heatmap.size == (handler.input_size, handler.input_size)
     assert "explanation" not in plain
     assert explained["fake_probability"] == plain["fake_probability"]
+
+
+def test_describe_answers_the_model_description_without_a_prediction(handler, model_dir):
+    """GET /models/<name>?customized=true (or gRPC DescribeModel customized=true) sends one empty
+    request with the header describe=True; TorchServe puts the answer under customizedMetadata."""
+    context = FakeContext(model_dir, {}, headers={0: {"describe": "True"}})
+    (description,) = handler.handle([{}], context)
+    assert description["backend"] == "eager" and description["architecture"] == "face"
+    assert description["threshold"] == handler.threshold
+    assert description["preprocessing"]["input_size"] == handler.input_size
+    assert set(description["calibration"]) >= {"scale", "shift"}
+    assert json.loads(json.dumps(description)) == description
+    assert context.statuses == {} and context.recorded == []  # no error counted, no prediction timed
+
+
+def test_grpc_answers_end_their_stream_and_rest_answers_do_not(handler, model_dir):
+    """Over gRPC a request's properties are only its inputs' content types; REST ones carry headers."""
+    grpc_request = {"data": {"content-type": ""}}
+    rest_request = {"body": {"content-type": ""}, "explain": "False", "url_path": "", "Host": "127.0.0.1"}
+    context = FakeContext(model_dir, {}, headers={0: grpc_request, 1: rest_request, 2: grpc_request})
+    answers = handler.handle([{"data": png()}, {"body": png()}, {"data": b"not an image"}], context)
+    assert [a.get("error") for a in answers] == [None, None, "not_an_image"]
+    assert context.response_headers == {0: {"ts_stream_next": "false"}, 2: {"ts_stream_next": "false"}}
 
 
 def test_payload_encodings(astronaut_jpeg):
