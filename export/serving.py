@@ -33,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # AOTInductor at the batch sizes a CPU server forms, and needs no per-host compilation; on CUDA
 # TensorRT and AOTInductor lead, ONNX Runtime needs onnxruntime-gpu).
 PREFERENCE = {"cpu": ("onnx", "eager"), "cuda": ("tensorrt", "aoti", "onnx", "eager")}
+# (batchSize, maxBatchDelay ms). CPU: the batch x delay sweep at 2 workers x 1 thread
+# (benchmarks/reports/20261201-2344-cpu-quick): b4/d10 ties the best at 16 users (166.8 vs 167.6
+# requests/s) and beats the others at 4 users (91.2 vs 62-81). CUDA: not measured yet.
+BATCHING = {"cpu": (4, 10), "cuda": (8, 20)}
 
 
 def usable_cores() -> int:
@@ -90,8 +94,8 @@ def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto
         if candidate != "eager":
             _, (exported,) = read_manifest(artifact.parent)
             batch_range = (exported.min_batch, exported.max_batch)
-        # batch 8 within 20 ms: the best TorchServe setting of the benchmark sweeps on this CPU host
-        serving = ServingConfig(batch_size=8, max_batch_delay=20, min_workers=workers, max_workers=workers,
+        batch_size, max_batch_delay = BATCHING[device]
+        serving = ServingConfig(batch_size=batch_size, max_batch_delay=max_batch_delay, min_workers=workers, max_workers=workers,
                                 device_type="gpu" if device == "cuda" else "cpu", batch_range=batch_range,
                                 handler={"threads": threads})
         mar = build_archive(weights, backend=candidate, artifact=artifact, export_path=model_store,
