@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -94,3 +95,19 @@ def test_preprocess_bench_times_each_stage_on_a_real_face(weights, tmp_path):
 def test_preprocess_bench_without_images_says_why(weights, tmp_path):
     result = preprocess_bench.run(_profile(weights, tmp_path), log=lambda _: None)
     assert "no images" in result["skipped"]
+
+
+def test_detector_size_finds_the_same_face_and_says_how_far_the_box_moves(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from benchmarks import detector_size
+
+    face = Image.fromarray(skimage_data.astronaut())
+    face.save(tmp_path / "astronaut.png")
+    face.resize((256, 256)).save(tmp_path / "small.png")
+    out = tmp_path / "rows.json"
+    assert detector_size.main(["--data", str(tmp_path), "--sizes", "512", "128", "--out", str(out)]) == 0
+    reference, shrunk = json.loads(out.read_text())
+    assert (reference["max_side"], shrunk["max_side"]) == (512, 128)
+    assert reference["faces_found"] == shrunk["faces_found"] == 2
+    assert reference["median_iou"] == 1.0 and reference["median_centre_shift_px"] == 0.0  # against itself
+    assert 0.5 < shrunk["median_iou"] <= 1.0  # the same face, found at a quarter of the pixels
