@@ -87,12 +87,13 @@ class Progress:
         self.log(f"[load {elapsed / 60:5.1f} min] {message}")
 
 
-def measure_level(url: str, client: TorchServeClient | None, server_pid: int | None, name: str, users: int,
-                  s: LoadSettings, progress: Progress) -> dict:
+def measure_level(client: TorchServeClient, server_pid: int | None, name: str, users: int, s: LoadSettings,
+                  progress: Progress) -> dict:
     """One concurrency level: warm-up, then windows until stable; percentiles over the counted windows.
-    ``client`` reads TorchServe's metrics (None for a server without them); ``server_pid`` is the
-    process whose CPU and memory (with its children's) the host sampler reports."""
-    env = Environment(user_classes=[DetectorUser], host=url)
+    TorchServe's metrics are read when ``client`` has a metrics URL (the plain server has none);
+    ``server_pid`` is the process whose CPU and memory (with its children's) the host sampler reports."""
+    env = Environment(user_classes=[DetectorUser], host=client.inference_url)
+    metrics = bool(client.metrics_url)
     records: list[tuple[float, float, bool, str]] = []  # finish time, ms, failed, message
 
     def on_request(response_time, exception=None, **_):
@@ -109,7 +110,7 @@ def measure_level(url: str, client: TorchServeClient | None, server_pid: int | N
             if sampling["on"]:
                 host.sample()
                 gpu.sample()
-                if client is not None:
+                if metrics:
                     with contextlib.suppress(requests.RequestException):
                         gauges.append(model_values(scrape(client), name))
 
@@ -120,7 +121,7 @@ def measure_level(url: str, client: TorchServeClient | None, server_pid: int | N
         gevent.sleep(s.warmup_s)
         windows: list[dict] = []
         while len(windows) < s.max_windows:
-            start_scrape = scrape(client) if client is not None else None
+            start_scrape = scrape(client) if metrics else None
             host.reset()
             gpu.reset()
             gauges.clear()
@@ -135,7 +136,7 @@ def measure_level(url: str, client: TorchServeClient | None, server_pid: int | N
                 "rps": len(latencies) / (end - start),  # answered requests only: fast errors must not count as speed
                 "latencies": latencies,
                 "failures": [r[3] for r in done if r[2]],
-                "metrics": server_split(start_scrape, scrape(client), gauges, name) if client is not None else {},
+                "metrics": server_split(start_scrape, scrape(client), gauges, name) if metrics else {},
                 "host": host.summary(),
                 "gpu": gpu.summary(),
             }
@@ -232,7 +233,7 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
                                     "reason": f"profile time budget of {s.max_minutes} min spent"})
                     progress.done += 1
                     continue
-                level = measure_level(client.inference_url, client, frontend_pid, name, users, s, progress)
+                level = measure_level(client, frontend_pid, name, users, s, progress)
                 progress.done += 1
                 rows.append({
                     "server": "torchserve", "backend": backend, "batch_size": setting.batch_size,
@@ -268,7 +269,7 @@ def run_plain(profile: Profile, result: dict, server_dir: Path, progress: Progre
     progress(f"starting the plain server (FastAPI + uvicorn, eager) on port {port}")
     with open(server_dir / "plain_server.log", "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    client = TorchServeClient(f"http://127.0.0.1:{port}")
+    client = TorchServeClient(f"http://127.0.0.1:{port}")  # inference only: no metrics endpoint
     try:
         deadline = time.monotonic() + 120
         while True:  # up when it answers a real image
@@ -282,7 +283,7 @@ def run_plain(profile: Profile, result: dict, server_dir: Path, progress: Progre
                 time.sleep(0.5)
         DetectorUser.configure(images, MODEL, "")
         for users in s.users:
-            level = measure_level(client.inference_url, None, process.pid, MODEL, users, s, progress)
+            level = measure_level(client, process.pid, MODEL, users, s, progress)
             progress.done += 1
             result["results"].append({
                 "server": "plain", "backend": "eager", "batch_size": 1, "max_batch_delay": 0, "workers": 1,

@@ -155,12 +155,19 @@ def verify(mar: Path) -> None:
             raise RuntimeError(f"{mar.name}: modules resolved outside the archive: {outside}")
 
 
+def _model_config(archive: zipfile.ZipFile) -> tuple[dict, str, dict]:
+    """(manifest, name of the model-config file, its contents) of an open archive."""
+    manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    name = manifest["model"].get("configFile") or "model-config.yaml"
+    config = yaml.safe_load(archive.read(name)) if name in archive.namelist() else {}
+    return manifest, name, dict(config or {})
+
+
 def archive_backend(mar: Path) -> str:
     """The backend an archive serves, from its model-config.yaml (eager when it does not say)."""
     with zipfile.ZipFile(mar) as archive:
-        names = archive.namelist()
-        config = yaml.safe_load(archive.read("model-config.yaml")) if "model-config.yaml" in names else {}
-    return ((config or {}).get("handler") or {}).get("backend", "eager")
+        _, _, config = _model_config(archive)
+    return (config.get("handler") or {}).get("backend", "eager")
 
 
 def repack(source: Path, dest: Path, **model_config) -> Path:
@@ -168,9 +175,7 @@ def repack(source: Path, dest: Path, **model_config) -> Path:
     a dict merges into the section of that name, e.g. ``handler={"threads": 2}``): the same code and
     artifact under other serving settings, without re-exporting."""
     with zipfile.ZipFile(source) as src:
-        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
-        config_name = manifest["model"].get("configFile") or "model-config.yaml"
-        config = dict((yaml.safe_load(src.read(config_name)) if config_name in src.namelist() else {}) or {})
+        manifest, config_name, config = _model_config(src)
         for key, value in model_config.items():
             config[key] = {**(config.get(key) or {}), **value} if isinstance(value, dict) else value
         manifest["model"]["configFile"] = config_name

@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 
 from export.archive import DEFAULT_MODEL_NAME, ServingConfig, build_archive
-from runtime.artifacts import read_manifest
+from export.cli import main as export_main
+from export.cli import resolve_device
+from runtime.artifacts import artifact_name, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Measured order, fastest first (benchmarks/reports: ONNX Runtime beats eager, TorchScript and
@@ -61,9 +63,6 @@ def export_backend(backend: str, weights: Path, out: Path, device: str, log=prin
     """Export one backend with its parity check; the artifact's path when it passed, else None."""
     if backend == "eager":
         return weights
-    from export.cli import main as export_main
-    from runtime.artifacts import artifact_name
-
     try:
         code = export_main(["--weights", str(weights), "--formats", backend, "--precision", "fp32", "--device", device,
                             "--out", str(out / backend)])
@@ -80,9 +79,7 @@ def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto
                           log=print) -> tuple[Path, str, int, int]:
     """Build ``<model_store>/deepfake-detector.mar``; returns (archive, backend, workers, threads).
     ``device`` (cpu or cuda) defaults to CUDA when this host has it."""
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or resolve_device("auto")
     candidates = PREFERENCE[device] if backend == "auto" else (backend,)
     rule_workers, rule_threads = host_layout(device)
     workers, threads = workers or rule_workers, threads or rule_threads

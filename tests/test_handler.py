@@ -252,11 +252,11 @@ def test_onnx_on_a_gpu_worker_without_the_cuda_provider_runs_on_the_cpu_and_says
         pytest.skip("this onnxruntime has the CUDA provider: no fallback to show")
     from runtime.weights import load_weights
 
+    from export.onnx_export import export_onnx
+
     model, _ = load_weights(weights_path)
-    path = tmp_path / "model.onnx"
     x = torch.rand(2, 3, model.config.input_size, model.config.input_size)
-    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},), external_data=False)
+    path = export_onnx(model, x, tmp_path / "model.onnx", min_batch=1, max_batch=8)
     backend = load_backend("onnx", path, torch.device("cuda"))
     assert backend.device.type == "cpu"
     with torch.no_grad():
