@@ -203,7 +203,8 @@ def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tm
     (folder / "face.jpg").write_bytes(astronaut_jpeg)
     Image.open(io.BytesIO(astronaut_jpeg)).save(folder / "face.png")
     (folder / "broken.jpg").write_bytes(b"nope")
-    common = ["--url", torchserve.inference_url, "--model", MODEL, "--token", torchserve.key("inference")]
+    # --token=KEY: a key may begin with "-", which argparse would take for an option
+    common = ["--url", torchserve.inference_url, "--model", MODEL, f"--token={torchserve.key('inference')}"]
 
     out = tmp_path / "verdicts.csv"
     assert client([str(folder), "--csv", str(out), "-c", "3", *common]) == 1  # one image failed
