@@ -157,6 +157,9 @@ class Face:
 
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     score: float
+    # RetinaFace's five points (x, y): the eyes, the nose tip, the mouth corners, each pair in the
+    # order the detector gives them (image left first for an upright face)
+    landmarks: tuple[tuple[float, float], ...] = ()
 
     @property
     def area(self) -> float:
@@ -230,7 +233,8 @@ class FaceDetector:
                 x2 = min(max((f.x + f.width) / scale, 0.0), image.width)
                 y2 = min(max((f.y + f.height) / scale, 0.0), image.height)
                 if x2 > x1 and y2 > y1:
-                    found.append(Face((x1, y1, x2, y2), float(f.score)))
+                    points = tuple((p.x / scale, p.y / scale) for p in f.landmarks)
+                    found.append(Face((x1, y1, x2, y2), float(f.score), points))
             results.append(sorted(found, key=lambda face: face.area, reverse=True))
         return results
 

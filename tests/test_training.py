@@ -236,3 +236,25 @@ def test_face_neck_widens_the_pooled_features_and_keeps_the_contract():
     with torch.no_grad():
         assert neck.eval()(x).shape == (3,)
         assert neck.forward_features(x).shape[1] == 2 * plain.forward_features(x).shape[1]
+
+
+def test_dense_region_head_trains_beside_the_model_resumes_exactly_and_is_not_shipped(generated, tmp_path):
+    cfg = config(tmp_path, epochs=2, dense_loss=1.0)
+    crops, _, _ = prepare_crops(cfg, generated)
+    straight = Trainer(cfg, crops["train"], crops["val"], tmp_path / "straight", seed=0)
+    start = {k: v.clone() for k, v in straight.dense_head.state_dict().items()}
+    straight.fit()
+    assert not torch.equal(straight.dense_head.state_dict()["conv.weight"], start["conv.weight"])
+
+    interrupted = Trainer(cfg, crops["train"], crops["val"], tmp_path / "resumed", seed=0)
+    interrupted.fit(stop_after=1)
+    resumed = Trainer(cfg, crops["train"], crops["val"], tmp_path / "resumed", seed=0)
+    resumed.fit(resume=True)
+    assert all(torch.equal(v, resumed.dense_head.state_dict()[k]) for k, v in straight.dense_head.state_dict().items())
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # the shipped weights are the model's alone: the same keys as a run without the region head
+    plain = Trainer(config(tmp_path, epochs=1), crops["train"], crops["val"], tmp_path / "plain", seed=0)
+    assert set(a) == set(plain.model.state_dict())

@@ -20,6 +20,8 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import ColorJitter, RandomResizedCrop
 
+from training.regions import UNKNOWN
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -125,8 +127,9 @@ class Augment:
         c = config
         self.jitter = ColorJitter(c.brightness, c.contrast, c.saturation, c.hue)
 
-    def view(self, context: Image.Image, size: int) -> Image.Image:
-        """A ``size`` square from a wider context crop: the centre, shifted, sometimes zoomed out."""
+    def view(self, context: Image.Image, size: int, mask: Image.Image | None = None):
+        """A ``size`` square from a wider context crop: the centre, shifted, sometimes zoomed out.
+        A dense-target ``mask`` (same size as ``context``) is cut the same way and returned beside it."""
         c = self.config
         side = size
         if _chance(c.zoom_out):
@@ -134,20 +137,32 @@ class Augment:
         room = (context.width - side) // 2
         limit = min(c.shift, room)
         dx, dy = (int(torch.randint(-limit, limit + 1, (2,))[i]) for i in range(2)) if limit > 0 else (0, 0)
-        left, top = room + dx, room + dy
-        window = context.crop((left, top, left + side, top + side))
-        return window if side == size else window.resize((size, size), Image.BICUBIC, reducing_gap=None)
+        box = (room + dx, room + dy, room + dx + side, room + dy + side)
+        window = context.crop(box)
+        if side != size:
+            window = window.resize((size, size), Image.BICUBIC, reducing_gap=None)
+        if mask is None:
+            return window
+        return window, mask.resize((size, size), Image.NEAREST, box=box)
 
-    def __call__(self, image: Image.Image, label: int) -> tuple[Image.Image, int]:
+    def __call__(self, image: Image.Image, label: int, mask: Image.Image | None = None):
+        """(crop, label) -> (crop, label); with a dense-target ``mask``, (crop, label, mask), the mask
+        moved with every geometric change (colour and quality changes leave it as it is)."""
         c = self.config
         if label == 0 and _chance(c.sbi):
             image, label = self_blend(image, int(torch.randint(0, 2**31 - 1, ()).item())), 1
+            if mask is not None:  # where the blend shows is not tracked: nothing known per region
+                mask = Image.new("L", mask.size, UNKNOWN)
         size = image.size
         if c.crop_scale[0] < 1.0:
             top, left, h, w = RandomResizedCrop.get_params(image, scale=list(c.crop_scale), ratio=[0.9, 1.1])
             image = image.resize(size, Image.BICUBIC, box=(left, top, left + w, top + h))
+            if mask is not None:
+                mask = mask.resize(size, Image.NEAREST, box=(left, top, left + w, top + h))
         if _chance(c.flip):
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            if mask is not None:
+                mask = mask.transpose(Image.FLIP_LEFT_RIGHT)
         if _chance(c.jitter):
             image = self.jitter(image)
         if _chance(c.downscale):
@@ -158,4 +173,4 @@ class Augment:
             image = image.filter(ImageFilter.GaussianBlur(_uniform(*c.blur_sigma)))
         if _chance(c.jpeg):
             image = jpeg_recompress(image, round(_uniform(*c.jpeg_quality)))
-        return image, label
+        return (image, label) if mask is None else (image, label, mask)

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image
+from training.regions import target_mask
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ LABELS = {"real": 0, "fake": 1}
 CLASS_NAMES = {v: k for k, v in LABELS.items()}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-CACHE_VERSION = 2  # bump when the crop procedure changes in a way the settings do not capture
+CACHE_VERSION = 3  # bump when the crop procedure changes in a way the settings do not capture
 # Native crops are cached this many times wider than the model input, around the same centre, so
 # augmentation can zoom out (a smaller face, as in a downscaled upload); the centre is the served crop.
 CONTEXT = 2
@@ -127,6 +128,11 @@ class CachedCrop:
     face_found: bool
     dataset: str = ""  # which data root it came from (metrics are reported per dataset)
     input_size: int = 0  # the model's input: a wider (context) crop is cut down to this
+    # where the crop lies in the original image: (left, top, right, bottom) in its pixels, and the
+    # image's size; with the face's landmarks (original pixels), they place regions in the crop
+    window: tuple[float, float, float, float] | None = None
+    image_size: tuple[int, int] | None = None
+    landmarks: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ class CropCache:
                 log.warning("skipping %s: %s (%s)", sample.path, entry["message"], entry["error"])
             else:
                 crops.append(CachedCrop(self.crop_path(digest), sample.label, sample.path, entry["face_found"], dataset,
-                                          self.settings.input_size))
+                                          self.settings.input_size, tuple(entry["window"]), tuple(entry["image_size"]),
+                                          tuple(tuple(point) for point in entry["landmarks"])))
         return crops, skipped
 
     def _compute(self, batch: Sequence[tuple[Sample, str]]) -> None:
@@ -198,7 +205,9 @@ class CropCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             prepared.crops[0].save(path, format="PNG", compress_level=1)
             face = prepared.faces[0].to_dict() if prepared.faces else None
-            self.index[digest] = {"face_found": prepared.face_found, "face": face}
+            landmarks = [list(point) for point in prepared.faces[0].landmarks] if prepared.faces else []
+            self.index[digest] = {"face_found": prepared.face_found, "face": face, "landmarks": landmarks,
+                                  "window": list(prepared.crop_boxes[0]), "image_size": list(prepared.image_size)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,23 +219,29 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def centre_view(image: Image.Image, size: int) -> Image.Image:
-    """The centre ``size`` square: a cached context crop cut down to exactly what serving crops."""
-    if image.width == size:
-        return image
+def centre_view(image: Image.Image, size: int, mask: Image.Image | None = None):
+    """The centre ``size`` square: a cached context crop cut down to exactly what serving crops (and
+    a dense-target ``mask`` cut the same way, returned beside it when given)."""
     left = (image.width - size) // 2
-    return image.crop((left, left, left + size, left + size))
+    box = (left, left, left + size, left + size)
+    window = image if image.width == size else image.crop(box)
+    if mask is None:
+        return window
+    return window, (mask if mask.width == size else mask.crop(box))
 
 
 class CropDataset(Dataset):
     """Cached crops -> (image tensor, label). ``view`` cuts a context crop to the input size (the
-    centre by default); ``transform`` maps (PIL crop, label) -> (PIL, label), so augmentations such
-    as self-blending may turn a real face into a fake one."""
+    centre by default); ``transform`` maps (PIL crop, label) -> (PIL crop, label), so augmentations
+    such as self-blending may turn a real face into a fake one. With ``dense_targets``, a third item:
+    the crop's dense target (``training.regions``), a uint8 (S, S) tensor moved with the pixels."""
 
-    def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None, view: Callable | None = None):
+    def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None, view: Callable | None = None,
+                 dense_targets: bool = False):
         self.items = list(items)
         self.transform = transform
         self.view = view or centre_view
+        self.dense_targets = dense_targets
 
     def __len__(self) -> int:
         return len(self.items)
@@ -235,13 +250,22 @@ class CropDataset(Dataset):
     def labels(self) -> np.ndarray:
         return np.array([item.label for item in self.items], dtype=np.int64)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int):
         item = self.items[index]
         with Image.open(item.crop) as f:
             image = f.convert("RGB")
-        if item.input_size and image.width != item.input_size:
-            image = self.view(image, item.input_size)
         label = item.label
+        if not self.dense_targets:
+            if item.input_size and image.width != item.input_size:
+                image = self.view(image, item.input_size)
+            if self.transform is not None:
+                image, label = self.transform(image, label)
+            return pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)
+
+        mask = target_mask(item, image.width)
+        if item.input_size and image.width != item.input_size:
+            image, mask = self.view(image, item.input_size, mask)
         if self.transform is not None:
-            image, label = self.transform(image, label)
-        return pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)
+            image, label, mask = self.transform(image, label, mask)
+        return (pil_to_tensor(image), torch.tensor(label, dtype=torch.float32),
+                torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy()))

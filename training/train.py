@@ -41,6 +41,7 @@ from training.data import (
     discover,
 )
 from training.metrics import binary_metrics, choose_threshold, fit_platt
+from training.regions import DenseHead, dense_loss
 from runtime.face_hybrid import load_pretrained_backbone
 from runtime.model import build_model, count_parameters
 from runtime.weights import Calibration, save_weights
@@ -61,6 +62,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate, keep and ship an exponential moving average of the weights
+    dense_loss: float = 0.0  # > 0: weight of the per-region loss of a training-only head (training/regions.py)
     pretrained: bool = True  # start a model that has a pretrained backbone (the face family) from it
     backbone_lr_scale: float = 1.0  # learning rate of the pretrained parameters relative to lr
     freeze_epochs: float = 0.0  # pretrained parameters frozen this long first (linear probe, then fine-tune)
@@ -182,7 +184,7 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
 
         augment = Augment(AugmentConfig.from_dict(config.augment))
-        self.train_set = CropDataset(train, augment, view=augment.view)
+        self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0)
         self.val_set = CropDataset(val)
         if len(self.train_set) == 0:
             raise ValueError("no training images")
@@ -194,8 +196,12 @@ class Trainer:
         self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, config.weight_decay, config.lr, config.backbone_lr_scale), lr=config.lr)
+        groups = parameter_groups(self.model, config.weight_decay, config.lr, config.backbone_lr_scale)
+        self.dense_head = None
+        if config.dense_loss > 0:
+            self.dense_head = DenseHead(self.feature_channels()).to(self.device)
+            groups += parameter_groups(self.dense_head, config.weight_decay, config.lr)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         self.datasets = dataset_names(self.val_set.items)
         self.log_fields = LOG_FIELDS + ([f"val_auc_{name}" for name in self.datasets] if len(self.datasets) > 1 else [])
         # a last batch of one image breaks batch norm in training mode: training drops the incomplete one
@@ -216,6 +222,15 @@ class Trainer:
         self.state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "bad_epochs": 0}
         self.history: list[dict] = []
         self.commands: list[str] = []  # every invocation that trained this run, kept across resumes
+
+    def feature_channels(self) -> int:
+        """Channels of ``forward_features`` (one forward pass in eval mode, so no statistics move)."""
+        size = self.model.config.input_size
+        self.model.eval()
+        with torch.no_grad():
+            channels = self.model.forward_features(torch.zeros(1, 3, size, size, device=self.device)).shape[1]
+        self.model.train()
+        return channels
 
     @property
     def shipped(self) -> torch.nn.Module:
@@ -248,6 +263,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "dense_head": self.dense_head.state_dict() if self.dense_head is not None else None,
             "config": asdict(self.config),
             "commands": self.commands,
         }
@@ -266,6 +282,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.dense_head is not None:
+            self.dense_head.load_state_dict(state["dense_head"])
         self.state = {k: state[k] for k in self.state}
         self.commands = list(state.get("commands", [])) + self.commands
         if self.log_path.exists():
@@ -302,14 +320,19 @@ class Trainer:
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(self.loader(self.train_set, True, epoch), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch", leave=False)
-        for images, targets in bar:
-            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+        for batch in bar:
+            images, targets = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             smoothed = targets * (1 - self.config.label_smoothing) + 0.5 * self.config.label_smoothing
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(images)
+                features = self.model.forward_features(images)
+                logits = self.model.forward_head(features)
             loss = F.binary_cross_entropy_with_logits(logits.float(), smoothed)
+            if self.dense_head is not None:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    region_logits = self.dense_head(features)
+                loss = loss + self.config.dense_loss * dense_loss(region_logits, batch[2].to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
