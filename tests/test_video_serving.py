@@ -134,3 +134,25 @@ def test_the_client_sends_videos_from_a_folder(torchserve, tmp_path):
         row = rows[name]
         assert row["status"] == "200" and row["media"] == "video" and row["frames_sampled"] == "4", row
         assert row["label"] in ("real", "fake")
+
+
+def test_the_video_benchmark_measures_videos_and_images_side_by_side(torchserve):
+    """benchmarks/video_bench.py against this server: a short closed-loop window with one video user
+    beside one image user, and its report section."""
+    from benchmarks import report, video_bench
+
+    images = [path.read_bytes() for path in sorted((video_bench.ROOT / "examples" / "fake").glob("*.jpg"))]
+    clip = video_bench.make_clip(images, seconds=2, fps=5)
+    measured = video_bench.measure(torchserve.client, MODEL, {"video": ([clip], 1), "image": (images, 1)}, warmup_s=0.5, seconds=3)
+    video, image = measured["video"], measured["image"]
+    assert video["failures"] == image["failures"] == 0
+    assert video["requests"] >= 1 and image["requests"] >= 1
+    assert video["frames_per_s"] == pytest.approx(10 * video["per_s"], abs=0.1)  # all 10 frames of the clip sampled
+    assert set(image["latency_ms"]) == {"p50", "p90", "p99"}
+
+    summary = {"video": {"backend": "eager", "clip_bytes": len(clip), "results": [{"video_users": 1, "image_users": 1, **measured}],
+                         "clip": {"video": {"size": [256, 256]}, "frames_sampled": 10},
+                         "settings": {"clip_seconds": 2, "fps": 5, "batch_size": 8, "max_batch_delay": 100, "workers": 1,
+                                      "threads": 1, "warmup_s": 0.5, "seconds": 3}}}
+    section = "\n".join(report.video_section(summary))
+    assert "## Video" in section and f"| 1 | 1 | {report.fmt(video['per_s'])} |" in section
