@@ -72,7 +72,7 @@ class Clip:
 
     data: bytes = field(repr=False)
     container: str
-    size: tuple[int, int]  # width, height of the video stream
+    size: tuple[int, int]  # width, height of the stored frames (before any display rotation)
     frame_count: int  # frames in the stream (counted by demuxing)
     duration_s: float
     sample: list[int]  # indices (presentation order) of the frames to decode
@@ -97,11 +97,23 @@ class Clip:
                     if index in wanted:
                         _check_pixels(frame.width, frame.height, self.limits.max_pixels, self.limits.min_side)
                         seconds = (time_s - first_time) if time_s is not None else index / self.rate
-                        yield round(max(0.0, seconds), 3), frame.to_image().convert("RGB")
+                        yield round(max(0.0, seconds), 3), upright(frame.to_image().convert("RGB"), frame.rotation)
                     if index >= last:
                         return
         except av.FFmpegError as exc:
             raise ImageError("corrupt_video", f"the video could not be decoded: {_reason(exc)}") from None
+
+
+# The display matrix's rotation (FFmpeg's av_display_rotation_get: degrees counter-clockwise, as
+# phones record a portrait video) -> the PIL transpose that shows the frame upright, as players do.
+ROTATIONS = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270,
+             180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180}
+
+
+def upright(image: Image.Image, rotation: float | int | None) -> Image.Image:
+    """The frame as a player shows it (the video counterpart of EXIF orientation for images)."""
+    turn = ROTATIONS.get(round(rotation or 0))
+    return image.transpose(turn) if turn is not None else image
 
 
 def sample_indices(frame_count: int, wanted: int) -> list[int]:

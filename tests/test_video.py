@@ -66,6 +66,18 @@ def test_sampling_spreads_frames_evenly_and_decodes_exactly_those():
     assert [int(np.asarray(image)[0, 0, 0]) for _, image in decoded] == [18, 60, 96, 138, 180, 216]
 
 
+def test_a_rotated_clip_is_decoded_upright_as_players_show_it():
+    """A phone's portrait video: frames stored on their side, with a display matrix that turns them a
+    quarter clockwise (FFmpeg's rotation -90). Like EXIF orientation for images."""
+    upright = example_faces()[0].crop((0, 0, 256, 192))  # not square: a missed rotation shows in the size
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    clip = open_video(encode_clip([stored], "mp4", rotation=-90))
+    ((_, frame),) = list(clip.frames())
+    assert frame.size == upright.size
+    difference = np.abs(np.asarray(frame, dtype=np.int16) - np.asarray(upright, dtype=np.int16))
+    assert difference.mean() < 4  # coding noise only; a wrong turn differs by ~50 grey levels
+
+
 def test_short_clips_give_every_frame_and_the_frame_count_is_capped():
     assert open_video(encode_clip(grey_frames(5), "mkv", codec="ffv1")).sample == [0, 1, 2, 3, 4]
     long = open_video(encode_clip(grey_frames(200, step=1, size=16), "mkv", fps=50, codec="ffv1"), VideoLimits(frames=10_000))

@@ -28,14 +28,18 @@ def blank_frame(size: tuple[int, int] = (256, 256)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
 
 
-def encode_clip(frames: list[Image.Image], container: str = "mp4", fps: int = 4, codec: str | None = None) -> bytes:
-    """The frames as a clip in ``container`` (mp4, mov, mkv, webm) at ``fps``."""
+def encode_clip(frames: list[Image.Image], container: str = "mp4", fps: int = 4, codec: str | None = None,
+                rotation: int = 0) -> bytes:
+    """The frames as a clip in ``container`` (mp4, mov, mkv, webm) at ``fps``; ``rotation``: the
+    display matrix's rotation, as a phone records portrait video."""
     muxer, default_codec = CODECS[container]
     codec = codec or default_codec
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=muxer) as output:
         stream = output.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height = frames[0].size
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.pix_fmt = "rgb24" if codec == "png" else "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "10"}  # near-lossless: faces stay as detectable as in the JPEGs
