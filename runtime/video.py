@@ -100,7 +100,9 @@ class Clip:
                         yield round(max(0.0, seconds), 3), upright(frame.to_image().convert("RGB"), frame.rotation)
                     if index >= last:
                         return
-        except av.FFmpegError as exc:
+        except ImageError:
+            raise
+        except Exception as exc:  # FFmpegError mostly; anything a hostile stream provokes in PyAV or PIL
             raise ImageError("corrupt_video", f"the video could not be decoded: {_reason(exc)}") from None
 
 
@@ -152,7 +154,9 @@ def open_video(data: bytes, limits: VideoLimits = VideoLimits(), threads: int = 
             if declared is not None and declared > limits.max_seconds:
                 raise ImageError("video_too_long", f"{declared:.1f} s exceeds the limit of {limits.max_seconds:g} s")
             frame_count, covered = _demux(container, stream, limits.max_seconds)
-    except av.FFmpegError as exc:
+    except ImageError:
+        raise
+    except Exception as exc:  # FFmpegError mostly; anything a hostile container provokes in PyAV
         raise ImageError("corrupt_video", f"the video container is corrupt or truncated: {_reason(exc)}") from None
     if frame_count == 0:
         raise ImageError("corrupt_video", "the video stream holds no frames")
@@ -174,7 +178,7 @@ def _open(data: bytes, container_name: str):
     return av.open(io.BytesIO(data), mode="r", format=demuxer)
 
 
-def _reason(error: av.FFmpegError) -> str:
+def _reason(error: Exception) -> str:
     """FFmpeg's own words, without the errno and the stream name PyAV adds."""
     return getattr(error, "strerror", None) or str(error)
 

@@ -190,3 +190,30 @@ def test_configured_limits_answer_4xx_and_leave_batch_mates_alone(model_dir):
     assert {i: code for i, (code, _) in context.statuses.items()} == {0: 413, 2: 413}
     assert answers[1]["frames_sampled"] == 3 and answers[3]["media"] == "image"
     assert context.metric("DeepfakeBatchCrops") == [1 + 3] and passes == [2, 2]  # the image's crop first
+
+
+def test_mutated_clips_decode_or_are_refused_never_crash():
+    """Random byte flips, cuts and insertions in real clips of each container: every one decodes or
+    is refused with an ImageError; nothing else escapes (the handler would answer 500)."""
+    rng = np.random.default_rng(0)
+    seeds = [face_clip(container, frames=6) for container in sorted(CODECS)]
+    outcomes = {}
+    for i in range(160):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(int(rng.integers(1, 12))):
+            at, kind = int(rng.integers(0, len(data))), int(rng.integers(0, 3))
+            if kind == 0:
+                data[at] = int(rng.integers(0, 256))
+            elif kind == 1:
+                del data[at : at + int(rng.integers(1, 64))]
+            else:
+                data[at:at] = rng.bytes(int(rng.integers(1, 32)))
+        try:
+            frames = list(open_video(bytes(data)).frames())
+            assert frames and all(image.mode == "RGB" for _, image in frames)
+            outcome = "decoded"
+        except ImageError as error:
+            outcome = error.code
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    print(f"\nmutated clips: {outcomes}")
+    assert set(outcomes) <= {"decoded", "corrupt_video", "not_a_video", "no_video_stream", "frame_too_large", "frame_too_small", "video_too_long"}
