@@ -124,6 +124,8 @@ class VideoSettings:
     video_users: list[int] = field(default_factory=lambda: [1, 4])
     image_users: int = 4
     mixed_video_users: int = 1  # video users beside the image users in the last level
+    separate_video_model: bool = False  # videos to a second registration of the archive, batch size 1
+    video_workers: int = 1  # that registration's workers
     warmup_s: float = 3.0
     seconds: float = 20.0  # measured window per level
 

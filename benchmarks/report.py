@@ -568,7 +568,10 @@ def video_section(summary: dict) -> list[str]:
           f"A {video['clip_bytes'] / 1e6:.2f} MB H.264 MP4 of the example faces, {s['clip_seconds']:g} s at {s['fps']} fps "
           f"({(clip.get('video') or {}).get('size')} px), {clip.get('frames_sampled')} frames sampled per video; "
           f"{video['backend']}, batchSize {s['batch_size']}, maxBatchDelay {s['max_batch_delay']} ms, {s['workers']} workers x "
-          f"{s['threads']} thread. Closed-loop client threads, {s['warmup_s']:g} s warm-up, then a {s['seconds']:g} s window.", ""]
+          f"{s['threads']} thread"
+          + (f"; videos to a second registration of the archive, batch size 1, {s.get('video_workers')} worker(s)"
+             if s.get("separate_video_model") else "")
+          + f". Closed-loop client threads, {s['warmup_s']:g} s warm-up, then a {s['seconds']:g} s window.", ""]
     rows = []
     for r in video["results"]:
         v, i = r.get("video") or {}, r.get("image") or {}

@@ -9,7 +9,9 @@ each face held for a stretch); the served archive of the profile's model store i
 profile's batch and worker settings (an eager archive is built from the weights when the store has
 none). Closed-loop client threads post back to back; after a warm-up, every request that starts and
 ends inside the window counts. Levels: videos alone at each ``video_users``; images alone at
-``image_users``; the same image users with ``mixed_video_users`` video users beside them.
+``image_users``; the same image users with ``mixed_video_users`` video users beside them. With
+``separate_video_model`` the same archive is registered a second time for the videos, unbatched
+(batch size 1) with ``video_workers`` workers: images and videos then queue apart.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from export.archive import DEFAULT_MODEL_NAME, ServingConfig, archive_backend, b
 # module measures with plain threads.
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "deepfake-detector-video-bench"
+VIDEO_MODEL = "deepfake-detector-video-bench-videos"  # with separate_video_model
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
@@ -72,22 +75,25 @@ def make_clip(images: list[bytes], seconds: float, fps: int) -> bytes:
     return buffer.getvalue()
 
 
-def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmup_s: float, seconds: float) -> dict:
-    """Closed-loop threads per kind ({kind: (bodies, users)}) for warm-up + window; per kind: rate,
-    latency percentiles, failures, and for videos the frames sampled per second."""
+def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmup_s: float, seconds: float,
+            models: dict[str, str] | None = None) -> dict:
+    """Closed-loop threads per kind ({kind: (bodies, users)}) for warm-up + window, posting to
+    ``model`` (or ``models[kind]``); per kind: rate, latency percentiles, failures, and for videos
+    the frames sampled per second."""
     start = time.monotonic()
     window = (start + warmup_s, start + warmup_s + seconds)
     records: dict[str, list] = {kind: [] for kind in kinds}
     lock = threading.Lock()
 
     def user(kind: str, bodies: list[bytes], offset: int):
+        target = (models or {}).get(kind, model)
         i = offset
         while time.monotonic() < window[1]:
             body = bodies[i % len(bodies)]
             i += 1
             began = time.monotonic()
             try:
-                reply = client.predict(model, body, headers={"Content-Type": "application/octet-stream"})
+                reply = client.predict(target, body, headers={"Content-Type": "application/octet-stream"})
                 ok, frames = reply.status_code == 200, (reply.json().get("frames_sampled", 0) if reply.status_code == 200 else 0)
             except Exception:  # a transport failure counts as a failed request
                 ok, frames = False, 0
@@ -116,17 +122,18 @@ def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmu
     return result
 
 
-def archive(profile: Profile, store: Path) -> tuple[Path, str]:
-    """(the archive to serve with the profile's video settings, its backend) in ``store``."""
+def archive(profile: Profile, store: Path, name: str, batch_size: int, max_batch_delay: int, workers: int) -> tuple[Path, str]:
+    """(an archive named ``name`` in ``store`` with these settings, its backend): the profile's
+    served archive repacked, else an eager one built from the weights."""
     s = profile.video
-    serving = {"batchSize": s.batch_size, "maxBatchDelay": s.max_batch_delay, "minWorkers": s.workers, "maxWorkers": s.workers,
+    serving = {"batchSize": batch_size, "maxBatchDelay": max_batch_delay, "minWorkers": workers, "maxWorkers": workers,
                "handler": {"threads": s.threads, "video_frames": s.frames}}
     source = served_archive(ROOT / profile.model_store, s.backend)
     if source is not None:
-        return repack(source, store / f"{MODEL}.mar", **serving), s.backend
-    config = ServingConfig(batch_size=s.batch_size, max_batch_delay=s.max_batch_delay, min_workers=s.workers,
-                           max_workers=s.workers, handler={"threads": s.threads, "video_frames": s.frames})
-    return build_archive(ROOT / profile.weights, export_path=store, model_name=MODEL, serving=config), "eager"
+        return repack(source, store / f"{name}.mar", **serving), s.backend
+    config = ServingConfig(batch_size=batch_size, max_batch_delay=max_batch_delay, min_workers=workers,
+                           max_workers=workers, handler={"threads": s.threads, "video_frames": s.frames})
+    return build_archive(ROOT / profile.weights, export_path=store, model_name=name, serving=config), "eager"
 
 
 def run(profile: Profile, server_dir: Path, log=print) -> dict:
@@ -138,18 +145,23 @@ def run(profile: Profile, server_dir: Path, log=print) -> dict:
     clip = make_clip(images, s.clip_seconds, s.fps)
     store = server_dir / "store"
     store.mkdir(parents=True, exist_ok=True)
-    mar, backend = archive(profile, store)
-    log(f"[video] {len(clip) / 1e6:.2f} MB clip, {s.clip_seconds:g} s at {s.fps} fps; serving a {backend} archive")
-    server = TorchServe(store, {MODEL: mar.name}, run_dir=server_dir, properties={"disable_system_metrics": "true"})
+    mar, backend = archive(profile, store, MODEL, s.batch_size, s.max_batch_delay, s.workers)
+    served = {MODEL: mar.name}
+    routes = {}
+    if s.separate_video_model:  # the same archive again, unbatched, for the videos
+        served[VIDEO_MODEL] = archive(profile, store, VIDEO_MODEL, 1, 0, s.video_workers)[0].name
+        routes = {"video": VIDEO_MODEL}
+    log(f"[video] {len(clip) / 1e6:.2f} MB clip, {s.clip_seconds:g} s at {s.fps} fps; serving a {backend} archive as {', '.join(served)}")
+    server = TorchServe(store, served, run_dir=server_dir, properties={"disable_system_metrics": "true"})
     server.start()
     levels = []
     try:
-        first = server.client.predict(MODEL, clip).json()
+        first = server.client.predict(routes.get("video", MODEL), clip).json()
         plan = [{"video": u, "image": 0} for u in s.video_users] + [{"video": 0, "image": s.image_users},
                                                                    {"video": s.mixed_video_users, "image": s.image_users}]
         for level in plan:
             kinds = {kind: (([clip] if kind == "video" else images), users) for kind, users in level.items() if users}
-            measured = measure(server.client, MODEL, kinds, s.warmup_s, s.seconds)
+            measured = measure(server.client, MODEL, kinds, s.warmup_s, s.seconds, routes)
             levels.append({"video_users": level["video"], "image_users": level["image"], **measured})
             log(f"[video] {level}: " + "; ".join(f"{k} {v['per_s']}/s p50 {v['latency_ms'].get('p50')} ms" for k, v in measured.items()))
     finally:
