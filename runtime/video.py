@@ -94,8 +94,9 @@ class Clip:
                     time_s = frame.time
                     if first_time is None:
                         first_time = time_s or 0.0
+                    # every frame: a stream may change its frame size after the header was checked
+                    _check_pixels(frame.width, frame.height, self.limits.max_pixels, self.limits.min_side)
                     if index in wanted:
-                        _check_pixels(frame.width, frame.height, self.limits.max_pixels, self.limits.min_side)
                         seconds = (time_s - first_time) if time_s is not None else index / self.rate
                         yield round(max(0.0, seconds), 3), upright(frame.to_image().convert("RGB"), frame.rotation)
                     if index >= last:
