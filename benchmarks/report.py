@@ -553,8 +553,8 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
                + f": {s['reason']}" for s in skipped]
         md.append("")
-    md += ["## Files", "", "`summary.json` (everything above, machine-readable), " +
-           ", ".join(f"`{c}`" for c in summary.get("_csvs", [])) + ", and the plots.", ""]
+    files = ["`summary.json` (everything above, machine-readable)", *(f"`{c}`" for c in summary.get("_csvs", []))]
+    md += ["## Files", "", ", ".join(files) + (", and the plots." if any(plots.values()) else "."), ""]
     return "\n".join(md)
 
 
