@@ -109,6 +109,28 @@ class LoadSettings:
 
 
 @dataclass
+class VideoSettings:
+    """The video profile (benchmarks/video_bench.py): one TorchServe layout, clips made from the
+    example faces, videos alone, images alone, and images beside videos."""
+
+    backend: str = "onnx"  # the served backend; an eager archive is built when the store has none
+    batch_size: int = 4
+    max_batch_delay: int = 10  # ms
+    workers: int = 2
+    threads: int = 1
+    frames: int = 32  # the handler's video_frames
+    clip_seconds: float = 10.0
+    fps: int = 25
+    video_users: list[int] = field(default_factory=lambda: [1, 4])
+    image_users: int = 4
+    mixed_video_users: int = 1  # video users beside the image users in the last level
+    separate_video_model: bool = False  # videos to a second registration of the archive, batch size 1
+    video_workers: int = 1  # that registration's workers
+    warmup_s: float = 3.0
+    seconds: float = 20.0  # measured window per level
+
+
+@dataclass
 class Profile:
     name: str = "custom"
     images: str = "examples"
@@ -118,12 +140,13 @@ class Profile:
     model: ModelSettings = field(default_factory=ModelSettings)
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     load: LoadSettings = field(default_factory=LoadSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings}
+_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings, "video": VideoSettings}
 
 
 def _apply(data: dict, dotted: str, value) -> None:

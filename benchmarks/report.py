@@ -545,6 +545,7 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
         if failed:
             md.append("")
 
+    md += video_section(summary)
     skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
     if skipped:
         md += ["## Not measured", ""]
@@ -552,9 +553,34 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
                + f": {s['reason']}" for s in skipped]
         md.append("")
-    md += ["## Files", "", "`summary.json` (everything above, machine-readable), " +
-           ", ".join(f"`{c}`" for c in summary.get("_csvs", [])) + ", and the plots.", ""]
+    files = ["`summary.json` (everything above, machine-readable)", *(f"`{c}`" for c in summary.get("_csvs", []))]
+    md += ["## Files", "", ", ".join(files) + (", and the plots." if any(plots.values()) else "."), ""]
     return "\n".join(md)
+
+
+def video_section(summary: dict) -> list[str]:
+    """Videos/s and frames/s end to end, and image latency with and without videos beside them."""
+    video = summary.get("video") or {}
+    if not video.get("results"):
+        return []
+    s, clip = video["settings"], video.get("clip") or {}
+    md = ["## Video (benchmarks/video_bench.py)", "",
+          f"A {video['clip_bytes'] / 1e6:.2f} MB H.264 MP4 of the example faces, {s['clip_seconds']:g} s at {s['fps']} fps "
+          f"({(clip.get('video') or {}).get('size')} px), {clip.get('frames_sampled')} frames sampled per video; "
+          f"{video['backend']}, batchSize {s['batch_size']}, maxBatchDelay {s['max_batch_delay']} ms, {s['workers']} workers x "
+          f"{s['threads']} thread"
+          + (f"; videos to a second registration of the archive, batch size 1, {s.get('video_workers')} worker(s)"
+             if s.get("separate_video_model") else "")
+          + f". Closed-loop client threads, {s['warmup_s']:g} s warm-up, then a {s['seconds']:g} s window.", ""]
+    rows = []
+    for r in video["results"]:
+        v, i = r.get("video") or {}, r.get("image") or {}
+        rows.append([r["video_users"], r["image_users"], v.get("per_s"), v.get("frames_per_s"), (v.get("latency_ms") or {}).get("p50"),
+                     (v.get("latency_ms") or {}).get("p99"), i.get("per_s"), (i.get("latency_ms") or {}).get("p50"),
+                     (i.get("latency_ms") or {}).get("p99"), v.get("failures", 0) + i.get("failures", 0)])
+    md.append(table(["video users", "image users", "videos/s", "frames/s", "video p50 ms", "video p99 ms",
+                     "images/s", "image p50 ms", "image p99 ms", "failures"], rows))
+    return md + [""]
 
 
 def build(run_dir: str | Path) -> Path:

@@ -1,8 +1,9 @@
-"""One benchmark run: preprocessing, model-only and end-to-end load, then the report.
+"""One benchmark run: preprocessing, model-only, end-to-end load and video, then the report.
 
     python -m benchmarks.run --profile quick                  # `make bench`
     python -m benchmarks.run --profile full                   # `make bench-full`
     python -m benchmarks.run --profile quick --only model --set model.backends=[eager,onnx]
+    python -m benchmarks.run --profile quick --only video    # videos/s, frames/s, images beside videos
 
 Writes ``benchmarks/reports/<UTC time>-<device>-<profile>/`` (or --out): summary.json, report.md,
 CSVs and plots. The load phase runs in its own process (Locust's gevent patches the standard library),
@@ -20,11 +21,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import machine, model_bench, preprocess_bench, report
+from benchmarks import machine, model_bench, preprocess_bench, report, video_bench
 from benchmarks.profile import load_profile, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("preprocess", "model", "load")
+PHASES = ("preprocess", "model", "load", "video")
 
 
 def device_label(device: str) -> str:
@@ -91,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             summary["load"] = json.loads(load_json.read_text())
             load_json.unlink()
         save()
+    if "video" in args.only:
+        summary["video"] = video_bench.run(profile, ROOT / "build" / "bench-video-server" / out.name, log=lambda m: print(m, flush=True))
+        save()
     path = report.build(out)
     print(f"[bench] done in {(time.monotonic() - began) / 60:.1f} min: {path}", flush=True)
-    return 0 if "load" not in args.only or summary["load"].get("results") else 1
+    loaded = "load" not in args.only or summary["load"].get("results")
+    return 0 if loaded and ("video" not in args.only or summary["video"].get("results")) else 1
 
 
 if __name__ == "__main__":

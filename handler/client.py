@@ -1,13 +1,15 @@
 """Command-line client for the served detector.
 
     python -m handler.client face.jpg                       # the JSON verdict
+    python -m handler.client clip.mp4                       # a video: one verdict with a timeline
     python -m handler.client photos/ --csv verdicts.csv -c 8  # a folder -> CSV, 8 requests in flight
     python -m handler.client face.jpg --explain heatmap.png   # Grad-CAM of the face crop to a PNG
     python -m handler.client examples --repeat 25 -c 16 --csv /tmp/v.csv   # a quick load check
 
 The token comes from --token, else $DEEPFAKE_TOKEN, else the key file of the server ``make serve``
-started (``build/serve/key_file.json``). Images are sent raw with their own Content-Type (TorchServe
-would parse a body without one as a URL-encoded form).
+started (``build/serve/key_file.json``). Images and videos are sent raw with their own Content-Type
+(TorchServe would parse a body without one as a URL-encoded form); the server tells them apart by
+their bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from handler.tsclient import TorchServeClient, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-CSV_FIELDS = ["path", "status", "label", "fake_probability", "threshold", "faces", "face_score", "warning", "error", "latency_ms"]
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm"}
+CSV_FIELDS = ["path", "status", "media", "label", "fake_probability", "threshold", "faces", "face_score",
+              "frames_sampled", "frames_with_face", "warning", "error", "latency_ms"]
 
 
 class Client:
@@ -63,6 +67,9 @@ class Client:
                 faces=len(body.get("faces", [])),
                 face_score=face.get("score", ""),
                 warning=body.get("warning", ""),
+                media=body.get("media", ""),
+                frames_sampled=body.get("frames_sampled", ""),  # videos only
+                frames_with_face=body.get("frames_with_face", ""),
             )
         else:
             row["error"] = body.get("error") or body.get("message") or response.text[:200]
@@ -92,7 +99,7 @@ def images_in(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
         else:
             found.append(path)
     return found
@@ -132,14 +139,14 @@ def summary(rows: list[dict], elapsed: float, concurrency: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
+    parser.add_argument("paths", nargs="+", type=Path, help="image or video files and/or folders")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference API")
     parser.add_argument("--model", default="deepfake-detector")
     parser.add_argument("--token", help="inference key (default: $DEEPFAKE_TOKEN or the make-serve key file)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve", help="where make serve keeps key_file.json")
     parser.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight for folders")
     parser.add_argument("--csv", type=Path, help="write folder results here instead of stdout")
-    parser.add_argument("--explain", type=Path, metavar="PNG", help="save the Grad-CAM heatmap of one image")
+    parser.add_argument("--explain", type=Path, metavar="PNG", help="save the Grad-CAM heatmap of one image (of a video: its most suspicious frame)")
     parser.add_argument("--repeat", type=int, default=1, help="send the images this many times (a quick load check)")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args(argv)
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     client = Client(args.url, args.model, find_token(args), args.timeout)
     paths = images_in(args.paths)
     if not paths:
-        parser.error("no images found")
+        parser.error("no images or videos found")
     paths = paths * max(1, args.repeat)
 
     if args.explain:

@@ -8,8 +8,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from runtime.preprocessing import ImageError, Prepared
+
+if TYPE_CHECKING:
+    from handler.video import PreparedVideo
+    from runtime.video import Clip
 
 # ImageError code -> HTTP status. Unknown codes are client errors too (400).
 HTTP_STATUS = {
@@ -24,6 +29,13 @@ HTTP_STATUS = {
     "image_too_small": 422,
     "unprocessable_image": 422,
     "explain_unavailable": 422,
+    # videos (runtime/video.py)
+    "video_too_large": 413,
+    "video_too_long": 413,
+    "frame_too_large": 413,
+    "frame_too_small": 422,
+    "no_video_stream": 422,
+    "corrupt_video": 422,
 }
 # Multipart field names tried in order; any other single field is accepted too.
 IMAGE_FIELDS = ("image", "file", "data", "body")
@@ -35,7 +47,8 @@ def http_status(error: ImageError) -> int:
 
 def image_bytes(row: dict, content_type: str | None = None) -> bytes:
     """The image bytes of one TorchServe request row: the raw body, one multipart field, or a JSON
-    body ``{"image": "<base64>"}`` (TorchServe hands JSON over already parsed; a data URL is fine)."""
+    body ``{"image": "<base64>"}`` or ``{"video": "<base64>"}`` (TorchServe hands JSON over already
+    parsed; a data URL is fine). Whether the bytes are an image or a video is decided from them later."""
     value = next((row[k] for k in IMAGE_FIELDS if k in row), None)
     if value is None:
         fields = [v for v in row.values() if v is not None]
@@ -43,9 +56,9 @@ def image_bytes(row: dict, content_type: str | None = None) -> bytes:
             raise ImageError("missing_image", 'send the image as the body, one multipart field, or JSON {"image": base64}')
         value = fields[0]
     if isinstance(value, dict):
-        encoded = value.get("image")
+        encoded = value.get("image", value.get("video"))
         if not isinstance(encoded, str):
-            raise ImageError("missing_image", 'JSON bodies must look like {"image": "<base64>"}')
+            raise ImageError("missing_image", 'JSON bodies must look like {"image": "<base64>"} or {"video": "<base64>"}')
         if encoded.startswith("data:") and "," in encoded:
             encoded = encoded.split(",", 1)[1]
         try:
@@ -68,6 +81,8 @@ class Request:
     explain: bool = False
     error: ImageError | None = None
     prepared: Prepared | None = None
+    clip: Clip | None = None  # a video request, checked but not decoded yet
+    video: PreparedVideo | None = None  # a video request's frames, one crop each
     rows: slice | None = None  # its crops' rows in the batch tensor
     probabilities: list[float] = field(default_factory=list)
     explanation: dict | None = None
