@@ -205,6 +205,8 @@ class DeepfakeHandler(BaseHandler):
                 try:
                     crop = tensor[request.rows][:1].to(self.device, torch.float32)
                     request.explanation = gradcam.explain(self._explain_model(), crop)
+                    # where the crop lies in the image, [x1, y1, x2, y2]: the page lays the map there
+                    request.explanation["region"] = [int(v) for v in request.prepared.crop_boxes[0]]
                 except ImageError as error:
                     request.error = error
             if request.error is not None:
