@@ -24,6 +24,7 @@ Reading::
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import logging
 import queue
@@ -294,6 +295,7 @@ def recorder_from_config(config_url: str | None, environ: dict) -> Recorder | No
     except Exception:  # a malformed URL or a missing driver: serve anyway, say why
         logger.exception("prediction records are off: cannot open %s", url)
         return None
+    atexit.register(recorder.flush, 5)  # a worker that exits normally writes what it queued
     logger.info("prediction records go to %s", make_url(recorder.url).render_as_string())
     return recorder
 

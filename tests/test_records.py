@@ -259,3 +259,34 @@ def test_every_rest_prediction_is_recorded(torchserve, astronaut_jpeg):
             assert row["explain"] == ("explanation" in answer)
         else:
             assert (row["error"], row["label"], row["faces"]) == (answer["error"], None, None)
+
+
+@pytest.mark.integration
+def test_two_workers_share_one_sqlite_store(torchserve, model_store, weights_path, astronaut_jpeg, tmp_path):
+    """Two workers of one model append to the same SQLite file (WAL) while a burst is batched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from export.archive import ServingConfig, build_archive
+
+    name, url = "deepfake-two", sqlite_url(tmp_path)
+    serving = ServingConfig(batch_size=4, max_batch_delay=50, min_workers=2, max_workers=2, handler={"threads": 1, "records_url": url})
+    build_archive(weights_path, export_path=model_store, model_name=name, serving=serving)
+    torchserve.register(f"{name}.mar", name, workers=2)
+    try:
+        assert len(torchserve.client.worker_pids(name)) == 2
+        bodies = unique_jpegs(astronaut_jpeg, 24, b"two-workers-")
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda body: torchserve.predict(name, body).status_code, bodies))
+        assert statuses == [200] * len(bodies)
+        engine = records.open_engine(url)
+        digests = {hashlib.sha256(b).hexdigest() for b in bodies}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stored = {r["sha256"] for r in records.query(engine, limit=None, model=name)} & digests
+            if stored == digests:
+                break
+            time.sleep(0.3)
+        assert stored == digests
+        assert "DeepfakeRecordsLost{" not in torchserve.metrics() or prometheus_total(torchserve.metrics(), "DeepfakeRecordsLost", name) == 0
+    finally:
+        torchserve.unregister(name)
