@@ -1,8 +1,8 @@
 """Prediction records: one row per answer the handler gives, kept in SQLite or PostgreSQL.
 
 Worker side (shipped inside the model archive): the handler hands each batch's rows to a
-``Recorder``, which queues them (bounded, never blocking) for a background thread that inserts them
-in batches. A slow or dead database costs rows, never predictions: rows it cannot take are dropped,
+``Recorder``, which buffers them (bounded, never blocking) for a background thread that inserts them
+in batches every half second. A slow or dead database costs rows, never predictions: rows it cannot take are dropped,
 logged and counted (``drain_counts``, which the handler reports as ``DeepfakeRecords*`` metrics), and
 writing resumes once the database answers again.
 
@@ -27,7 +27,6 @@ import argparse
 import atexit
 import csv
 import logging
-import queue
 import re
 import sys
 import threading
@@ -205,15 +204,23 @@ def prediction_row(
 
 
 class Recorder:
-    """A bounded queue and one writer thread. ``record`` never blocks and never raises."""
+    """A bounded buffer and one writer thread. ``record`` never blocks and never raises.
 
-    def __init__(self, url: str, queue_size: int = 10_000, batch_rows: int = 500, linger_s: float = 0.5):
+    The writer wakes on a fixed period, not per row: a thread woken per request competes for the GIL
+    with the model's thread on every request, and on a busy host each hand-over can wait for a CPU
+    slot (measured: 18.6 % fewer requests/s with a queue woken per row, benchmarks/reports/*-records).
+    """
+
+    def __init__(self, url: str, queue_size: int = 10_000, batch_rows: int = 500, interval_s: float = 0.5):
         self.url = normalise_url(url)
         self.engine = open_engine(self.url)
-        self.batch_rows = batch_rows
-        self.linger_s = linger_s  # after the first row, wait this long for more to share a transaction
-        self._queue: queue.Queue = queue.Queue(queue_size)
+        self.queue_size = queue_size  # rows waiting at most; beyond it rows are dropped and counted
+        self.batch_rows = batch_rows  # rows per INSERT transaction
+        self.interval_s = interval_s  # how often the writer looks for rows
         self._lock = threading.Lock()
+        self._pending: list[dict] = []
+        self._busy = False  # the writer holds rows it took but has not written yet
+        self._wake = threading.Event()
         self._counts = {"written": 0, "lost_queue_full": 0, "lost_db_error": 0}
         self._reported = dict(self._counts)
         self._schema_ready = False
@@ -221,12 +228,11 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="records-writer", daemon=True)
         self._thread.start()
 
-    def record(self, rows: Iterable[dict]) -> None:
-        for row in rows:
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
-                self._count("lost_queue_full", 1)
+    def record(self, rows: list[dict]) -> None:
+        with self._lock:
+            room = max(0, self.queue_size - len(self._pending))
+            self._pending.extend(rows[:room])
+            self._counts["lost_queue_full"] += max(0, len(rows) - room)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -240,11 +246,15 @@ class Recorder:
         return delta
 
     def flush(self, timeout: float = 30) -> bool:
-        """Wait until every queued row was written or counted lost (tests, shutdown)."""
+        """Wait until every recorded row was written or counted lost (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending and not self._busy:
+                    return True
+            self._wake.set()
             time.sleep(0.02)
-        return not self._queue.unfinished_tasks
+        return False
 
     def close(self, timeout: float = 10) -> None:
         self.flush(timeout)
@@ -256,16 +266,15 @@ class Recorder:
 
     def _run(self) -> None:
         while True:
-            rows = [self._queue.get()]
-            deadline = time.monotonic() + self.linger_s
-            while len(rows) < self.batch_rows:
-                try:
-                    rows.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            self._write(rows)
-            for _ in rows:
-                self._queue.task_done()
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            with self._lock:
+                rows, self._pending = self._pending, []
+                self._busy = bool(rows)
+            for start in range(0, len(rows), self.batch_rows):
+                self._write(rows[start : start + self.batch_rows])
+            with self._lock:
+                self._busy = False
 
     def _write(self, rows: list[dict]) -> None:
         try:
