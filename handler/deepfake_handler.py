@@ -6,7 +6,7 @@ request go through the model in one forward pass. A bad request gets its own 4xx
 reason; its batch-mates are answered normally.
 
 Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
-handler's own modules (``handler/payload.py``, ``handler/gradcam.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/records.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
 ``handler:`` section picks backend, precision and artifact.
 """
 

@@ -69,8 +69,12 @@ def create_app(client: TorchServeClient, model: str, store_url: str, max_body: i
             payload = answer.json()
         except ValueError:  # the frontend's own refusals (e.g. its body cap) are not always JSON
             payload = None
+        if answer.status_code != 200 and not (isinstance(payload, dict) and "error" in payload):
+            # TorchServe's own refusals ({"code", "type", "message"}: no workers, timeouts, its body cap)
+            message = payload.get("message") if isinstance(payload, dict) else answer.text[:300]
+            return refusal(answer.status_code if answer.status_code >= 400 else 502, "model_server_error", message or "no answer")
         if not isinstance(payload, dict):
-            return refusal(answer.status_code if answer.status_code >= 400 else 502, "model_server_error", answer.text[:300] or "no answer")
+            return refusal(502, "model_server_error", "the model server's answer was not JSON")
         return JSONResponse(payload, status_code=answer.status_code)
 
     @app.post("/api/predict")

@@ -27,6 +27,7 @@ import argparse
 import atexit
 import csv
 import logging
+import os
 import re
 import sys
 import threading
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=["list", "export"])
     parser.add_argument("csv", nargs="?", default="-", help="export: the CSV file to write ('-': stdout)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help="the store's SQLAlchemy URL (sqlite:///..., postgresql://...)")
+    where.add_argument("--url", help=f"the store's SQLAlchemy URL (sqlite:///..., postgresql://...); default ${ENV_URL}")
     where.add_argument("--run-dir", type=Path, default=Path("build/serve"), help="a server's run folder (its store)")
     parser.add_argument("--since", help="ISO time or an age: 30m, 24h, 7d")
     parser.add_argument("--until", help="ISO time or an age")
@@ -382,13 +383,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=50, help="list: rows to show (export writes all)")
     args = parser.parse_args(argv)
 
-    if args.url:
-        url = args.url
+    if args.url or os.environ.get(ENV_URL):  # the same precedence as handler/server.py
+        url = args.url or os.environ[ENV_URL]
     else:
         from handler.tsconfig import read_properties
 
         config = args.run_dir / "config.properties"
         url = store_url(args.run_dir, read_properties(config) if config.exists() else {})
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        sys.exit(f"no records at {parsed.database} (nothing served from that run folder yet?)")
     engine = open_engine(url)
     filters = dict(since=parse_time(args.since), until=parse_time(args.until), label=args.label, model=args.model,
                    refused=True if args.refused else None)  # fmt: skip

@@ -116,7 +116,7 @@ class TorchServe:
         """Where this server's workers record predictions (handler/records.py): the environment's
         DEEPFAKE_RECORDS_URL, else config.properties' deepfake_records_url, else SQLite in the run folder."""
         configured = {**read_properties(self.config), **{k: str(v) for k, v in self.properties.items()}}
-        return self._env_overrides().get(records.ENV_URL) or records.store_url(self.run_dir, configured)
+        return self._base_env().get(records.ENV_URL) or records.store_url(self.run_dir, configured)
 
     @property
     def inference_url(self) -> str:
@@ -398,11 +398,11 @@ class TorchServe:
                 parts.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(tail))
         return "\n".join(parts) or f"(no logs in {self.log_dir})"
 
-    def _env_overrides(self) -> dict[str, str]:
+    def _base_env(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
     def _env(self) -> dict[str, str]:
-        env = self._env_overrides()
+        env = self._base_env()
         env[records.ENV_URL] = self.records_url  # the workers inherit the frontend's environment
         # TEMP sets the JVM's java.io.tmpdir, where the worker sockets live: servers must not share it
         tmp = str(self.tmp_dir)

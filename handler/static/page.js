@@ -18,6 +18,7 @@ const FRIENDLY = {
   image_too_large: "The image is too large.",
   unprocessable_image: "The detector could not process this image.",
   server_unavailable: "The model server is not answering right now; try again shortly.",
+  model_server_error: "The model server could not answer this time; try again shortly.",
 };
 
 function showError(answer) {
