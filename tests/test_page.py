@@ -135,10 +135,43 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
     csv_text = requests.get(by_id("csv").get_attribute("href"), timeout=30).text
     assert fake_digest in csv_text
 
+    # REST predictions from elsewhere show up in the page's history too, ten to a page
+    from handler.tsclient import probe_image
+
+    probe = probe_image()
+    for i in range(11):
+        assert torchserve.predict(MODEL, probe + b"history-%d" % i, headers={"Content-Type": "image/png"}).status_code == 200
+    newest = hashlib.sha256(probe + b"history-10").hexdigest()[:12]
+    WebDriverWait(browser, 30).until(lambda d: newest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == 10
+    by_id("next").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "page-info").text.startswith("page 2 of"))
+    assert newest not in browser.find_element(By.CSS_SELECTOR, "#history tbody").text
+
     # the model server's keys stay on the server side
     sources = [browser.page_source] + [requests.get(f"{page}/static/{name}", timeout=10).text for name in ("page.js", "page.css")]
     for key in (torchserve.key("inference"), torchserve.key("management")):
         assert key and all(key not in source for source in sources)
+
+
+def test_dropping_a_file_on_the_page(page, browser, torchserve):
+    """A drop event carrying the fake example, as a drag from the desktop delivers it."""
+    import base64
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page)
+    browser.execute_script(
+        """const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));""",
+        base64.b64encode(FAKE.read_bytes()).decode(),
+    )
+    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label"))
+    expected = torchserve.predict(MODEL, FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
+    assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"] == "fake"
 
 
 def test_page_server_refuses_oversized_bodies_and_bad_filters(page):
@@ -148,3 +181,33 @@ def test_page_server_refuses_oversized_bodies_and_bad_filters(page):
     assert response.status_code == 400 and response.json()["error"] == "bad_filter"
     history = requests.get(f"{page}/api/history", params={"per_page": 2}, timeout=30).json()
     assert len(history["rows"]) <= 2 and history["total"] >= len(history["rows"])
+
+
+def test_page_says_so_when_the_model_server_is_down(tmp_path):
+    """A run folder whose TorchServe is gone: the page still serves, and an upload gets a JSON 502."""
+    import json
+
+    from handler.tsconfig import Ports
+
+    ports = Ports.free()
+    state = {"pid": None, "model_store": str(tmp_path), "models": {MODEL: f"{MODEL}.mar"}, "config": str(ROOT / "config.properties"),
+             "ports": ports.__dict__, "token_auth": False, "watchdog_pid": None}  # fmt: skip
+    (tmp_path / "server.json").write_text(json.dumps(state))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "handler.page", "--run-dir", str(tmp_path), "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        response = requests.post(f"{url}/api/predict", data=FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert response.status_code == 502 and response.json()["error"] == "server_unavailable"
+        assert requests.get(f"{url}/api/history", timeout=30).json()["total"] == 0
+    finally:
+        process.terminate()
+        process.wait(10)
