@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -94,9 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records-url", help="record here instead of the server's SQLite (e.g. postgresql://...)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/reports")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # for the report
 
     images = [p.read_bytes() for p in sorted((ROOT / "examples").glob("*/*.jpg"))]
     store = Path(tempfile.mkdtemp(prefix="records-bench-"))
+    try:
+        run(args, images, store)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def run(args, images: list[bytes], store: Path) -> None:
     serving = ServingConfig(batch_size=args.batch_size, max_batch_delay=args.batch_delay, min_workers=args.workers,
                             max_workers=args.workers, handler={"threads": 1})  # fmt: skip
     base = build_archive(args.weights, args.backend, args.artifact, export_path=store, model_name="records-base", serving=serving)
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "# Prediction records: throughput with records on vs off", "",
-        f"`python -m benchmarks.records_cost {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+        f"`python -m benchmarks.records_cost {' '.join(args.argv)}`", "",
         f"One TorchServe, the same {args.backend} archive twice ({args.workers} workers x 1 thread, batch "
         f"{args.batch_size} within {args.batch_delay} ms): `records_url: off` against recording to "
         f"{summary['store']}. {args.users} closed-loop users, {args.window:.0f} s windows after {args.warmup:.0f} s "
