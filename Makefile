@@ -10,7 +10,7 @@ MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
 DATA ?= ../shared/data/faces ../shared/data/photoshop
 
-.PHONY: setup setup-gpu test serve stop status train evaluate dataset-report export archive bench bench-full soak clean
+.PHONY: setup setup-gpu test serve ui records stop status train evaluate dataset-report export archive bench bench-full soak clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,16 @@ $(SERVING): $(STAMP) $(ARCHIVE_SOURCES)
 # and leaves the watchdog (handler/watchdog.py) probing it with real predictions and recovering it.
 serve: $(SERVING)
 	$(PY) -m handler.server start --run-dir $(SERVE_DIR) --model-store model_store --models $(MODEL)=$(MODEL).mar
+	@echo "the upload page: make ui  ->  http://127.0.0.1:$(UI_PORT)/  (history: make records)"
+
+# The upload page (handler/page.py) for `make serve`'s server, on loopback, in the foreground; it keeps
+# TorchServe's key on the server side. `make records` lists the latest prediction records.
+UI_PORT ?= 8090
+ui: $(STAMP)
+	$(PY) -m handler.page --run-dir $(SERVE_DIR) --model $(MODEL) --port $(UI_PORT)
+
+records: $(STAMP)
+	$(PY) -m handler.records list --run-dir $(SERVE_DIR)
 
 # Stops the watchdog, then TorchServe.
 stop:

@@ -7,14 +7,16 @@ reason; its batch-mates are answered normally. A video (``runtime/video.py``, ``
 adds one crop per sampled frame to the same forward pass and gets one verdict with a timeline.
 
 Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
-handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``, ``handler/records.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
 ``handler:`` section picks backend, precision and artifact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ from ts.metrics.dimension import Dimension  # noqa: E402
 from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
-from handler import gradcam  # noqa: E402
+from handler import gradcam, records  # noqa: E402
 from handler.payload import Request, http_status, image_bytes  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
@@ -126,6 +128,8 @@ class DeepfakeHandler(BaseHandler):
             "device": self.backend.device.type,  # where the model really runs (ONNX may fall back to CPU)
         }
         self.manifest = manifest
+        # prediction records (handler/records.py): queued here, written by a background thread
+        self.recorder = records.recorder_from_config(config.get("records_url"), os.environ)
         self.initialized = True
         logger.info("deepfake handler ready: %s", self.model_info)
 
@@ -148,7 +152,9 @@ class DeepfakeHandler(BaseHandler):
             known = batch[0] if batch else [Request() for _ in data]
             responses = [self._error(i, r.error) if r.error else self._error(i, fault, 500) for i, r in enumerate(known)]
         self._end_grpc_streams(len(data))
-        self._metric("HandlerTime", (time.perf_counter() - start) * 1000, "ms")
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        self._metric("HandlerTime", elapsed_ms, "ms")
+        self._record(batch[0] if batch else [Request() for _ in data], responses, elapsed_ms)
         return responses
 
     def describe_handle(self) -> dict:
@@ -178,6 +184,7 @@ class DeepfakeHandler(BaseHandler):
             try:
                 content_type = self._header(idx, "Content-Type") or self._header(idx, "content-type")
                 data_bytes = image_bytes(row, content_type)
+                request.digest, request.byte_count = hashlib.sha256(data_bytes).hexdigest(), len(data_bytes)
                 if is_video(data_bytes):  # by content: MP4, MOV, MKV, WebM
                     request.clip = open_video(data_bytes, self.video_limits, self.threads)
                 else:
@@ -243,6 +250,8 @@ class DeepfakeHandler(BaseHandler):
                     request.explanation = gradcam.explain(self._explain_model(), crop)
                     if request.video is not None:
                         request.explanation["frame_time_s"] = request.video.times[row]
+                    else:  # where the crop lies in the image, [x1, y1, x2, y2]: the page lays the map there
+                        request.explanation["region"] = [int(v) for v in request.prepared.crop_boxes[0]]
                 except ImageError as error:
                     request.error = error
             if request.error is not None:
@@ -314,6 +323,26 @@ class DeepfakeHandler(BaseHandler):
         self.context.set_response_status(status or http_status(error), error.message, idx)
         self._metric("Errors", 1, "count", MetricTypes.COUNTER, kind=error.code)
         return {"error": error.code, "message": error.message}
+
+    def _record(self, requests: list[Request], responses: list, elapsed_ms: float) -> None:
+        """Queue one record per answer (never blocks, never raises) and report the writer's counts."""
+        if self.recorder is None:
+            return
+        try:
+            rows = []
+            for idx, (request, answer) in enumerate(zip(requests, responses)):
+                status = 200 if "error" not in answer else (http_status(request.error) if request.error else 500)
+                request_id = self.context.get_request_id(idx) if hasattr(self.context, "get_request_id") else None
+                rows.append(records.prediction_row(answer, status, self.model_info, request_id, request.digest,
+                                                   request.byte_count, elapsed_ms, request.explain))  # fmt: skip
+            self.recorder.record(rows)
+            for key, n in self.recorder.drain_counts().items():
+                if n and key.startswith("lost_"):
+                    self._metric("RecordsLost", n, "count", MetricTypes.COUNTER, reason=key.removeprefix("lost_"))
+                elif n:
+                    self._metric("RecordsWritten", n, "count", MetricTypes.COUNTER)
+        except Exception:  # recording must never cost a prediction
+            logger.exception("could not queue the prediction records of this batch")
 
     def _end_grpc_streams(self, count: int) -> None:
         """Mark each gRPC request's answer as the last of its stream. TorchServe 0.12's frontend

@@ -86,3 +86,5 @@ class Request:
     rows: slice | None = None  # its crops' rows in the batch tensor
     probabilities: list[float] = field(default_factory=list)
     explanation: dict | None = None
+    digest: str | None = None  # SHA-256 of the image bytes, for the prediction records
+    byte_count: int | None = None

@@ -39,8 +39,9 @@ from typing import Mapping
 import psutil
 import requests
 
+from handler import records
 from handler.tsclient import TorchServeClient, TorchServeError, probe_image, read_keys
-from handler.tsconfig import Ports, render_config
+from handler.tsconfig import Ports, read_properties, render_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config.properties"
@@ -109,6 +110,13 @@ class TorchServe:
     @property
     def watchdog_state(self) -> Path:
         return self.run_dir / WATCHDOG_STATE
+
+    @property
+    def records_url(self) -> str:
+        """Where this server's workers record predictions (handler/records.py): the environment's
+        DEEPFAKE_RECORDS_URL, else config.properties' deepfake_records_url, else SQLite in the run folder."""
+        configured = {**read_properties(self.config), **{k: str(v) for k, v in self.properties.items()}}
+        return self._base_env().get(records.ENV_URL) or records.store_url(self.run_dir, configured)
 
     @property
     def inference_url(self) -> str:
@@ -390,8 +398,12 @@ class TorchServe:
                 parts.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(tail))
         return "\n".join(parts) or f"(no logs in {self.log_dir})"
 
+    def _base_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, **self.env}
+        env = self._base_env()
+        env[records.ENV_URL] = self.records_url  # the workers inherit the frontend's environment
         # TEMP sets the JVM's java.io.tmpdir, where the worker sockets live: servers must not share it
         tmp = str(self.tmp_dir)
         env.update(TMPDIR=tmp, TEMP=tmp, LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir))

@@ -2,7 +2,11 @@
 # System packages that `make serve` and `make test` need on a bare Debian or Ubuntu, each installed
 # only when missing, and named before it is installed:
 #   - the venv module of the chosen Python (Debian splits it out as pythonX.Y-venv),
-#   - a Java 17+ runtime for TorchServe's frontend (Debian 12 / Ubuntu 22.04-24.04: 17; Debian 13: 21).
+#   - a Java 17+ runtime for TorchServe's frontend (Debian 12 / Ubuntu 22.04-24.04: 17; Debian 13: 21),
+#   - for the tests of the prediction records and the page: PostgreSQL's server (`postgresql`; the
+#     tests start their own on a free port) and a headless browser (`chromium`, `chromium-driver`).
+#     Where apt has no such package (Ubuntu ships Chromium as a snap) it is skipped with a note, and
+#     those tests skip with the reason.
 # Usage: scripts/install-system.sh [PYTHON]   (default python3)
 set -euo pipefail
 PYTHON=${1:-python3}
@@ -11,12 +15,22 @@ need_venv=0
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need_venv=1
 need_java=0
 java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || need_java=1
-[ "$need_venv" -eq 0 ] && [ "$need_java" -eq 0 ] && exit 0
+# --- prediction records and page tests (issue 11) ---
+need_postgres=0
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_postgres=1
+need_chromium=0
+command -v chromium >/dev/null || need_chromium=1
+need_driver=0
+command -v chromedriver >/dev/null || need_driver=1
+# ---
+[ "$need_venv" -eq 0 ] && [ "$need_java" -eq 0 ] && [ "$need_postgres" -eq 0 ] && [ "$need_chromium" -eq 0 ] && [ "$need_driver" -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null; then
     [ "$need_venv" -eq 1 ] && echo "error: $PYTHON has no venv/ensurepip module; install it with your package manager" >&2
     [ "$need_java" -eq 1 ] && echo "error: TorchServe needs Java 17 or newer on PATH; install a JRE with your package manager" >&2
-    exit 1
+    [ "$need_venv" -eq 1 ] || [ "$need_java" -eq 1 ] && exit 1
+    echo "install-system: no apt-get: PostgreSQL / Chromium tests skip unless you install them" >&2
+    exit 0
 fi
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
@@ -30,5 +44,16 @@ if [ "$need_java" -eq 1 ]; then
         if apt-cache show "$jre" >/dev/null 2>&1; then packages+=("$jre"); break; fi
     done
 fi
+# --- prediction records and page tests (issue 11) ---
+optional=()
+[ "$need_postgres" -eq 1 ] && optional+=(postgresql)
+[ "$need_chromium" -eq 1 ] && optional+=(chromium)
+[ "$need_driver" -eq 1 ] && optional+=(chromium-driver)
+for package in "${optional[@]}"; do
+    if apt-cache show "$package" >/dev/null 2>&1; then packages+=("$package")
+    else echo "install-system: $package is not in apt here; its tests will skip" >&2; fi
+done
+# ---
+[ "${#packages[@]}" -eq 0 ] && exit 0
 echo "install-system: installing ${packages[*]} (missing for make serve / make test)" >&2
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"

@@ -1,0 +1,152 @@
+"""The upload page: one HTML page on loopback, and the small server behind it.
+
+The browser talks only to this server. It forwards images to TorchServe with the inference key,
+which never leaves the server, and reads the history from the prediction records
+(``handler/records.py``) of the same run folder::
+
+    python -m handler.page --run-dir build/serve          # make ui; prints http://127.0.0.1:8090/
+
+Routes: ``GET /`` the page (``handler/static/``: local HTML, JS and CSS, nothing from the
+internet); ``POST /api/predict`` and ``POST /api/explain`` take the raw image bytes as the body and
+answer TorchServe's JSON with its status; ``GET /api/history`` a page of records (newest first,
+filters ``label``, ``model``, ``since``, ``until``); ``GET /api/history.csv`` the same rows as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import requests
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from handler import records
+from handler.server import ROOT, TorchServe
+from handler.tsclient import TorchServeClient
+
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_PORT = 8090
+MAX_BODY = 16 * 1024 * 1024  # TorchServe's max_request_size: the same limit, refused before forwarding
+
+
+def refusal(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def create_app(client: TorchServeClient, model: str, store_url: str, max_body: int = MAX_BODY) -> FastAPI:
+    app = FastAPI(title="Deepfake detector", docs_url=None, redoc_url=None, openapi_url=None)
+    engine = records.open_engine(store_url)
+    try:  # a page opened before the first prediction still has an (empty) history
+        records.ensure_schema(engine)
+    except Exception as exc:
+        print(f"warning: the records store is not reachable yet ({exc}); the history fills once it is")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    async def forward(request: Request, explain: bool) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            return refusal(413, "image_too_large", f"the file is over {max_body // 2**20} MiB")
+        body = await request.body()
+        if len(body) > max_body:
+            return refusal(413, "image_too_large", f"the file is over {max_body // 2**20} MiB")
+        # TorchServe reads a body without a content type as a form; an unnamed file is raw bytes
+        headers = {"Content-Type": request.headers.get("content-type") or "application/octet-stream"}
+        call = client.explain if explain else client.predict
+        try:
+            answer = await run_in_threadpool(call, model, body, 120, headers=headers)
+        except requests.RequestException as exc:
+            return refusal(502, "server_unavailable", f"the model server did not answer ({type(exc).__name__})")
+        try:
+            payload = answer.json()
+        except ValueError:  # the frontend's own refusals (e.g. its body cap) are not always JSON
+            payload = None
+        if answer.status_code != 200 and not (isinstance(payload, dict) and "error" in payload):
+            # TorchServe's own refusals ({"code", "type", "message"}: no workers, timeouts, its body cap)
+            message = payload.get("message") if isinstance(payload, dict) else answer.text[:300]
+            return refusal(answer.status_code if answer.status_code >= 400 else 502, "model_server_error", message or "no answer")
+        if not isinstance(payload, dict):
+            return refusal(502, "model_server_error", "the model server's answer was not JSON")
+        return JSONResponse(payload, status_code=answer.status_code)
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> JSONResponse:
+        return await forward(request, explain=False)
+
+    @app.post("/api/explain")
+    async def explain(request: Request) -> JSONResponse:
+        return await forward(request, explain=True)
+
+    def filters(label, model_name, since, until) -> dict:
+        try:
+            return dict(label=label or None, model=model_name or None, since=records.parse_time(since), until=records.parse_time(until))
+        except ValueError as exc:
+            raise BadFilter(str(exc)) from None
+
+    @app.get("/api/history")
+    def history(
+        page: int = Query(1, ge=1),
+        per_page: int = Query(10, ge=1, le=200),
+        label: str | None = None,
+        model_name: str | None = Query(None, alias="model"),
+        since: str | None = None,
+        until: str | None = None,
+    ):
+        try:
+            where = filters(label, model_name, since, until)
+        except BadFilter as exc:
+            return refusal(400, "bad_filter", str(exc))
+        try:
+            rows = records.query(engine, limit=per_page, offset=(page - 1) * per_page, **where)
+            total = records.count(engine, **where)
+        except Exception as exc:  # a store that is down: the page says so, predictions go on
+            return refusal(503, "records_unavailable", f"the records store is not answering: {str(exc).splitlines()[0]}")
+        for row in rows:
+            row["created_at"] = row["created_at"].isoformat()
+        return {"rows": rows, "total": total, "page": page, "per_page": per_page}
+
+    @app.get("/api/history.csv")
+    def history_csv(label: str | None = None, model_name: str | None = Query(None, alias="model"), since: str | None = None, until: str | None = None):
+        try:
+            where = filters(label, model_name, since, until)
+        except BadFilter as exc:
+            return refusal(400, "bad_filter", str(exc))
+        out = io.StringIO()
+        records.write_csv(records.query(engine, limit=None, **where), out)
+        return StreamingResponse(
+            iter([out.getvalue()]), media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="predictions.csv"'},
+        )  # fmt: skip
+
+    return app
+
+
+class BadFilter(ValueError):
+    pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the upload page for a running TorchServe (make serve).")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve", help="the server's run folder (keys, ports, records)")
+    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "server.json").exists():
+        raise SystemExit(f"no server recorded in {args.run_dir}: run `make serve` first")
+    server = TorchServe.attach(args.run_dir)
+    store = server.records_url  # where its workers record
+    app = create_app(server.client, args.model, store)
+    print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {store})", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The upload page (handler/page.py) in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium), against the session's real TorchServe: examples from
+``examples/``, the verdict read from the DOM, the heatmap toggled, a text file refused, the history.
+
+``DEEPFAKE_PAGE_SCREENSHOT=docs/page.png`` keeps the screenshot (the README's is made that way)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import MODEL, ROOT
+from postgres_server import free_port
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+REAL = ROOT / "examples/real/00003.jpg"
+FAKE = ROOT / "examples/fake/00MZYXAT77.jpg"
+
+
+@pytest.fixture(scope="module")
+def page(torchserve, tmp_path_factory):
+    """``python -m handler.page`` for the session's server, on a free loopback port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("page") / "page.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "handler.page", "--run-dir", str(torchserve.run_dir), "--port", str(port)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail(f"the page server did not start:\n{log.read_text()}")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/install-system.sh installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1100", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # the system driver: nothing downloaded
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def upload(browser, path: Path, timeout: float = 120):
+    """Pick a file in the page's file input and wait for the page to answer (a verdict or an error)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script("document.getElementById('verdict').dataset.label = ''; document.getElementById('error').hidden = true;")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, timeout).until(
+        lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label") or d.find_element(By.ID, "error").is_displayed()
+    )
+
+
+def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page)
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+
+    for example in (REAL, FAKE):
+        expected = torchserve.predict(MODEL, example.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
+        upload(browser, example)
+        assert not by_id("error").is_displayed(), by_id("error").text
+        assert by_id("verdict").text.lower() == expected["label"], example
+        assert float(by_id("probability").text) == pytest.approx(expected["fake_probability"], abs=1e-3)
+        assert float(by_id("threshold").text) == pytest.approx(expected["threshold"], abs=1e-3)
+        bar = by_id("bar-fill").size["width"] / by_id("bar").size["width"]
+        assert bar == pytest.approx(expected["fake_probability"], abs=0.02)
+        box = by_id("face-box")
+        assert box.is_displayed() and box.size["width"] > 20 and box.size["height"] > 20
+    assert by_id("verdict").get_attribute("data-label") == "fake"  # the README's fake example
+
+    toggle, heatmap = by_id("heatmap-toggle"), by_id("heatmap")
+    assert toggle.is_enabled() and not heatmap.is_displayed()
+    toggle.click()
+    assert heatmap.is_displayed()
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap) > 0
+    # laid over the model's crop, which holds the face box
+    crop, face = heatmap.rect, by_id("face-box").rect
+    assert crop["x"] <= face["x"] + 1 and crop["y"] <= face["y"] + 1
+    assert crop["x"] + crop["width"] >= face["x"] + face["width"] - 1 and crop["y"] + crop["height"] >= face["y"] + face["height"] - 1
+    screenshot = tmp_path / "page.png"
+    fake_digest = hashlib.sha256(FAKE.read_bytes()).hexdigest()
+    WebDriverWait(browser, 30).until(lambda d: fake_digest[:12] in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    browser.save_screenshot(str(screenshot))
+    if os.environ.get("DEEPFAKE_PAGE_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["DEEPFAKE_PAGE_SCREENSHOT"])
+    toggle.click()
+    assert not heatmap.is_displayed()
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not a photo\n")
+    upload(browser, text_file)
+    error = by_id("error")
+    assert error.is_displayed() and error.get_attribute("data-code") == "not_an_image"
+    assert "not an image" in error.text and not by_id("result").is_displayed()
+
+    # the history shows the page's own requests, newest first: the refusal, then the fake example
+    WebDriverWait(browser, 30).until(lambda d: "415" in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")]
+    assert "not_an_image" in rows[0] and "fake" in rows[1]
+    assert fake_digest[:12] in rows[1]
+    csv_text = requests.get(by_id("csv").get_attribute("href"), timeout=30).text
+    assert fake_digest in csv_text
+
+    # REST predictions from elsewhere show up in the page's history too, ten to a page
+    from handler.tsclient import probe_image
+
+    probe = probe_image()
+    for i in range(11):
+        assert torchserve.predict(MODEL, probe + b"history-%d" % i, headers={"Content-Type": "image/png"}).status_code == 200
+    newest = hashlib.sha256(probe + b"history-10").hexdigest()[:12]
+    WebDriverWait(browser, 30).until(lambda d: newest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == 10
+    by_id("next").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "page-info").text.startswith("page 2 of"))
+    assert newest not in browser.find_element(By.CSS_SELECTOR, "#history tbody").text
+
+    # the model server's keys stay on the server side
+    sources = [browser.page_source] + [requests.get(f"{page}/static/{name}", timeout=10).text for name in ("page.js", "page.css")]
+    for key in (torchserve.key("inference"), torchserve.key("management")):
+        assert key and all(key not in source for source in sources)
+
+
+def test_dropping_a_file_on_the_page(page, browser, torchserve):
+    """A drop event carrying the fake example, as a drag from the desktop delivers it."""
+    import base64
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page)
+    browser.execute_script(
+        """const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));""",
+        base64.b64encode(FAKE.read_bytes()).decode(),
+    )
+    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label"))
+    expected = torchserve.predict(MODEL, FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
+    assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"] == "fake"
+
+
+def test_page_server_refuses_oversized_bodies_and_bad_filters(page):
+    response = requests.post(f"{page}/api/predict", data=b"\xff" * (16 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert response.status_code == 413 and response.json()["error"] == "image_too_large"
+    response = requests.get(f"{page}/api/history", params={"since": "last tuesday"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"] == "bad_filter"
+    history = requests.get(f"{page}/api/history", params={"per_page": 2}, timeout=30).json()
+    assert len(history["rows"]) <= 2 and history["total"] >= len(history["rows"])
+
+
+def test_page_says_so_when_the_model_server_is_down(tmp_path):
+    """A run folder whose TorchServe is gone: the page still serves, and an upload gets a JSON 502."""
+    import json
+
+    from handler.tsconfig import Ports
+
+    ports = Ports.free()
+    state = {"pid": None, "model_store": str(tmp_path), "models": {MODEL: f"{MODEL}.mar"}, "config": str(ROOT / "config.properties"),
+             "ports": ports.__dict__, "token_auth": False, "watchdog_pid": None}  # fmt: skip
+    (tmp_path / "server.json").write_text(json.dumps(state))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "handler.page", "--run-dir", str(tmp_path), "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        response = requests.post(f"{url}/api/predict", data=FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert response.status_code == 502 and response.json()["error"] == "server_unavailable"
+        assert requests.get(f"{url}/api/history", timeout=30).json()["total"] == 0
+    finally:
+        process.terminate()
+        process.wait(10)
