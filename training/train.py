@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from runtime.preprocessing import DEFAULT_MARGIN, PreprocessSettings
+from training import distributed
 from training.augment import Augment, AugmentConfig
 from training.data import (
     CachedCrop,
@@ -173,7 +174,8 @@ class Trainer:
         self.config = config
         self.seed = seed
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(config.device)
+        self.dist = distributed.join(resolve_device(config.device))  # a job of one without torchrun
+        self.device = self.dist.device
         cuda = self.device.type == "cuda"
         self.amp = config.amp and cuda
         self.channels_last = config.channels_last
@@ -194,6 +196,8 @@ class Trainer:
         self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # self.net is what training calls: a DistributedDataParallel wrapper under torchrun
+        self.model, self.net = self.dist.parallel(self.model)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config.weight_decay, config.lr, config.backbone_lr_scale), lr=config.lr)
         self.datasets = dataset_names(self.val_set.items)
@@ -283,6 +287,10 @@ class Trainer:
             counts = {name: names.count(name) for name in set(names)}
             weights = torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
             sampler = torch.utils.data.WeightedRandomSampler(weights, len(names), replacement=True, generator=generator)
+        if shuffle and self.dist.enabled:  # this rank's share of each global batch of the single-process order
+            order = sampler or torch.utils.data.RandomSampler(dataset, generator=generator)
+            return DataLoader(dataset, batch_sampler=self.dist.batches(order, self.config.batch_size, self.drop_last),
+                              generator=generator, num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -308,7 +316,7 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             smoothed = targets * (1 - self.config.label_smoothing) + 0.5 * self.config.label_smoothing
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(images)
+                logits = self.net(images)
             loss = F.binary_cross_entropy_with_logits(logits.float(), smoothed)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -321,6 +329,7 @@ class Trainer:
             correct += ((logits.detach() > 0).float() == targets).sum().item()
             seen += len(targets)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        total_loss, correct, seen = self.dist.sum(total_loss, correct, seen)
         return total_loss / seen, correct / seen
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
@@ -352,15 +361,18 @@ class Trainer:
             improved = math.isnan(val_auc) or val_auc > self.state["best_auc"]
             if improved:
                 self.state.update(best_auc=-1.0 if math.isnan(val_auc) else val_auc, best_epoch=epoch, bad_epochs=0)
-                save_weights(self.shipped, self.best_weights, {"checkpoint_epoch": epoch})
+                if self.dist.is_main:
+                    save_weights(self.shipped, self.best_weights, {"checkpoint_epoch": epoch})
             else:
                 self.state["bad_epochs"] += 1
             self.state["epoch"] = epoch
             row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                        val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2),
                        **{f"val_auc_{name}": auc for name, auc in aucs.items()})
-            self.append_log(row)
-            self.save_checkpoint()
+            self.history.append(row)
+            if self.dist.is_main:
+                self.write_log()
+                self.save_checkpoint()
             done_now += 1
             print(
                 f"epoch {epoch}/{self.config.epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
@@ -373,8 +385,7 @@ class Trainer:
             print(f"early stop: no better val AUC for {self.config.patience} epochs (best epoch {self.state['best_epoch']})")
         return dict(self.state)
 
-    def append_log(self, row: dict) -> None:
-        self.history.append(row)
+    def write_log(self) -> None:
         with self.log_path.open("w", newline="") as f:  # rewritten whole: a resumed run drops stale rows
             writer = csv.DictWriter(f, fieldnames=self.log_fields)
             writer.writeheader()
@@ -453,14 +464,20 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
           stop_after: int | None = None, command: str = "") -> dict:
     """The whole pipeline; returns the final metadata (or the K-fold report)."""
     torch.set_num_threads(config.threads)
-    crops, skipped, settings = prepare_crops(config, data)
+    job = distributed.join(resolve_device(config.device))
+    with job.main_first():  # rank 0 fills the crop cache, the others then read it
+        crops, skipped, settings = prepare_crops(config, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.folds > 1:
+        if job.enabled:
+            raise ValueError("K-fold cross-validation runs in one process; launch the folds without torchrun")
         return cross_validate(config, crops["train"] + crops["val"], out_dir, stop_after)
 
     trainer = Trainer(config, crops["train"], crops["val"], out_dir, config.seed)
     trainer.commands = [command]
     state = trainer.fit(resume=resume, stop_after=stop_after)
+    if not job.is_main:  # rank 0 alone evaluates and writes the weights
+        return dict(state)
     trainer.load_best()
     metrics, threshold, calibration = {}, 0.5, Calibration()
     if crops["val"]:
@@ -498,6 +515,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             "best_epoch": state["best_epoch"],
             "seconds_per_epoch": round(float(np.mean(seconds)), 1) if seconds else None,
             "device": str(trainer.device),
+            "processes": job.world_size,
             "torch": torch.__version__,
             "log": str(trainer.log_path),
             "invocations": trainer.commands,
@@ -540,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path("runs") / config.size
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     train(config, args.data if len(args.data) > 1 else args.data[0], out_dir, args.output, args.resume, args.stop_after, command)
+    distributed.leave()
     return 0
 
 
