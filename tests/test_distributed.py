@@ -25,7 +25,7 @@ TINY = {"input_size": 32, "entry_channels": [8, 16], "entry_blocks": [16, 24, 32
 # no random draws per image: the two processes see exactly the images the single process sees
 NO_AUG = {"flip": 0.0, "jitter": 0.0, "blur": 0.0, "jpeg": 0.0, "crop_scale": [1.0, 1.0]}
 # float32 sums in another order (two half-batch reductions) move the weights by rounding only: after
-# 6 SGD steps the largest difference measured 1.3e-7
+# 6 SGD steps the largest difference measured 2.4e-7
 ATOL = 1e-5
 
 
