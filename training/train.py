@@ -369,9 +369,8 @@ class Trainer:
             row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                        val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2),
                        **{f"val_auc_{name}": auc for name, auc in aucs.items()})
-            self.history.append(row)
-            if self.dist.is_main:
-                self.write_log()
+            self.append_log(row)
+            if self.dist.is_main:  # rank 0 alone writes
                 self.save_checkpoint()
             done_now += 1
             print(
@@ -385,7 +384,10 @@ class Trainer:
             print(f"early stop: no better val AUC for {self.config.patience} epochs (best epoch {self.state['best_epoch']})")
         return dict(self.state)
 
-    def write_log(self) -> None:
+    def append_log(self, row: dict) -> None:
+        self.history.append(row)
+        if not self.dist.is_main:
+            return
         with self.log_path.open("w", newline="") as f:  # rewritten whole: a resumed run drops stale rows
             writer = csv.DictWriter(f, fieldnames=self.log_fields)
             writer.writeheader()
