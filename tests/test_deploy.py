@@ -130,3 +130,22 @@ def test_the_kserve_layout_serves_a_prediction_as_the_predictor_starts_it(model_
         for process in alive:
             process.kill()
         psutil.wait_procs(alive, timeout=10)
+
+
+def test_the_image_copies_what_the_layout_writes_and_runs_as_a_user(model_store, tmp_path):
+    """No container runtime here: the Dockerfile's contract is checked against the files instead.
+    Every COPY source is in the build context (kept by .dockerignore) once the layout is written."""
+    write_layout(model_store / "deepfake-detector.mar", load_values(VALUES), tmp_path / "build" / "kserve")
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line and not line.startswith("#")]
+    (base,) = [words[1] for words in lines if words[0] == "FROM"]
+    assert base == "pytorch/torchserve:0.12.0-${VARIANT}"
+    copied = [words[-2] for words in lines if words[0] == "COPY"]
+    kept = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    for source in copied:
+        path = tmp_path / source if source.startswith("build/") else ROOT / source
+        assert path.exists(), source
+        assert any(source == rule[1:] or source.startswith(rule[1:] + "/") for rule in kept), f"{source} is not in the build context"
+    users = [words[1] for words in lines if words[0] == "USER"]
+    assert users[-1] == "model-server"
+    (health,) = [words for words in lines if words[0] == "HEALTHCHECK"]
+    assert '"deploy.health"]' in health
