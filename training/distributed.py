@@ -1,4 +1,4 @@
-"""Data-parallel training under ``torchrun``: one process per CPU socket share or GPU, same config file.
+"""Data-parallel training under ``torchrun``: one process per GPU (or per share of a CPU's cores), the same config file.
 
 ``torchrun --standalone --nproc-per-node 2 -m training.train --config configs/train_small.yaml --data DIR``
 (several machines: ``--nnodes N --rdzv-endpoint HOST:PORT`` instead of ``--standalone``).
@@ -11,8 +11,9 @@ job of one process and nothing changes. With it:
   single-process run — the single-process order cut into global batches, each rank taking its
   contiguous share (:class:`RankBatches`) — and the gradient average over ranks equals the
   single-process gradient of the batch mean;
-* batch norm uses the statistics of the whole global batch (:func:`parallel`), so a short run ends on
-  the single-process weights up to float rounding (``tests/test_distributed.py`` states the tolerance);
+* batch norm uses the statistics of the whole global batch (:meth:`Distributed.parallel`), so each
+  step's gradient is the single-process one up to float rounding (``tests/test_distributed.py``
+  states the tolerance, and why AdamW lets the runs drift apart faster than SGD);
 * rank 0 alone writes checkpoints, the log, the best and final weights and prints; every rank reads
   the checkpoint on ``--resume``, so the run folder and the crop cache must be on storage all
   machines see.
