@@ -64,8 +64,7 @@ class Generators:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self.runner.greenlet.dead:  # not yet quit by the measurement
-            self.runner.quit()  # tells the workers to stop and exit
+        self.runner.quit()  # tells the workers to stop and exit
         for process in self.processes:
             try:
                 process.wait(timeout=30)

@@ -165,7 +165,8 @@ def _measure(env: Environment, runner, records: list, client: TorchServeClient, 
             if stable:
                 break
     finally:
-        runner.quit()
+        if fleet is None:  # a fleet quits its own master runner, and with it the workers
+            runner.quit()
         sampler_greenlet.kill()
     counted = windows[-s.min_windows:]
     latencies = [ms for w in counted for ms in w["latencies"]]
