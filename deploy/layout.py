@@ -16,7 +16,7 @@ What changes from ``config.properties`` for a pod, and why:
   pod's loopback, and registering models is off: the model is fixed when the pod starts.
 * token authorisation is off: TorchServe 0.12 draws new keys at every start, which no client or
   ingress could know. Callers are authenticated and TLS ends at the ingress (KServe's gateway or the
-  rendered Ingress); inside the cluster a NetworkPolicy admits only the ingress controller's namespace.
+  rendered Ingress); the plain Deployment's NetworkPolicy admits only the ingress controller's namespace.
 """
 
 from __future__ import annotations
