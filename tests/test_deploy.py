@@ -13,6 +13,7 @@ from pathlib import Path
 import kubernetes_validate
 import psutil
 import pytest
+import requests
 import yaml
 
 from deploy.k8s import main as k8s_main
@@ -116,6 +117,8 @@ def test_the_kserve_layout_serves_a_prediction_as_the_predictor_starts_it(model_
         described = client.describe(values["name"])
         assert (described["batchSize"], described["maxBatchDelay"], len(described["workers"])) == (4, 10, 1)
         assert client.management("POST", "/models", params={"url": "x.mar"}).status_code >= 400
+        metrics = requests.get(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=30)  # what Prometheus scrapes
+        assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
 
         health = [sys.executable, "-m", "deploy.health", "--url", client.inference_url, "--model"]
         assert subprocess.run(health + [values["name"]], cwd=ROOT, capture_output=True, timeout=60).returncode == 0
