@@ -10,7 +10,7 @@ MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
 DATA ?= ../shared/data/faces ../shared/data/photoshop
 
-.PHONY: setup setup-gpu test serve ui records stop status train evaluate dataset-report export archive bench bench-full soak clean
+.PHONY: setup setup-gpu test serve ui records stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
 
 setup: $(STAMP)
 
@@ -107,6 +107,22 @@ bench-full: $(SERVING) build/export/manifest.json
 # target. SOAK_FLAGS: see `python -m benchmarks.soak -h`.
 soak: $(SERVING)
 	$(PY) -m benchmarks.soak --run-dir $(SERVE_DIR) --archive $(ARCHIVE) $(SOAK_FLAGS)
+
+# Cluster (issue 14; docs/SCALING.md). `make k8s`: build/k8s/{kserve,deployment}.yaml from K8S_VALUES.
+# `make k8s-layout`: build/kserve (model-store/ + config/config.properties), KServe's storage and the
+# image's content (Dockerfile). `make plan SUMMARY=... RPS=... P99_MS=...`: the capacity arithmetic.
+K8S_VALUES ?= deploy/values.yaml
+SUMMARY ?= benchmarks/reports/20261201-2344-cpu-quick/summary.json
+RPS ?= 300
+P99_MS ?= 250
+k8s: $(STAMP)
+	$(PY) -m deploy.k8s --values $(K8S_VALUES) --out build/k8s
+
+k8s-layout: $(SERVING)
+	$(PY) -m deploy.layout --archive $(ARCHIVE) --values $(K8S_VALUES) --out build/kserve
+
+plan: $(STAMP)
+	$(PY) -m deploy.plan --summary $(SUMMARY) --rps $(RPS) --p99-ms $(P99_MS)
 
 clean:
 	rm -rf build runs model_store/*.mar

@@ -32,9 +32,10 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
+from benchmarks.generators import REPORT_INTERVAL_S, Generators  # noqa: E402
 from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
 from benchmarks.profile import LoadSettings, Profile, load_profile  # noqa: E402
-from benchmarks.serverstats import GpuSampler, HostSampler, model_values, parse_prometheus, server_split  # noqa: E402
+from benchmarks.serverstats import GpuSampler, HostSampler, generator_summary, model_values, parse_prometheus, server_split  # noqa: E402
 from export.archive import archive_backend, repack  # noqa: E402
 from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
 from handler.tsconfig import Ports  # noqa: E402
@@ -91,15 +92,24 @@ def measure_level(client: TorchServeClient, server_pid: int | None, name: str, u
                   progress: Progress) -> dict:
     """One concurrency level: warm-up, then windows until stable; percentiles over the counted windows.
     TorchServe's metrics are read when ``client`` has a metrics URL (the plain server has none);
-    ``server_pid`` is the process whose CPU and memory (with its children's) the host sampler reports."""
+    ``server_pid`` is the process whose CPU and memory (with its children's) the host sampler reports.
+    ``s.generators`` > 0: the users run in that many Locust worker processes (benchmarks/generators.py)."""
     env = Environment(user_classes=[DetectorUser], host=client.inference_url)
-    metrics = bool(client.metrics_url)
+    if s.generators:
+        with Generators(env, s.generators, DetectorUser.folder, name, DetectorUser.token) as fleet:
+            return _measure(env, fleet.runner, fleet.records, client, server_pid, name, users, s, progress, fleet)
     records: list[tuple[float, float, bool, str]] = []  # finish time, ms, failed, message
 
     def on_request(response_time, exception=None, **_):
-        records.append((time.monotonic(), float(response_time), exception is not None, str(exception or "")[:200]))
+        records.append((time.time(), float(response_time), exception is not None, str(exception or "")[:200]))
 
     env.events.request.add_listener(on_request)
+    return _measure(env, env.create_local_runner(), records, client, server_pid, name, users, s, progress)
+
+
+def _measure(env: Environment, runner, records: list, client: TorchServeClient, server_pid: int | None, name: str,
+             users: int, s: LoadSettings, progress: Progress, fleet: Generators | None = None) -> dict:
+    metrics = bool(client.metrics_url)
     host, gpu = HostSampler(server_pid), GpuSampler()
     gauges: list[dict] = []
     sampling = {"on": False}
@@ -114,7 +124,6 @@ def measure_level(client: TorchServeClient, server_pid: int | None, name: str, u
                     with contextlib.suppress(requests.RequestException):
                         gauges.append(model_values(scrape(client), name))
 
-    runner = env.create_local_runner()
     runner.start(users, spawn_rate=users)
     sampler_greenlet = gevent.spawn(sampler)
     try:
@@ -126,10 +135,12 @@ def measure_level(client: TorchServeClient, server_pid: int | None, name: str, u
             gpu.reset()
             gauges.clear()
             sampling["on"] = True
-            start = time.monotonic()
+            start = time.time()
             gevent.sleep(s.window_s)
-            end = time.monotonic()
+            end = time.time()
             sampling["on"] = False
+            if fleet:  # the window's last answers are still on their way from the workers
+                gevent.sleep(REPORT_INTERVAL_S + 0.5)
             done = [r for r in records if start <= r[0] < end]
             latencies = [r[1] for r in done if not r[2]]
             window = {
@@ -139,6 +150,8 @@ def measure_level(client: TorchServeClient, server_pid: int | None, name: str, u
                 "metrics": server_split(start_scrape, scrape(client), gauges, name) if metrics else {},
                 "host": host.summary(),
                 "gpu": gpu.summary(),
+                # the load generators' CPU (100 = one core): Locust's users in this process, or each worker
+                "generators": fleet.cpu_between(start, time.time()) if fleet else [host.summary().get("client_cpu_percent", 0.0)],
             }
             windows.append(window)
             recent = windows[-s.min_windows:]
@@ -152,7 +165,8 @@ def measure_level(client: TorchServeClient, server_pid: int | None, name: str, u
             if stable:
                 break
     finally:
-        runner.quit()
+        if fleet is None:  # a fleet quits its own master runner, and with it the workers
+            runner.quit()
         sampler_greenlet.kill()
     counted = windows[-s.min_windows:]
     latencies = [ms for w in counted for ms in w["latencies"]]
@@ -171,6 +185,7 @@ def measure_level(client: TorchServeClient, server_pid: int | None, name: str, u
         "metrics": _mean_dicts([w["metrics"] for w in counted]),  # TorchServe's own, per request / batch
         "host": _mean_dicts([w["host"] for w in counted]),
         "gpu": counted[-1]["gpu"],
+        "generators": generator_summary([float(np.mean(cpu)) for cpu in zip(*(w["generators"] for w in counted))]),
     }
 
 
@@ -225,7 +240,7 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
                 client.unregister(name)
             variant.unlink(missing_ok=True)
             continue
-        DetectorUser.configure(images, name, client.key("inference") or "")
+        DetectorUser.configure(images, name, client.key("inference") or "", profile.images)
         try:
             for users in s.users:
                 if time.monotonic() > deadline:
@@ -281,7 +296,7 @@ def run_plain(profile: Profile, result: dict, server_dir: Path, progress: Progre
                     result["skipped"].append({"backend": "plain", "setting": "", "reason": f"the plain server did not answer: {exc}"})
                     return
                 time.sleep(0.5)
-        DetectorUser.configure(images, MODEL, "")
+        DetectorUser.configure(images, MODEL, "", profile.images)
         for users in s.users:
             level = measure_level(client, process.pid, MODEL, users, s, progress)
             progress.done += 1
@@ -344,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-dir", type=Path, default=Path("build/bench-server"), help="TorchServe's TMPDIR, logs and store")
     parser.add_argument("--attach", type=Path, metavar="RUN_DIR", help="use the running server of this handler.server run folder")
     parser.add_argument("--out", type=Path, required=True, help="write the load section as JSON here")
+    parser.add_argument("--processes", type=int, help="Locust worker processes generating the load (load.generators)")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile, args.set)
+    profile = load_profile(args.profile, args.set + ([f"load.generators={args.processes}"] if args.processes else []))
     if args.attach:
         result = attach_and_run(profile, args.attach)
     else:

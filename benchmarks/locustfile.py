@@ -8,6 +8,9 @@ Works under the plain Locust CLI and from ``benchmarks.load`` (which sets the sa
 BENCH_IMAGES: folder of images, posted round-robin (default: the shipped examples);
 BENCH_MODEL: model name in /predictions/<name>; BENCH_TOKEN: TorchServe's inference key, if token
 authorisation is on.
+
+Distributed (``benchmarks/generators.py``): as ``locust --worker`` it also sends every answer's finish
+time and latency, and its own CPU use, to the master with each report.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 
-from locust import FastHttpUser, constant, task
+import psutil
+from locust import FastHttpUser, constant, events, task
+from locust import runners
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "examples"
@@ -40,17 +46,19 @@ class DetectorUser(FastHttpUser):
     model = os.environ.get("BENCH_MODEL", "deepfake-detector")
     token = os.environ.get("BENCH_TOKEN", "")
     images: list[tuple[str, bytes]] = []
+    folder = os.environ.get("BENCH_IMAGES", str(DEFAULT_IMAGES))  # where the images came from (worker processes reload them)
     _order = None  # shared round-robin so the image mix is the same at every concurrency
 
     @classmethod
-    def configure(cls, images: list[tuple[str, bytes]], model: str, token: str = "") -> None:
+    def configure(cls, images: list[tuple[str, bytes]], model: str, token: str = "", folder: str | Path | None = None) -> None:
         cls.images, cls.model, cls.token = images, model, token
+        cls.folder = str(folder or cls.folder)
         cls._order = itertools.cycle(range(len(images)))
 
     def on_start(self) -> None:
         cls = type(self)
         if not cls.images:
-            cls.configure(load_images(os.environ.get("BENCH_IMAGES", DEFAULT_IMAGES)), cls.model, cls.token)
+            cls.configure(load_images(cls.folder), cls.model, cls.token)
         self.headers = {"Content-Type": "application/octet-stream"}
         if cls.token:
             self.headers["Authorization"] = f"Bearer {cls.token}"
@@ -71,3 +79,25 @@ class DetectorUser(FastHttpUser):
                 return
             if not isinstance(answer, dict) or "label" not in answer:
                 response.failure(f"no verdict in the answer: {response.text[:200]}")
+
+
+@events.init.add_listener
+def report_answers_to_the_master(environment, **_) -> None:
+    """Only in a worker process: the master cuts windows and percentiles from these records."""
+    if not isinstance(environment.runner, runners.WorkerRunner):
+        return
+    runners.WORKER_REPORT_INTERVAL = 1.0  # read by the reporting loop at every turn; default 3 s
+    records: list[tuple[float, float, bool, str]] = []
+    me = psutil.Process()
+    me.cpu_percent(None)
+
+    def on_request(response_time, exception=None, **_):
+        records.append((time.time(), float(response_time), exception is not None, str(exception or "")[:200]))
+
+    def on_report(client_id, data, **_):
+        data["detector_records"] = records[:]
+        data["detector_cpu_percent"] = me.cpu_percent(None)  # since the previous report, 100 = one core
+        records.clear()
+
+    environment.events.request.add_listener(on_request)
+    environment.events.report_to_master.add_listener(on_report)

@@ -83,6 +83,7 @@ class LoadSettings:
     tolerance: float = 0.1
     sample_interval_s: float = 1.0
     max_minutes: float = 10.0
+    generators: int = 0  # 0: Locust in the measuring process; N: N worker processes (benchmarks/generators.py)
 
     def baseline_config(self) -> LoadConfig:
         b = self.baseline

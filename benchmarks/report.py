@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.serverstats import SATURATED_PERCENT, generator_summary  # noqa: E402
+
 PERCENTILES = ("p50", "p90", "p95", "p99")
 PLOTS = {
     "latency": "latency_vs_users.png",
@@ -129,6 +131,16 @@ def best_load(summary: dict, users: int | None = None) -> dict | None:
 # --- formatting -----------------------------------------------------------------------------------
 
 
+def generators(row: dict) -> dict:
+    """The level's load generators (``serverstats.generator_summary``); older summaries ran one, in-process."""
+    return row.get("generators") or generator_summary([row.get("host", {}).get("client_cpu_percent", 0.0)])
+
+
+def generator_cell(row: dict) -> str:
+    g = generators(row)
+    return "/".join(fmt(cpu, 0) for cpu in g["cpu_percent"]) + (f" ({len(g['saturated'])} saturated)" if g["saturated"] else "")
+
+
 def fmt(value, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -231,7 +243,7 @@ def bounds_section(summary: dict) -> list[str]:
         host = top.get("host", {})
         if host:
             parts.append(f"workers {host.get('workers_cpu_percent', 0):.0f} % CPU, frontend {host.get('frontend_cpu_percent', 0):.0f} %, "
-                         f"load generator {host.get('client_cpu_percent', 0):.0f} %, other processes {host.get('other_cpu_percent', 0):.0f} % "
+                         f"{generators(top)['count']} load generator(s) {generator_cell(top)} %, other processes {host.get('other_cpu_percent', 0):.0f} % "
                          f"(100 % = one core)")
         lines.append("- End to end: " + "; ".join(parts) + ".")
         stages = {k: server.get(f"Deepfake{k}Time") for k in ("Preprocess", "Inference", "Postprocess")}
@@ -243,9 +255,11 @@ def bounds_section(summary: dict) -> list[str]:
                 f"preprocessing {stages['Preprocess']:.1f} ms, inference {stages['Inference']:.1f} ms, postprocessing "
                 f"{stages['Postprocess']:.1f} ms of {handler_ms:.1f} ms; preprocessing is "
                 f"{100 * stages['Preprocess'] / handler_ms:.0f} % of the handler's time.")
-        if host.get("client_cpu_percent", 0) >= 90:
-            lines.append(f"- The load generator used {host['client_cpu_percent']:.0f} % of a core (Locust runs on one): it was "
-                         "saturated, so this rate is a lower bound of what the server can do.")
+        crowded = [r for r in load_rows(summary) if generators(r)["saturated"]]
+        if crowded:
+            lines.append(f"- Saturated load generator (>= {SATURATED_PERCENT:.0f} % of its one core) at: "
+                         + "; ".join(f"{config_label(r)} {r['users']} users ({generator_cell(r)})" for r in crowded)
+                         + ": those rates are lower bounds of what the server can do; add generators (`--processes N`).")
         for gpu in top.get("gpu") or []:
             lines.append(f"- GPU {gpu['index']} was {gpu['util_percent']:.0f} % busy at that level ({gpu['memory_mib']:,.0f} MiB "
                          "used)" + ("; well below full, so the GPU is not what bounds it." if gpu["util_percent"] < 70 else "."))
@@ -530,9 +544,11 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
         md += ["### Host resources (mean CPU %, 100 = one core; peak RSS MiB)", "",
                "For the plain server, \"frontend\" is its one uvicorn process (it has no workers).", ""]
         md.append(table(
-            ["config", "users", "workers CPU", "frontend CPU", "Locust CPU", "other CPU", "workers RSS", "frontend RSS", "GPU util %", "GPU MiB"],
-            [[config_label(r), r["users"], *(r.get("host", {}).get(k) for k in
-              ("workers_cpu_percent", "frontend_cpu_percent", "client_cpu_percent", "other_cpu_percent", "workers_rss_mib", "frontend_rss_mib")),
+            ["config", "users", "workers CPU", "frontend CPU", "Locust processes", "Locust CPU each", "other CPU", "workers RSS",
+             "frontend RSS", "GPU util %", "GPU MiB"],
+            [[config_label(r), r["users"], *(r.get("host", {}).get(k) for k in ("workers_cpu_percent", "frontend_cpu_percent")),
+              generators(r)["count"], generator_cell(r),
+              *(r.get("host", {}).get(k) for k in ("other_cpu_percent", "workers_rss_mib", "frontend_rss_mib")),
               "/".join(fmt(g["util_percent"], 0) for g in r.get("gpu", [])) or "–",
               "/".join(fmt(g["memory_mib"], 0) for g in r.get("gpu", [])) or "–"] for r in rows]))
         md.append("")

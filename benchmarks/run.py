@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="a line for the report (e.g. 'shared machine')")
     parser.add_argument("--attach", type=Path, metavar="RUN_DIR",
                         help="load-test the running server of this handler.server run folder instead of starting one")
+    parser.add_argument("--processes", type=int, help="Locust worker processes for the load phase (sets load.generators)")
     args = parser.parse_args(argv)
+    if args.processes:
+        args.set.append(f"load.generators={args.processes}")
 
     profile = load_profile(args.profile, args.set)
     device = args.device or model_bench.default_device()

@@ -235,3 +235,13 @@ class GpuSampler:
             }
             for i in range(gpus)
         ]
+
+
+SATURATED_PERCENT = 90.0  # a load generator above this share of its one core limits the rate, not the server
+
+
+def generator_summary(cpu_percent: list[float]) -> dict:
+    """How many Locust processes generated the load, the CPU of each (100 = one core: Locust runs on
+    one) and which of them were saturated (their rate is then a lower bound of the server's)."""
+    return {"count": len(cpu_percent), "cpu_percent": cpu_percent,
+            "saturated": [i for i, percent in enumerate(cpu_percent) if percent >= SATURATED_PERCENT]}

@@ -1,5 +1,5 @@
 """The packages depend one way (docs/ARCHITECTURE.md): runtime at the bottom, importing no other
-package of the project; handler, training and export on top of it; benchmarks over all of them.
+package of the project; handler, training and export on top of it; benchmarks and deploy over them.
 Every import counts, including the ones inside functions."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("runtime", "handler", "training", "export", "benchmarks")
+PACKAGES = ("runtime", "handler", "training", "export", "benchmarks", "deploy")
 # what each package may import from the project besides itself
 ALLOWED = {
     "runtime": set(),
@@ -18,6 +18,7 @@ ALLOWED = {
     "training": {"runtime"},
     "export": {"runtime"},
     "benchmarks": {"runtime", "handler", "export"},
+    "deploy": {"handler", "export"},  # cluster manifests, storage layout, health check, capacity plan
 }
 
 

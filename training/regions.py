@@ -128,3 +128,17 @@ def dense_loss(logits: torch.Tensor, masks: torch.Tensor, min_known: float = 0.2
     if not has_cells.any():
         return logits.sum() * 0.0
     return (per_cell.flatten(1).sum(1)[has_cells] / cells[has_cells]).mean()
+
+
+class WithRegionHead(nn.Module):
+    """The model and its region head in one forward, (image logits, region logits): one module for
+    a DistributedDataParallel wrapper to synchronise."""
+
+    def __init__(self, model: nn.Module, head: DenseHead):
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        return self.model.forward_head(features), self.head(features)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from runtime.preprocessing import DEFAULT_MARGIN, PreprocessSettings
+from training import distributed
 from training.augment import Augment, AugmentConfig
 from training.data import (
     CachedCrop,
@@ -41,7 +42,7 @@ from training.data import (
     discover,
 )
 from training.metrics import binary_metrics, choose_threshold, fit_platt
-from training.regions import DenseHead, dense_loss
+from training.regions import DenseHead, WithRegionHead, dense_loss
 from runtime.face_hybrid import load_pretrained_backbone
 from runtime.model import build_model, count_parameters
 from runtime.weights import Calibration, save_weights
@@ -175,7 +176,8 @@ class Trainer:
         self.config = config
         self.seed = seed
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(config.device)
+        self.dist = distributed.join(resolve_device(config.device))  # a job of one without torchrun
+        self.device = self.dist.device
         cuda = self.device.type == "cuda"
         self.amp = config.amp and cuda
         self.channels_last = config.channels_last
@@ -196,10 +198,16 @@ class Trainer:
         self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the region head (training only) trains with the model; self.net is what training calls:
+        # a DistributedDataParallel wrapper under torchrun
+        self.dense_head = DenseHead(self.feature_channels()).to(self.device) if config.dense_loss > 0 else None
+        if self.dense_head is None:
+            self.model, self.net = self.dist.parallel(self.model)
+        else:
+            both, self.net = self.dist.parallel(WithRegionHead(self.model, self.dense_head))
+            self.model, self.dense_head = both.model, both.head
         groups = parameter_groups(self.model, config.weight_decay, config.lr, config.backbone_lr_scale)
-        self.dense_head = None
-        if config.dense_loss > 0:
-            self.dense_head = DenseHead(self.feature_channels()).to(self.device)
+        if self.dense_head is not None:
             groups += parameter_groups(self.dense_head, config.weight_decay, config.lr)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         self.datasets = dataset_names(self.val_set.items)
@@ -301,6 +309,10 @@ class Trainer:
             counts = {name: names.count(name) for name in set(names)}
             weights = torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
             sampler = torch.utils.data.WeightedRandomSampler(weights, len(names), replacement=True, generator=generator)
+        if shuffle and self.dist.enabled:  # this rank's share of each global batch of the single-process order
+            order = sampler or torch.utils.data.RandomSampler(dataset, generator=generator)
+            return DataLoader(dataset, batch_sampler=self.dist.batches(order, self.config.batch_size, self.drop_last),
+                              generator=generator, num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
@@ -326,12 +338,10 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             smoothed = targets * (1 - self.config.label_smoothing) + 0.5 * self.config.label_smoothing
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                features = self.model.forward_features(images)
-                logits = self.model.forward_head(features)
+                out = self.net(images)
+                logits, region_logits = out if self.dense_head is not None else (out, None)
             loss = F.binary_cross_entropy_with_logits(logits.float(), smoothed)
-            if self.dense_head is not None:
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                    region_logits = self.dense_head(features)
+            if region_logits is not None:
                 loss = loss + self.config.dense_loss * dense_loss(region_logits, batch[2].to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -344,6 +354,7 @@ class Trainer:
             correct += ((logits.detach() > 0).float() == targets).sum().item()
             seen += len(targets)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        total_loss, correct, seen = self.dist.sum(total_loss, correct, seen)
         return total_loss / seen, correct / seen
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
@@ -375,7 +386,8 @@ class Trainer:
             improved = math.isnan(val_auc) or val_auc > self.state["best_auc"]
             if improved:
                 self.state.update(best_auc=-1.0 if math.isnan(val_auc) else val_auc, best_epoch=epoch, bad_epochs=0)
-                save_weights(self.shipped, self.best_weights, {"checkpoint_epoch": epoch})
+                if self.dist.is_main:
+                    save_weights(self.shipped, self.best_weights, {"checkpoint_epoch": epoch})
             else:
                 self.state["bad_epochs"] += 1
             self.state["epoch"] = epoch
@@ -383,7 +395,8 @@ class Trainer:
                        val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2),
                        **{f"val_auc_{name}": auc for name, auc in aucs.items()})
             self.append_log(row)
-            self.save_checkpoint()
+            if self.dist.is_main:  # rank 0 alone writes
+                self.save_checkpoint()
             done_now += 1
             print(
                 f"epoch {epoch}/{self.config.epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
@@ -398,6 +411,8 @@ class Trainer:
 
     def append_log(self, row: dict) -> None:
         self.history.append(row)
+        if not self.dist.is_main:
+            return
         with self.log_path.open("w", newline="") as f:  # rewritten whole: a resumed run drops stale rows
             writer = csv.DictWriter(f, fieldnames=self.log_fields)
             writer.writeheader()
@@ -476,14 +491,20 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
           stop_after: int | None = None, command: str = "") -> dict:
     """The whole pipeline; returns the final metadata (or the K-fold report)."""
     torch.set_num_threads(config.threads)
-    crops, skipped, settings = prepare_crops(config, data)
+    job = distributed.join(resolve_device(config.device))
+    with job.main_first():  # rank 0 fills the crop cache, the others then read it
+        crops, skipped, settings = prepare_crops(config, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.folds > 1:
+        if job.enabled:
+            raise ValueError("K-fold cross-validation runs in one process; launch the folds without torchrun")
         return cross_validate(config, crops["train"] + crops["val"], out_dir, stop_after)
 
     trainer = Trainer(config, crops["train"], crops["val"], out_dir, config.seed)
     trainer.commands = [command]
     state = trainer.fit(resume=resume, stop_after=stop_after)
+    if not job.is_main:  # rank 0 alone evaluates and writes the weights
+        return dict(state)
     trainer.load_best()
     metrics, threshold, calibration = {}, 0.5, Calibration()
     if crops["val"]:
@@ -521,6 +542,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             "best_epoch": state["best_epoch"],
             "seconds_per_epoch": round(float(np.mean(seconds)), 1) if seconds else None,
             "device": str(trainer.device),
+            "processes": job.world_size,
             "torch": torch.__version__,
             "log": str(trainer.log_path),
             "invocations": trainer.commands,
@@ -563,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path("runs") / config.size
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     train(config, args.data if len(args.data) > 1 else args.data[0], out_dir, args.output, args.resume, args.stop_after, command)
+    distributed.leave()
     return 0
 
 
