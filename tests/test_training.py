@@ -258,3 +258,13 @@ def test_dense_region_head_trains_beside_the_model_resumes_exactly_and_is_not_sh
     # the shipped weights are the model's alone: the same keys as a run without the region head
     plain = Trainer(config(tmp_path, epochs=1), crops["train"], crops["val"], tmp_path / "plain", seed=0)
     assert set(a) == set(plain.model.state_dict())
+
+
+def test_split_seed_keeps_the_split_while_the_training_seed_changes(generated, tmp_path):
+    def split_of(**changes):
+        crops, _, _ = prepare_crops(config(tmp_path, **changes), generated)
+        return {name: sorted(str(c.source) for c in items) for name, items in crops.items()}
+
+    base = split_of(seed=0)
+    assert split_of(seed=1, split_seed=0) == base
+    assert split_of(seed=1)["test"] != base["test"]  # without it, the seed draws the split too

@@ -69,7 +69,8 @@ class TrainConfig:
     freeze_epochs: float = 0.0  # pretrained parameters frozen this long first (linear probe, then fine-tune)
     balance_datasets: bool = False  # with several data roots, draw each root equally often
     patience: int = 5  # epochs without a better val AUC before stopping
-    seed: int = 0
+    seed: int = 0  # initialisation, order and augmentations; and the split, unless split_seed is set
+    split_seed: int | None = None  # the train/val/test split alone (so runs of several seeds share one test set)
     val_fraction: float = 0.15  # used when the data folder is not already split
     test_fraction: float = 0.15
     folds: int = 1  # > 1: stratified K-fold cross-validation over train + val
@@ -95,6 +96,10 @@ class TrainConfig:
             raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+
+def split_seed(config: TrainConfig) -> int:
+    return config.seed if config.split_seed is None else config.split_seed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -443,7 +448,7 @@ def dataset_name(root: Path) -> str:
 def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[str, list[CachedCrop]], list, PreprocessSettings]:
     """Discover and split each data root (same seed and fractions), fill the crop cache, report what
     was skipped. Several roots are split separately and their splits concatenated."""
-    spec = SplitSpec(config.val_fraction, config.test_fraction, config.seed)
+    spec = SplitSpec(config.val_fraction, config.test_fraction, split_seed(config))
     settings = PreprocessSettings(build_model(config.size, **config.model).config.input_size, config.margin, config.crop)
     cache = CropCache(config.cache_dir, settings, threads=config.threads)
     crops, skipped = {"train": [], "val": [], "test": []}, []
@@ -532,7 +537,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             "root": [str(r) for r in as_roots(data)] if isinstance(data, (list, tuple)) else str(data),
             "name": config.data_name,
             "licence": config.data_licence,
-            "split": {"val": config.val_fraction, "test": config.test_fraction, "seed": config.seed},
+            "split": {"val": config.val_fraction, "test": config.test_fraction, "seed": split_seed(config)},
             "counts": {k: class_counts(v) for k, v in crops.items()},
             "skipped": [str(s.source) for s in skipped],
         },
