@@ -156,24 +156,31 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
         assert key and all(key not in source for source in sources)
 
 
-def test_dropping_a_file_on_the_page(page, browser, torchserve):
-    """A drop event carrying the fake example, as a drag from the desktop delivers it."""
+@pytest.mark.parametrize("name, mime", [("dropped.jpg", "image/jpeg"), ("dropped.webm", "video/webm")])
+def test_dropping_a_file_on_the_page(page, browser, torchserve, name, mime):
+    """A drop event carrying the fake example or a WebM clip of the fake faces, as a drag from the
+    desktop delivers it."""
     import base64
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    data = FAKE.read_bytes() if mime == "image/jpeg" else face_clip("webm", frames=4)
     browser.get(page)
     browser.execute_script(
         """const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
-        transfer.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+        transfer.items.add(new File([bytes], arguments[1], { type: arguments[2] }));
         document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));""",
-        base64.b64encode(FAKE.read_bytes()).decode(),
+        base64.b64encode(data).decode(), name, mime,
     )
     WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label"))
-    expected = torchserve.predict(MODEL, FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
-    assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"] == "fake"
+    expected = torchserve.predict(MODEL, data, headers={"Content-Type": mime}).json()
+    assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"]
+    if mime == "image/jpeg":
+        assert expected["label"] == "fake"
+    else:
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline circle.point")) == expected["frames_sampled"] == 4
 
 
 def test_page_server_refuses_oversized_bodies_and_bad_filters(page):

@@ -140,7 +140,7 @@ function showVideoParts(answer, explanation) {
   const rule = (answer.aggregation || {}).rule;
   $("rule").textContent = rule === "confident_fake"
     ? `· verdict from the ${answer.aggregation.strong_fake_frames} strongly fake frames`
-    : "· verdict: the mean over the frames with a face";
+    : `· verdict: the mean over the frames${answer.frames_with_face ? " with a face" : ""}`;
   const explained = explanation.heatmap_png ? explanation.frame_time_s : null;
   drawTimeline(answer.timeline, answer.threshold, explained);
   // the explanation of a video is the Grad-CAM of its most suspicious frame's crop, shown as it is
