@@ -38,6 +38,7 @@ from handler.payload import Request, http_status, image_bytes  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
 from runtime.preprocessing import (  # noqa: E402
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
     FacePreprocessor,
@@ -52,8 +53,6 @@ from runtime.weights import Calibration  # noqa: E402
 logger = logging.getLogger(__name__)
 
 NO_FACE_WARNING = "no face detected: the verdict is for the centre crop of the image"
-# Images keep the 16 MiB cap they had before TorchServe's request cap was raised for videos.
-DEFAULT_MAX_IMAGE_BYTES = 16 * 2**20
 # Crops per forward pass: a video's frames are split into passes of this size (bounded memory; an
 # image batch alone, 8 requests x 5 faces, fits in one and goes first).
 DEFAULT_MAX_CROPS_PER_PASS = 64

@@ -1,21 +1,27 @@
 """The upload page: one HTML page on loopback, and the small server behind it.
 
-The browser talks only to this server. It forwards images to TorchServe with the inference key,
-which never leaves the server, and reads the history from the prediction records
+The browser talks only to this server. It forwards images and videos to TorchServe with the
+inference key, which never leaves the server, and reads the history from the prediction records
 (``handler/records.py``) of the same run folder::
 
     python -m handler.page --run-dir build/serve          # make ui; prints http://127.0.0.1:8090/
 
 Routes: ``GET /`` the page (``handler/static/``: local HTML, JS and CSS, nothing from the
-internet); ``POST /api/predict`` and ``POST /api/explain`` take the raw image bytes as the body and
-answer TorchServe's JSON with its status; ``GET /api/history`` a page of records (newest first,
-filters ``label``, ``model``, ``since``, ``until``); ``GET /api/history.csv`` the same rows as CSV.
+internet); ``POST /api/predict`` and ``POST /api/explain`` take the raw image or video bytes as the
+body and answer TorchServe's JSON with its status; ``GET /api/limits`` the byte limits the page
+enforces; ``GET /api/history`` a page of records (newest first, filters ``label``, ``model``,
+``since``, ``until``); ``GET /api/history.csv`` the same rows as CSV.
+
+An upload over its media's byte limit (the handler's defaults: an image 16 MiB, a video 64 MiB,
+TorchServe's request cap) is refused here, before it is forwarded; a video is told from an image by
+its first bytes (``runtime.video``), as the handler tells them.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
@@ -28,17 +34,48 @@ from fastapi.staticfiles import StaticFiles
 from handler import records
 from handler.server import ROOT, TorchServe
 from handler.tsclient import TorchServeClient
+from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES
+from runtime.video import DEFAULT_MAX_BYTES as DEFAULT_MAX_VIDEO_BYTES
+from runtime.video import is_video
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_PORT = 8090
-MAX_BODY = 16 * 1024 * 1024  # TorchServe's max_request_size: the same limit, refused before forwarding
+HEAD = 64  # bytes that tell a video from an image (runtime.video.container_of reads no further)
 
 
 def refusal(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-def create_app(client: TorchServeClient, model: str, store_url: str, max_body: int = MAX_BODY) -> FastAPI:
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bytes per upload, by media: the handler's own defaults, checked here before forwarding."""
+
+    image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
+
+    def refusal(self, head: bytes, size: int) -> JSONResponse | None:
+        """A 413 when ``size`` bytes are over the limit of the media ``head`` (the first bytes) shows."""
+        media, limit = ("video", self.video_bytes) if is_video(head[:HEAD]) else ("image", self.image_bytes)
+        if size <= limit:
+            return None
+        return refusal(413, f"{media}_too_large", f"the {media} is over {limit / 2**20:g} MiB")
+
+
+async def read_upload(request: Request, limits: UploadLimits) -> bytes | JSONResponse:
+    """The body, or a refusal as soon as its first bytes and its size (declared or read) are over the
+    limit: an oversized upload is not read to its end."""
+    declared = request.headers.get("content-length", "")
+    declared = int(declared) if declared.isdigit() else 0
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) >= HEAD and (refused := limits.refusal(bytes(body[:HEAD]), max(declared, len(body)))):
+            return refused
+    return limits.refusal(bytes(body[:HEAD]), len(body)) or bytes(body)
+
+
+def create_app(client: TorchServeClient, model: str, store_url: str, limits: UploadLimits = UploadLimits()) -> FastAPI:
     app = FastAPI(title="Deepfake detector", docs_url=None, redoc_url=None, openapi_url=None)
     engine = records.open_engine(store_url)
     try:  # a page opened before the first prediction still has an (empty) history
@@ -51,13 +88,14 @@ def create_app(client: TorchServeClient, model: str, store_url: str, max_body: i
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/api/limits")
+    def upload_limits() -> dict:
+        return asdict(limits)
+
     async def forward(request: Request, explain: bool) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            return refusal(413, "image_too_large", f"the file is over {max_body // 2**20} MiB")
-        body = await request.body()
-        if len(body) > max_body:
-            return refusal(413, "image_too_large", f"the file is over {max_body // 2**20} MiB")
+        body = await read_upload(request, limits)
+        if isinstance(body, JSONResponse):
+            return body
         # TorchServe reads a body without a content type as a form; an unnamed file is raw bytes
         headers = {"Content-Type": request.headers.get("content-type") or "application/octet-stream"}
         call = client.explain if explain else client.predict

@@ -23,6 +23,8 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
 DEFAULT_MAX_PIXELS = 40_000_000  # about 6300x6300; larger uploads are refused before decoding
 DEFAULT_MIN_SIDE = 16
+# Bytes per image: the 16 MiB images had before TorchServe's request cap was raised for videos.
+DEFAULT_MAX_IMAGE_BYTES = 16 * 2**20
 CROP_MODES = ("resize", "native")
 # A native crop may cut the face box by up to this factor (forehead and chin go, the centre of the
 # face stays): FFHQ-style 256 px portraits have 180-215 px face boxes and still get native pixels

@@ -1,6 +1,7 @@
 """The upload page (handler/page.py) in a real headless Chromium (Debian's chromium and
 chromium-driver, driven by Selenium), against the session's real TorchServe: examples from
-``examples/``, the verdict read from the DOM, the heatmap toggled, a text file refused, the history.
+``examples/``, the verdict read from the DOM, the heatmap toggled, a text file refused, the history;
+a clip made by ``video_clips`` with its timeline and frame heatmap, a corrupt clip refused.
 
 ``DEEPFAKE_PAGE_SCREENSHOT=docs/page.png`` keeps the screenshot (the README's is made that way)."""
 
@@ -19,6 +20,7 @@ import requests
 
 from conftest import MODEL, ROOT
 from postgres_server import free_port
+from video_clips import corrupt, face_clip
 
 pytestmark = pytest.mark.integration
 
@@ -154,24 +156,31 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
         assert key and all(key not in source for source in sources)
 
 
-def test_dropping_a_file_on_the_page(page, browser, torchserve):
-    """A drop event carrying the fake example, as a drag from the desktop delivers it."""
+@pytest.mark.parametrize("name, mime", [("dropped.jpg", "image/jpeg"), ("dropped.webm", "video/webm")])
+def test_dropping_a_file_on_the_page(page, browser, torchserve, name, mime):
+    """A drop event carrying the fake example or a WebM clip of the fake faces, as a drag from the
+    desktop delivers it."""
     import base64
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    data = FAKE.read_bytes() if mime == "image/jpeg" else face_clip("webm", frames=4)
     browser.get(page)
     browser.execute_script(
         """const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
-        transfer.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+        transfer.items.add(new File([bytes], arguments[1], { type: arguments[2] }));
         document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));""",
-        base64.b64encode(FAKE.read_bytes()).decode(),
+        base64.b64encode(data).decode(), name, mime,
     )
     WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label"))
-    expected = torchserve.predict(MODEL, FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
-    assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"] == "fake"
+    expected = torchserve.predict(MODEL, data, headers={"Content-Type": mime}).json()
+    assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"]
+    if mime == "image/jpeg":
+        assert expected["label"] == "fake"
+    else:
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline circle.point")) == expected["frames_sampled"] == 4
 
 
 def test_page_server_refuses_oversized_bodies_and_bad_filters(page):
@@ -211,3 +220,95 @@ def test_page_says_so_when_the_model_server_is_down(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_video_on_the_page(page, browser, torchserve, tmp_path):
+    """A face clip: the verdict, the frame counts and one timeline point per sampled frame, as the REST
+    answer has them; the preview; the most suspicious frame's heatmap on request; a corrupt clip refused."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page)
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    clip = tmp_path / "faces.mp4"
+    clip.write_bytes(face_clip("mp4", frames=6))
+    expected = torchserve.predict(MODEL, clip.read_bytes(), headers={"Content-Type": "video/mp4"}).json()
+    assert expected["media"] == "video" and expected["frames_sampled"] == 6
+
+    upload(browser, clip)
+    assert not by_id("error").is_displayed(), by_id("error").text
+    assert by_id("verdict").text.lower() == expected["label"]
+    assert float(by_id("probability").text) == pytest.approx(expected["fake_probability"], abs=1e-3)
+    bar = by_id("bar-fill").size["width"] / by_id("bar").size["width"]
+    assert bar == pytest.approx(expected["fake_probability"], abs=0.02)
+    assert int(by_id("frames-sampled").text) == expected["frames_sampled"]
+    assert int(by_id("frames-with-face").text) == expected["frames_with_face"]
+    points = browser.find_elements(By.CSS_SELECTOR, "#timeline circle.point")
+    assert len(points) == expected["frames_sampled"]
+    assert [float(p.get_attribute("data-probability")) for p in points] == pytest.approx(
+        [frame["fake_probability"] for frame in expected["timeline"]], abs=1e-6)
+    # higher P(fake) is drawn higher, and the threshold line sits between 0 and 1
+    heights = [float(p.get_attribute("cy")) for p in points]
+    order = sorted(range(len(points)), key=lambda i: expected["timeline"][i]["fake_probability"])
+    assert [heights[i] for i in order] == sorted(heights, reverse=True)
+    assert by_id("clip").is_displayed() and not by_id("photo").is_displayed() and not by_id("face-box").is_displayed()
+    assert by_id("clip").get_attribute("src").startswith("blob:")
+    # the preview plays the uploaded clip itself, and a timeline point takes it to that frame's time
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].readyState >= 1", by_id("clip")))
+    duration = browser.execute_script("return arguments[0].duration", by_id("clip"))
+    assert duration == pytest.approx(expected["video"]["duration_s"], abs=0.3)
+    points[3].click()
+    assert browser.execute_script("return arguments[0].currentTime", by_id("clip")) == pytest.approx(expected["timeline"][3]["time_s"], abs=0.01)
+
+    toggle, frame_heatmap = by_id("heatmap-toggle"), by_id("frame-heatmap")
+    assert toggle.is_enabled() and not frame_heatmap.is_displayed()
+    toggle.click()
+    assert frame_heatmap.is_displayed() and not by_id("heatmap").is_displayed()
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", by_id("frame-heatmap-image")) > 0
+    explained = torchserve.explain(MODEL, clip.read_bytes(), headers={"Content-Type": "video/mp4"}).json()["explanation"]
+    assert f"{explained['frame_time_s']:.2f} s" in by_id("frame-heatmap-caption").text
+    marked = browser.find_elements(By.CSS_SELECTOR, "#timeline circle.explained")
+    assert [float(p.get_attribute("data-time")) for p in marked] == [explained["frame_time_s"]]
+    if os.environ.get("DEEPFAKE_PAGE_VIDEO_SCREENSHOT"):
+        browser.save_screenshot(os.environ["DEEPFAKE_PAGE_VIDEO_SCREENSHOT"])
+
+    digest = hashlib.sha256(clip.read_bytes()).hexdigest()[:12]
+    WebDriverWait(browser, 30).until(lambda d: digest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    assert browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")[0].find_elements(By.TAG_NAME, "td")[1].text == "video"
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(corrupt(face_clip("mp4", frames=6)))
+    upload(browser, broken)
+    error = by_id("error")
+    assert error.is_displayed() and error.get_attribute("data-code") == "corrupt_video"
+    assert "The video is damaged or cut short." in error.text and not by_id("result").is_displayed()
+
+
+def test_page_size_check_by_media():
+    """Images keep 16 MiB; a video, told by its bytes, may go up to the handler's 64 MiB."""
+    from handler.page import UploadLimits
+
+    limits = UploadLimits()
+    video_head, image_head = face_clip("mp4", frames=2)[:64], FAKE.read_bytes()[:64]
+    assert limits.refusal(video_head, 20 * 2**20) is None
+    assert limits.refusal(image_head, 16 * 2**20) is None
+    too_big_image = limits.refusal(image_head, 16 * 2**20 + 1)
+    assert too_big_image.status_code == 413 and b'"image_too_large"' in too_big_image.body
+    too_big_video = limits.refusal(video_head, 64 * 2**20 + 1)
+    assert too_big_video.status_code == 413 and b'"video_too_large"' in too_big_video.body
+    # the same size with bytes that are no video: the image limit applies
+    assert b'"image_too_large"' in limits.refusal(video_head[::-1], 20 * 2**20).body
+
+
+def test_page_forwards_a_video_over_the_image_limit(page):
+    """A 20 MiB MP4 (a face clip followed by a 20 MiB 'free' box, which players skip) passes the page
+    and is answered by the handler."""
+    clip = face_clip("mp4", frames=4)
+    padding = 20 * 2**20
+    body = clip + (padding + 8).to_bytes(4, "big") + b"free" + bytes(padding)
+    response = requests.post(f"{page}/api/predict", data=body, headers={"Content-Type": "application/octet-stream"}, timeout=300)
+    assert response.status_code == 200, response.text[:300]
+    answer = response.json()
+    assert answer["media"] == "video" and answer["frames_sampled"] == 4
+    limits = requests.get(f"{page}/api/limits", timeout=30).json()
+    assert limits == {"image_bytes": 16 * 2**20, "video_bytes": 64 * 2**20}

@@ -1,12 +1,16 @@
 // The upload page: sends the file to this page's own server (which holds the model server's key),
-// shows the verdict, the face box and the Grad-CAM overlay, and pages through the history.
+// shows the verdict, the face box and the Grad-CAM overlay (a video: its preview, the per-frame
+// timeline and the heatmap of its most suspicious frame), and pages through the history.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const MAX_BYTES = 16 * 1024 * 1024;
+const SVG = "http://www.w3.org/2000/svg";
+const MiB = 1024 * 1024;
 const PER_PAGE = 10;
 let historyPage = 1;
 let lastFace = null, lastRegion = null; // re-placed when the window resizes
+let limits = null; // bytes per image and per video, from the page's server (GET /api/limits)
+let mediaUrl = null; // the object URL of the file shown, released when the next one comes
 
 // What each refusal means for a person; the server's own message follows it.
 const FRIENDLY = {
@@ -17,13 +21,20 @@ const FRIENDLY = {
   image_too_small: "The image is too small to find a face in.",
   image_too_large: "The image is too large.",
   unprocessable_image: "The detector could not process this image.",
+  file_too_large: "The file is larger than any upload the detector takes.",
+  video_too_large: "The video is too large.",
+  video_too_long: "The video is too long.",
+  frame_too_large: "The video's frames are too large (too many pixels per frame).",
+  frame_too_small: "The video's frames are too small to find a face in.",
+  no_video_stream: "That file holds no video the detector can decode (audio only, or an unknown codec).",
+  corrupt_video: "The video is damaged or cut short.",
   server_unavailable: "The model server is not answering right now; try again shortly.",
   model_server_error: "The model server could not answer this time; try again shortly.",
 };
 
 function showError(answer) {
   const error = $("error");
-  const friendly = FRIENDLY[answer.error] || "The image was refused.";
+  const friendly = FRIENDLY[answer.error] || "The file was refused.";
   error.textContent = answer.message ? `${friendly} (${answer.message})` : friendly;
   error.dataset.code = answer.error || "";
   error.hidden = false;
@@ -32,8 +43,10 @@ function showError(answer) {
 
 async function analyse(file) {
   $("error").hidden = true;
-  if (file.size > MAX_BYTES) {
-    showError({ error: "image_too_large", message: "the file is over 16 MiB" });
+  // the page's server checks each media's own limit once it has seen the bytes; none takes more than this
+  const largest = limits ? Math.max(limits.image_bytes, limits.video_bytes) : Infinity;
+  if (file.size > largest) {
+    showError({ error: "file_too_large", message: `the file is over ${largest / MiB} MiB` });
     return;
   }
   $("status").textContent = `Checking ${file.name} ...`;
@@ -65,9 +78,20 @@ function place(element, box, image) {
 }
 
 async function showVerdict(file, answer) {
-  const photo = $("photo");
-  photo.src = URL.createObjectURL(file);
-  await photo.decode().catch(() => {});
+  const video = answer.media === "video";
+  if (mediaUrl) URL.revokeObjectURL(mediaUrl);
+  mediaUrl = URL.createObjectURL(file);
+  const photo = $("photo"), clip = $("clip");
+  photo.hidden = video;
+  clip.hidden = !video;
+  if (video) {
+    photo.removeAttribute("src");
+    clip.src = mediaUrl;
+  } else {
+    clip.removeAttribute("src");
+    photo.src = mediaUrl;
+    await photo.decode().catch(() => {});
+  }
   $("result").hidden = false;
 
   const verdict = $("verdict");
@@ -84,19 +108,88 @@ async function showVerdict(file, answer) {
   const m = answer.model || {};
   $("model").textContent = `${m.name} ${m.version} · ${m.backend} ${m.precision} on ${m.device}`;
 
-  const box = $("face-box"), heatmap = $("heatmap"), toggle = $("heatmap-toggle");
+  const explanation = answer.explanation || {};
+  const toggle = $("heatmap-toggle");
+  toggle.checked = false;
+  $("heatmap").hidden = true;
+  $("frame-heatmap").hidden = true;
+  $("frames").hidden = !video;
+  $("timeline-figure").hidden = !video;
+  if (video) showVideoParts(answer, explanation);
+  else showImageParts(answer, explanation);
+}
+
+function showImageParts(answer, explanation) {
+  const photo = $("photo"), box = $("face-box"), heatmap = $("heatmap");
   lastFace = answer.face;
   box.hidden = !answer.face;
   if (answer.face) place(box, answer.face.box, photo);
-  const explanation = answer.explanation || {};
   lastRegion = explanation.region || null; // the model's crop, where its Grad-CAM map belongs
-  toggle.checked = false;
-  toggle.disabled = !(explanation.heatmap_png && lastRegion);
-  heatmap.hidden = true;
-  if (!toggle.disabled) {
+  $("heatmap-toggle").disabled = !(explanation.heatmap_png && lastRegion);
+  if (explanation.heatmap_png && lastRegion) {
     heatmap.src = `data:image/png;base64,${explanation.heatmap_png}`;
     place(heatmap, lastRegion, photo);
   }
+}
+
+function showVideoParts(answer, explanation) {
+  lastFace = lastRegion = null; // a clip has no single face box: the timeline says where faces were
+  $("face-box").hidden = true;
+  $("frames-sampled").textContent = answer.frames_sampled;
+  $("frames-with-face").textContent = answer.frames_with_face;
+  const rule = (answer.aggregation || {}).rule;
+  $("rule").textContent = rule === "confident_fake"
+    ? `· verdict from the ${answer.aggregation.strong_fake_frames} strongly fake frames`
+    : `· verdict: the mean over the frames${answer.frames_with_face ? " with a face" : ""}`;
+  const explained = explanation.heatmap_png ? explanation.frame_time_s : null;
+  drawTimeline(answer.timeline, answer.threshold, explained);
+  // the explanation of a video is the Grad-CAM of its most suspicious frame's crop, shown as it is
+  $("heatmap-toggle").disabled = !explanation.heatmap_png;
+  if (explanation.heatmap_png) {
+    $("frame-heatmap-image").src = `data:image/png;base64,${explanation.heatmap_png}`;
+    $("frame-heatmap-caption").textContent =
+      `Grad-CAM of the most suspicious frame, at ${explanation.frame_time_s.toFixed(2)} s (the face crop the model saw)`;
+  }
+}
+
+function svgElement(name, attributes, text) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  if (text != null) element.textContent = text;
+  return element;
+}
+
+function drawTimeline(timeline, threshold, explainedTime) {
+  // P(fake) from 0 (bottom) to 1 (top) against time from the first frame to the last
+  const svg = $("timeline");
+  const left = 40, right = 785, top = 10, bottom = 118;
+  const last = timeline.length ? timeline[timeline.length - 1].time_s : 0;
+  const x = (t) => left + (last > 0 ? (t / last) * (right - left) : (right - left) / 2);
+  const y = (p) => bottom - p * (bottom - top);
+  const parts = [
+    svgElement("line", { class: "axis", x1: left, y1: top, x2: left, y2: bottom }),
+    svgElement("line", { class: "axis", x1: left, y1: bottom, x2: right, y2: bottom }),
+    svgElement("text", { x: left - 6, y: y(1) + 4, "text-anchor": "end" }, "1"),
+    svgElement("text", { x: left - 6, y: y(0) + 4, "text-anchor": "end" }, "0"),
+    svgElement("text", { x: left, y: bottom + 16, "text-anchor": "middle" }, "0 s"),
+    svgElement("text", { x: right, y: bottom + 16, "text-anchor": "end" }, `${last.toFixed(2)} s`),
+    svgElement("text", { x: (left + right) / 2, y: bottom + 28, "text-anchor": "middle" }, "time in the clip"),
+    svgElement("line", { class: "threshold", x1: left, y1: y(threshold), x2: right, y2: y(threshold) }),
+    svgElement("text", { x: right, y: y(threshold) - 4, "text-anchor": "end" }, `threshold ${threshold.toFixed(2)}`),
+    svgElement("polyline", { class: "line", points: timeline.map((f) => `${x(f.time_s)},${y(f.fake_probability)}`).join(" ") }),
+  ];
+  for (const frame of timeline) {
+    const classes = ["point", frame.fake_probability >= threshold ? "fake" : "real", frame.face ? "face" : "no-face"];
+    if (frame.time_s === explainedTime) classes.push("explained");
+    const point = svgElement("circle", {
+      class: classes.join(" "), cx: x(frame.time_s), cy: y(frame.fake_probability), r: 5,
+      "data-time": frame.time_s, "data-probability": frame.fake_probability,
+    });
+    point.append(svgElement("title", {}, `${frame.time_s.toFixed(2)} s · P(fake) ${frame.fake_probability.toFixed(3)}${frame.face ? "" : " · no face"}`));
+    point.addEventListener("click", () => { $("clip").currentTime = frame.time_s; });
+    parts.push(point);
+  }
+  svg.replaceChildren(...parts);
 }
 
 function cell(text, className) {
@@ -127,6 +220,7 @@ async function loadHistory(page) {
     const refused = row.status !== 200;
     tr.append(
       cell(row.created_at.replace("T", " ").slice(0, 19)),
+      cell(row.media),
       cell(refused ? `${row.status} ${row.error}` : row.label, refused ? "refused" : row.label),
       cell(row.fake_probability == null ? "" : row.fake_probability.toFixed(3)),
       cell(row.faces),
@@ -147,7 +241,10 @@ const drop = $("drop");
 ["dragleave", "drop"].forEach((kind) => drop.addEventListener(kind, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
 drop.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) analyse(e.dataTransfer.files[0]); });
 $("file").addEventListener("change", (e) => { if (e.target.files.length) analyse(e.target.files[0]); e.target.value = ""; });
-$("heatmap-toggle").addEventListener("change", (e) => { $("heatmap").hidden = !e.target.checked; });
+$("heatmap-toggle").addEventListener("change", (e) => {
+  const video = !$("clip").hidden; // a video's heatmap is its own picture, an image's lies over the photo
+  $(video ? "frame-heatmap" : "heatmap").hidden = !e.target.checked;
+});
 $("history-label").addEventListener("change", () => loadHistory(1));
 $("prev").addEventListener("click", () => loadHistory(historyPage - 1));
 $("next").addEventListener("click", () => loadHistory(historyPage + 1));
@@ -155,5 +252,10 @@ window.addEventListener("resize", () => {
   if (lastFace) place($("face-box"), lastFace.box, $("photo"));
   if (lastRegion) place($("heatmap"), lastRegion, $("photo"));
 });
+fetch("/api/limits").then((r) => r.json()).then((answer) => {
+  limits = answer;
+  $("image-limit").textContent = limits.image_bytes / MiB;
+  $("video-limit").textContent = limits.video_bytes / MiB;
+}).catch(() => {});
 loadHistory(1);
 setInterval(() => loadHistory(historyPage), 5000); // predictions from other clients appear too
