@@ -28,6 +28,10 @@ PLOTS = {
     "model": "model_images_per_s.png",
     "preprocess": "preprocessing.png",
 }
+VIDEO_PLOTS = {
+    "video_rates": "video_rates.png",
+    "video_image_latency": "video_image_latency.png",
+}
 # Issue #5's aims for an H100; the report states the distance when it ran on a GPU.
 GPU_TARGETS = {
     "model_images_per_s_batch256": 20_000,
@@ -412,6 +416,11 @@ def plot_model(summary: dict, path: Path) -> bool:
 
 def _finish_log2_plot(fig, ax, ticks: list, xlabel: str, ylabel: str, title: str, path: Path) -> None:
     """Power-of-two x axis labelled at the measured points, then save and close."""
+    _log2_axes(ax, ticks, xlabel, ylabel, title)
+    save_figure(fig, path)
+
+
+def _log2_axes(ax, ticks: list, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel(xlabel)
@@ -419,6 +428,10 @@ def _finish_log2_plot(fig, ax, ticks: list, xlabel: str, ylabel: str, title: str
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def save_figure(fig, path: Path) -> None:
+    """The reports' one PNG style: tight layout at 110 dpi; the figure is closed."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -451,6 +464,69 @@ def plot_preprocess(summary: dict, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
+
+
+def video_levels(summary: dict) -> dict[str, list[dict]]:
+    """The video phase's levels by kind: videos alone, images alone, and images beside videos."""
+    rows = (summary.get("video") or {}).get("results", [])
+    return {
+        "videos": sorted((r for r in rows if r["video_users"] and not r["image_users"]), key=lambda r: r["video_users"]),
+        "images": [r for r in rows if r["image_users"] and not r["video_users"]],
+        "mixed": [r for r in rows if r["image_users"] and r["video_users"]],
+    }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _video_config(video: dict) -> str:
+    s = video["settings"]
+    label = f"{video['backend']} b{s['batch_size']}/d{s['max_batch_delay']} {s['workers']}w x {s['threads']}t"
+    return label + (f", videos apart b1 {s.get('video_workers')}w" if s.get("separate_video_model") else "")
+
+
+def plot_video_rates(summary: dict, path: Path) -> bool:
+    """Videos/s and sampled frames/s against video users; images-beside levels as open markers."""
+    levels = video_levels(summary)
+    if not levels["videos"]:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    users = sorted({r["video_users"] for r in levels["videos"] + levels["mixed"]})
+    for ax, key, ylabel in ((axes[0], "per_s", "videos/s"), (axes[1], "frames_per_s", "sampled frames/s")):
+        ax.plot([r["video_users"] for r in levels["videos"]], [r["video"][key] for r in levels["videos"]],
+                marker="o", label="videos alone")
+        for r in levels["mixed"]:
+            ax.plot([r["video_users"]], [r["video"][key]], linestyle="none", marker="s", markerfacecolor="none",
+                    markersize=9, label=f"beside {_count(r['image_users'], 'image user')}")
+        ax.set_ylim(bottom=0)
+        _log2_axes(ax, users, "concurrent video users", ylabel, ylabel + " vs video users")
+    fig.suptitle(f"Video throughput ({summary.get('device', '')}, {_video_config(summary['video'])})")
+    save_figure(fig, path)
+    return True
+
+
+def plot_video_image_latency(summary: dict, path: Path) -> bool:
+    """Image latency p50 and p99: images alone against the same image users beside video users."""
+    levels = video_levels(summary)
+    rows = levels["images"] + levels["mixed"]
+    if not levels["images"]:
+        return False
+    stats = ("p50", "p99")
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, r in enumerate(rows):
+        label = f"{r['image_users']} image users " + (f"beside {_count(r['video_users'], 'video user')}" if r["video_users"] else "alone")
+        bars = ax.bar([i + (k - (len(rows) - 1) / 2) * width for i in range(len(stats))],
+                      [r["image"]["latency_ms"].get(p, 0) for p in stats], width, label=label)
+        ax.bar_label(bars, fmt="%.0f")
+    ax.set_xticks(range(len(stats)), stats)
+    ax.set_ylabel("image request latency (ms)")
+    ax.set_title(f"Image latency alone vs beside videos\n({summary.get('device', '')}, {_video_config(summary['video'])})")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
     return True
 
 
@@ -561,7 +637,7 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
         if failed:
             md.append("")
 
-    md += video_section(summary)
+    md += video_section(summary, plots)
     skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
     if skipped:
         md += ["## Not measured", ""]
@@ -574,7 +650,7 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
     return "\n".join(md)
 
 
-def video_section(summary: dict) -> list[str]:
+def video_section(summary: dict, plots: dict[str, bool] | None = None) -> list[str]:
     """Videos/s and frames/s end to end, and image latency with and without videos beside them."""
     video = summary.get("video") or {}
     if not video.get("results"):
@@ -596,7 +672,11 @@ def video_section(summary: dict) -> list[str]:
                      (i.get("latency_ms") or {}).get("p99"), v.get("failures", 0) + i.get("failures", 0)])
     md.append(table(["video users", "image users", "videos/s", "frames/s", "video p50 ms", "video p99 ms",
                      "images/s", "image p50 ms", "image p99 ms", "failures"], rows))
-    return md + [""]
+    md.append("")
+    for key, alt in (("video_rates", "videos/s and frames/s vs video users"), ("video_image_latency", "image latency beside videos")):
+        if (plots or {}).get(key):
+            md += [f"![{alt}]({VIDEO_PLOTS[key]})", ""]
+    return md
 
 
 def build(run_dir: str | Path) -> Path:
@@ -608,6 +688,8 @@ def build(run_dir: str | Path) -> Path:
         "throughput": plot_throughput(summary, run_dir / PLOTS["throughput"]),
         "model": plot_model(summary, run_dir / PLOTS["model"]),
         "preprocess": plot_preprocess(summary, run_dir / PLOTS["preprocess"]),
+        "video_rates": plot_video_rates(summary, run_dir / VIDEO_PLOTS["video_rates"]),
+        "video_image_latency": plot_video_image_latency(summary, run_dir / VIDEO_PLOTS["video_image_latency"]),
     }
     summary["_csvs"] = write_csvs(summary, run_dir)
     report = run_dir / "report.md"

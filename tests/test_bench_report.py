@@ -63,6 +63,50 @@ def test_report_renders_tables_csvs_and_plots(tmp_path):
         width, height = _png_size(run / name)
         assert width > 300 and height > 200
         assert f"]({name})" in text
+    for name in report.VIDEO_PLOTS.values():  # no video phase in this run: no video plots, no dead links
+        assert not (run / name).exists() and name not in text
+
+
+def _video_level(video_users: int, image_users: int, videos_per_s: float, image_p50: float, image_p99: float) -> dict:
+    level = {"video_users": video_users, "image_users": image_users}
+    if video_users:
+        level["video"] = {"users": video_users, "per_s": videos_per_s, "frames_per_s": 32 * videos_per_s,
+                          "latency_ms": {"p50": 900.0, "p90": 1500.0, "p99": 2000.0}, "requests": 12, "failures": 0}
+    if image_users:
+        level["image"] = {"users": image_users, "per_s": 20.0, "frames_per_s": None,
+                          "latency_ms": {"p50": image_p50, "p90": image_p99 / 2, "p99": image_p99}, "requests": 400, "failures": 0}
+    return level
+
+
+def _video_summary(levels: list[dict]) -> dict:
+    settings = {"backend": "onnx", "batch_size": 4, "max_batch_delay": 10, "workers": 2, "threads": 1, "frames": 32,
+                "clip_seconds": 10, "fps": 25, "video_users": [1, 4], "image_users": 4, "mixed_video_users": 1,
+                "warmup_s": 3, "seconds": 20}
+    return {"device": "cpu", "video": {"backend": "onnx", "settings": settings, "clip_bytes": 107_279,
+                                       "clip": {"video": {"size": [256, 256]}, "frames_sampled": 32}, "results": levels}}
+
+
+def test_video_phase_gets_its_plots(tmp_path):
+    summary = _video_summary([_video_level(1, 0, 0.65, 0, 0), _video_level(4, 0, 0.45, 0, 0),
+                              _video_level(0, 4, 0, 117.2, 359.2), _video_level(1, 4, 0.5, 163.1, 1824.5)])
+    run = _run_dir(tmp_path, summary, "video")
+    text = report.build(run).read_text()
+    assert "| 1 | 4 | 0.5 | 16.0 |" in text  # the images-beside-videos level in the table
+    for name in report.VIDEO_PLOTS.values():
+        width, height = _png_size(run / name)
+        assert width > 300 and height > 200
+        assert f"]({name})" in text
+    for name in report.PLOTS.values():  # no load or model phase: none of their plots
+        assert not (run / name).exists() and name not in text
+
+
+def test_video_phase_without_image_levels_links_only_the_rates_plot(tmp_path):
+    run = _run_dir(tmp_path, _video_summary([_video_level(1, 0, 0.65, 0, 0), _video_level(4, 0, 0.45, 0, 0)]), "videos-only")
+    text = report.build(run).read_text()
+    _png_size(run / report.VIDEO_PLOTS["video_rates"])
+    assert f"]({report.VIDEO_PLOTS['video_rates']})" in text
+    assert not (run / report.VIDEO_PLOTS["video_image_latency"]).exists()
+    assert report.VIDEO_PLOTS["video_image_latency"] not in text
 
 
 def test_report_states_gpu_targets_for_a_gpu_run(tmp_path):
