@@ -5,7 +5,10 @@ measured in alternating windows so that drift on a shared host hits both alike.
     python -m benchmarks.records_cost --users 8 --window 20 --rounds 3
     python -m benchmarks.records_cost --backend onnx --artifact build/export/model.onnx --workers 2
 
-Writes ``benchmarks/reports/<time>-records/`` (report.md, summary.json).
+Writes ``benchmarks/reports/<time>-records/`` (summary.json, report.md and its plot); a recorded run's
+report is rebuilt from its summary.json alone, measuring nothing:
+
+    python -m benchmarks.records_cost --render benchmarks/reports/<time>-records
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import plt, save_figure  # importing benchmarks.report selects the Agg backend
 from export.archive import ServingConfig, build_archive, repack
 from handler import records
 from handler.server import ROOT, TorchServe
 
 MODES = ("off", "on")
+PLOT = "throughput_by_round.png"
 
 
 def measure(server: TorchServe, model: str, images: list[bytes], users: int, seconds: float) -> dict:
@@ -94,7 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="windows per mode, alternating")
     parser.add_argument("--records-url", help="record here instead of the server's SQLite (e.g. postgresql://...)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/reports")
+    parser.add_argument("--render", type=Path, metavar="DIR", help="only rebuild DIR's report.md and plot from its summary.json")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return
     args.argv = sys.argv[1:] if argv is None else argv  # for the report
 
     images = [p.read_bytes() for p in sorted((ROOT / "examples").glob("*/*.jpg"))]
@@ -132,8 +141,9 @@ def run(args, images: list[bytes], store: Path) -> None:
     cost = 1 - mean["on"] / mean["off"]
     lost = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("DeepfakeRecordsLost{"))
     summary = {
+        "command": " ".join(["python -m benchmarks.records_cost", *args.argv]),
         "backend": args.backend, "workers": args.workers, "batch": [args.batch_size, args.batch_delay],
-        "users": args.users, "window_s": args.window, "rounds": args.rounds,
+        "users": args.users, "window_s": args.window, "warmup_s": args.warmup, "rounds": args.rounds,
         "store": "postgresql" if args.records_url else "sqlite", "rps_mean": mean, "cost": round(cost, 4),
         "records_written": written, "records_lost": lost, "windows": results, "host": platform.node(),
         "recording_cpu": cpu, "cores": os.cpu_count(),
@@ -143,26 +153,57 @@ def run(args, images: list[bytes], store: Path) -> None:
     out = args.out / (time.strftime("%Y%m%d-%H%M") + "-records")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"cost {cost * 100:+.1f} % ({mean['off']:.1f} -> {mean['on']:.1f} req/s); report: {render(out)}")
+
+
+def render(out: Path) -> Path:
+    """``out``/report.md and its plot from ``out``/summary.json; returns the report's path."""
+    summary = json.loads((out / "summary.json").read_text())
+    results, mean, cpu, cost = summary["windows"], summary["rps_mean"], summary["recording_cpu"], summary["cost"]
+    batch_size, batch_delay = summary["batch"]
     lines = [
         "# Prediction records: throughput with records on vs off", "",
-        f"`python -m benchmarks.records_cost {' '.join(args.argv)}`", "",
-        f"One TorchServe, the same {args.backend} archive twice ({args.workers} workers x 1 thread, batch "
-        f"{args.batch_size} within {args.batch_delay} ms): `records_url: off` against recording to "
-        f"{summary['store']}. {args.users} closed-loop users, {args.window:.0f} s windows after {args.warmup:.0f} s "
-        "of warm-up, the modes alternating so that load from other work on the host falls on both.", "",
+        f"`{summary['command']}`", "",
+        f"One TorchServe, the same {summary['backend']} archive twice ({summary['workers']} workers x 1 thread, batch "
+        f"{batch_size} within {batch_delay} ms): `records_url: off` against recording to "
+        f"{summary['store']}. {summary['users']} closed-loop users, {summary['window_s']:.0f} s windows after "
+        f"{summary['warmup_s']:.0f} s of warm-up, the modes alternating so that load from other work on the host falls on both.", "",
         "| round | off: req/s | on: req/s | off: p99 ms | on: p99 ms |", "|---|---|---|---|---|",
         *(f"| {i + 1} | {off['rps']} | {on['rps']} | {off['p99_ms']} | {on['p99_ms']} |"
           for i, (off, on) in enumerate(zip(results["off"], results["on"]))),
         "", f"Mean: **{mean['off']:.1f} req/s off, {mean['on']:.1f} on: cost {cost * 100:+.1f} %** (target < 5 %). "
-        f"Records written by the recording model: {written}; counted lost: {lost:.0f}.", "",
+        f"Records written by the recording model: {summary['records_written']}; counted lost: {summary['records_lost']:.0f}.", "",
+        f"![requests/s per round, records off and on]({PLOT})", "",
         f"CPU per recorded request, measured in one process ({cpu['rows']} rows, batches of 4, {summary['store']}): "
         f"{cpu['hot_path_us_per_row']} µs on the worker's hot path (build and queue the row), "
         f"{cpu['total_cpu_us_per_row']} µs in all with the writer thread's inserts. At {mean['off']:.1f} req/s on "
-        f"{os.cpu_count()} cores that is **{summary['cpu_share'] * 100:.2f} %** of the CPU the requests take: the "
+        f"{summary['cores']} cores that is **{summary['cpu_share'] * 100:.2f} %** of the CPU the requests take: the "
         "upper bound of what recording can cost in throughput when the CPU is the limit.",
+        *(f"\nNote: {note}" for note in summary.get("notes", [])),
     ]  # fmt: skip
+    plot_rounds(summary, out / PLOT)
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    print(f"cost {cost * 100:+.1f} % ({mean['off']:.1f} -> {mean['on']:.1f} req/s); report: {out / 'report.md'}")
+    return out / "report.md"
+
+
+def plot_rounds(summary: dict, path: Path) -> None:
+    """Requests/s of each round, off and on side by side, with each mode's mean as a dashed line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rounds = range(1, len(summary["windows"]["off"]) + 1)
+    for k, (mode, color) in enumerate(zip(MODES, ("#4c72b0", "#dd8452"))):
+        rps = [w["rps"] for w in summary["windows"][mode]]
+        bars = ax.bar([r + (k - 0.5) * 0.4 for r in rounds], rps, 0.4, color=color, label=f"records {mode}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.axhline(summary["rps_mean"][mode], color=color, linestyle="--", linewidth=1, label=f"mean {mode}")
+    ax.set_xticks(list(rounds), [str(r) for r in rounds])
+    ax.set_xlabel("round (the order of the modes alternates each round)")
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"Records off vs on ({summary['store']}, {summary['backend']}, {summary['users']} users): "
+                 f"mean cost {summary['cost'] * 100:+.1f} %")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_ylim(0, 1.25 * max(w["rps"] for mode in MODES for w in summary["windows"][mode]))  # room for the legend
+    ax.legend(fontsize=8, loc="upper center", ncol=4)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

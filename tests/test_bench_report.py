@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks import compare, report
+from benchmarks import compare, records_cost, report
 
 RECORDED = Path(__file__).resolve().parents[1] / "benchmarks" / "testdata" / "recorded_summary.json"
 
@@ -107,6 +107,29 @@ def test_video_phase_without_image_levels_links_only_the_rates_plot(tmp_path):
     assert f"]({report.VIDEO_PLOTS['video_rates']})" in text
     assert not (run / report.VIDEO_PLOTS["video_image_latency"]).exists()
     assert report.VIDEO_PLOTS["video_image_latency"] not in text
+
+
+def test_records_cost_renders_its_report_and_plot_from_the_summary(tmp_path, capsys):
+    window = {"requests": 600, "failures": 0, "seconds": 15.0}
+    summary = {
+        "command": "python -m benchmarks.records_cost --rounds 2", "backend": "onnx", "workers": 2, "batch": [4, 10],
+        "users": 8, "window_s": 15.0, "warmup_s": 4.0, "rounds": 2, "store": "sqlite", "rps_mean": {"off": 41.0, "on": 39.0},
+        "cost": 0.0488, "records_written": 1170, "records_lost": 0,
+        "windows": {"off": [{**window, "rps": 40.0, "p50_ms": 150.0, "p99_ms": 310.0}, {**window, "rps": 42.0, "p50_ms": 140.0, "p99_ms": 300.0}],
+                    "on": [{**window, "rps": 38.0, "p50_ms": 160.0, "p99_ms": 330.0}, {**window, "rps": 40.0, "p50_ms": 150.0, "p99_ms": 320.0}]},
+        "recording_cpu": {"rows": 8000, "hot_path_us_per_row": 5.0, "total_cpu_us_per_row": 30.0, "written": 8000, "lost": 0},
+        "cores": 2, "cpu_share": 0.00062, "notes": ["an older design of the writer"],
+    }  # fmt: skip
+    run = _run_dir(tmp_path, summary, "records")
+    records_cost.main(["--render", str(run)])  # the CLI's re-render path: nothing is measured
+    assert capsys.readouterr().out.strip() == str(run / "report.md")
+    text = (run / "report.md").read_text()
+    assert summary["command"] in text
+    assert "| 1 | 40.0 | 38.0 | 310.0 | 330.0 |" in text and "| 2 | 42.0 | 40.0 | 300.0 | 320.0 |" in text
+    assert "cost +4.9 %" in text and "Note: an older design of the writer" in text
+    width, height = _png_size(run / records_cost.PLOT)
+    assert width > 300 and height > 200
+    assert f"]({records_cost.PLOT})" in text
 
 
 def test_report_states_gpu_targets_for_a_gpu_run(tmp_path):
