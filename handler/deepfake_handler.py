@@ -34,7 +34,7 @@ from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
 from handler import gradcam, records  # noqa: E402
-from handler.payload import Request, http_status, image_bytes  # noqa: E402
+from handler.payload import PROBE_HEADER, Request, http_status, image_bytes  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
 from runtime.preprocessing import (  # noqa: E402
@@ -179,7 +179,8 @@ class DeepfakeHandler(BaseHandler):
         start = time.perf_counter()
         requests, images, image_requests = [], [], []
         for idx, row in enumerate(data):
-            request = Request(explain=self._header(idx, "explain") == "True")
+            request = Request(explain=self._header(idx, "explain") == "True",
+                              probe=bool(self._header(idx, PROBE_HEADER) or self._header(idx, PROBE_HEADER.lower())))
             try:
                 content_type = self._header(idx, "Content-Type") or self._header(idx, "content-type")
                 data_bytes = image_bytes(row, content_type)
@@ -330,6 +331,8 @@ class DeepfakeHandler(BaseHandler):
         try:
             rows = []
             for idx, (request, answer) in enumerate(zip(requests, responses)):
+                if request.probe:
+                    continue
                 status = 200 if "error" not in answer else (http_status(request.error) if request.error else 500)
                 request_id = self.context.get_request_id(idx) if hasattr(self.context, "get_request_id") else None
                 rows.append(records.prediction_row(answer, status, self.model_info, request_id, request.digest,

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from handler.video import PreparedVideo
     from runtime.video import Clip
 
+# Sent by the watchdog and the container health check: their predictions are real, but a probe every
+# few seconds would bury the users' predictions in the records.
+PROBE_HEADER = "X-Deepfake-Probe"
+
 # ImageError code -> HTTP status. Unknown codes are client errors too (400).
 HTTP_STATUS = {
     "empty_body": 400,
@@ -79,6 +83,7 @@ class Request:
     """One request of a batch as it moves through the handler's stages."""
 
     explain: bool = False
+    probe: bool = False  # a health probe (PROBE_HEADER): answered like any request, not recorded
     error: ImageError | None = None
     prepared: Prepared | None = None
     clip: Clip | None = None  # a video request, checked but not decoded yet

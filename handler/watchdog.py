@@ -31,6 +31,7 @@ from pathlib import Path
 import requests
 
 from handler.server import WATCHDOG_METRICS, TorchServe
+from handler.payload import PROBE_HEADER
 from handler.tsclient import TorchServeClient, TorchServeError, probe_image
 
 INTERVAL_S = 5.0  # between probes: a silent model costs at most this much before it is noticed
@@ -46,7 +47,7 @@ log = logging.getLogger("watchdog")
 def verdict_or_reason(client: TorchServeClient, model: str, image: bytes, deadline: float = DEADLINE_S) -> str | None:
     """None when ``model`` answered ``image`` with a verdict within ``deadline``, else why not."""
     try:
-        reply = client.predict(model, image, timeout=deadline)
+        reply = client.predict(model, image, timeout=deadline, headers={PROBE_HEADER: "1"})
         if reply.status_code == 200 and "label" in reply.json():
             return None
         return f"HTTP {reply.status_code}: {reply.text[:200]}"
