@@ -15,14 +15,13 @@ need_venv=0
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need_venv=1
 need_java=0
 java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || need_java=1
-# --- prediction records and page tests (issue 11) ---
+# the records and page tests: PostgreSQL and a headless browser
 need_postgres=0
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_postgres=1
 need_chromium=0
 command -v chromium >/dev/null || need_chromium=1
 need_driver=0
 command -v chromedriver >/dev/null || need_driver=1
-# ---
 [ "$need_venv" -eq 0 ] && [ "$need_java" -eq 0 ] && [ "$need_postgres" -eq 0 ] && [ "$need_chromium" -eq 0 ] && [ "$need_driver" -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null; then
@@ -44,7 +43,7 @@ if [ "$need_java" -eq 1 ]; then
         if apt-cache show "$jre" >/dev/null 2>&1; then packages+=("$jre"); break; fi
     done
 fi
-# --- prediction records and page tests (issue 11) ---
+# the records and page tests: PostgreSQL and a headless browser
 optional=()
 [ "$need_postgres" -eq 1 ] && optional+=(postgresql)
 [ "$need_chromium" -eq 1 ] && optional+=(chromium)
@@ -53,7 +52,6 @@ for package in "${optional[@]}"; do
     if apt-cache show "$package" >/dev/null 2>&1; then packages+=("$package")
     else echo "install-system: $package is not in apt here; its tests will skip" >&2; fi
 done
-# ---
 [ "${#packages[@]}" -eq 0 ] && exit 0
 echo "install-system: installing ${packages[*]} (missing for make serve / make test)" >&2
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
