@@ -180,9 +180,9 @@ class DeepfakeHandler(BaseHandler):
         requests, images, image_requests = [], [], []
         for idx, row in enumerate(data):
             request = Request(explain=self._header(idx, "explain") == "True",
-                              probe=bool(self._header(idx, PROBE_HEADER) or self._header(idx, PROBE_HEADER.lower())))
+                              probe=bool(self._header(idx, PROBE_HEADER)))
             try:
-                content_type = self._header(idx, "Content-Type") or self._header(idx, "content-type")
+                content_type = self._header(idx, "Content-Type")
                 data_bytes = image_bytes(row, content_type)
                 request.digest, request.byte_count = hashlib.sha256(data_bytes).hexdigest(), len(data_bytes)
                 if is_video(data_bytes):  # by content: MP4, MOV, MKV, WebM
@@ -362,10 +362,15 @@ class DeepfakeHandler(BaseHandler):
                 pass
 
     def _header(self, idx: int, key: str) -> str | None:
-        try:
-            return self.context.get_request_header(idx, key)
-        except (AttributeError, IndexError, KeyError, TypeError):
-            return None
+        """A request header as sent, else in lower case (the frontend may pass either spelling)."""
+        for name in (key, key.lower()):
+            try:
+                value = self.context.get_request_header(idx, name)
+            except (AttributeError, IndexError, KeyError, TypeError):
+                value = None
+            if value is not None:
+                return value
+        return None
 
     def _metric(self, name: str, value: float, unit: str, metric_type: MetricTypes = MetricTypes.GAUGE, **dims):
         """Custom metrics through TorchServe's metrics API, prefixed so operators can find them."""
