@@ -15,6 +15,10 @@ The graph, for RGB in [0, 1] of shape (N, 3, S, S):
   1x1 convolution that starts at zero, so training starts from the pretrained function;
 * optional high-pass stream (``highpass_channels``): the image minus its 3x3 blur, strided
   convolutions to stride 8, injected the same way;
+* optional mirror stream (``mirror_channels``): the face and its mirror image go through the
+  backbone to stride 16 together, and a separable convolution takes the absolute difference of the
+  two maps to stride 32: where a face is not its own mirror image (an eye pasted from another face,
+  one side recoloured) the difference is large, and it is exactly zero for a symmetric face;
 * the stride-8 and stride-16 maps taken to stride 32 (average pooling, or with ``neck_multiplier``
   trainable strided separable layers that widen them) and concatenated with the stride-32 map, CBAM
   over the result (``forward_features``, the Grad-CAM target);
@@ -66,6 +70,7 @@ class FaceHybridConfig:
     dropout: float = 0.3
     neck_multiplier: int = 0  # > 0: trainable strided separable layers (this many times wider) take each
     #                           stage to stride 32 instead of average pooling (0 switches them off)
+    mirror_channels: int = 0  # width of the mirror stream (0 switches it off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,25 +208,38 @@ class FaceHybridNet(nn.Module):
                 separable_bn(c32, c32 * m, 1),
             ])
             channels *= m
+        if config.mirror_channels:
+            self.mirror = separable_bn(c16, config.mirror_channels, 2)
+            channels += config.mirror_channels
         self.attention = CBAM(channels, config.reduction, config.spatial_kernel)
         # standardises the pooled statistics, whose scales differ by stage and by orders of magnitude
         self.pooled_norm = nn.BatchNorm1d(2 * channels)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(2 * channels, 1)
 
-    def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:
-        """The three stages pooled to stride 32 and concatenated, after attention (the Grad-CAM target)."""
+    def to_stride16(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f8 = self.backbone.stage1(rgb.flip(1) - self.bgr_mean)
         if self.config.frequency_channels:
             f8 = f8 + self.frequency_stream(self.frequency(rgb))
         if self.config.highpass_channels:
             f8 = f8 + self.highpass(rgb)
-        f16 = self.backbone.stage2(f8)
+        return f8, self.backbone.stage2(f8)
+
+    def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The three stages pooled to stride 32 and concatenated, after attention (the Grad-CAM target)."""
+        if self.config.mirror_channels:  # one pass over the faces and their mirror images
+            n = rgb.shape[0]
+            f8, both = self.to_stride16(torch.cat([rgb, rgb.flip(3)]))
+            f8, f16, mirrored = f8[:n], both[:n], both[n:]
+        else:
+            f8, f16 = self.to_stride16(rgb)
         f32 = self.backbone.stage3(f16)
         if self.config.neck_multiplier:
             maps = [layer(f) for layer, f in zip(self.neck, (f8, f16, f32))]
         else:
             maps = [F.avg_pool2d(f8, 4), F.avg_pool2d(f16, 2), f32]
+        if self.config.mirror_channels:
+            maps.append(self.mirror((f16 - mirrored).abs()))
         return self.attention(torch.cat(maps, dim=1))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,10 @@ class PreprocessSettings:
     same size, at the price of resampling); ``native`` takes an ``input_size`` window of original
     pixels centred on the face whenever the face box about fits in it (no resampling: the finest traces of
     a generator survive; measured in docs/ABLATIONS.md), and resizes only larger faces.
+
+    ``min_face`` (native crops): a face box smaller than this many pixels is upsampled until it is
+    that large, so a downscaled upload shows the model a face of the size it was trained on (the
+    cues are tied to the face's scale far more than to resampling: docs/ABLATIONS.md). 0: never.
     """
 
     input_size: int
@@ -50,6 +54,7 @@ class PreprocessSettings:
     score_threshold: float = 0.8
     nms_threshold: float = 0.4
     max_side: int = 640
+    min_face: int = 0
 
     def __post_init__(self):
         if self.crop not in CROP_MODES:
@@ -72,7 +77,10 @@ class PreprocessSettings:
 
     def key(self, version: int = 0) -> str:
         """A short hash of the settings (names crop-cache folders)."""
-        text = json.dumps({**asdict(self), "version": version}, sort_keys=True)
+        settings = asdict(self)
+        if not self.min_face:  # added later: unset, it keeps the folders of the weights before it
+            del settings["min_face"]
+        text = json.dumps({**settings, "version": version}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -297,6 +305,7 @@ class FacePreprocessor:
         detector: FaceDetector | None = None,
         crop: str = "resize",
         context: int = 1,
+        min_face: int = 0,
         **detector_options,
     ):
         if crop not in CROP_MODES:
@@ -306,12 +315,14 @@ class FacePreprocessor:
         self.max_faces = max_faces
         self.crop_mode = crop
         self.context = context
+        self.min_face = min_face
         self.detector = detector or FaceDetector(**detector_options)
 
     @classmethod
     def from_settings(cls, settings: PreprocessSettings, **options) -> "FacePreprocessor":
         """``options``: max_faces, detector, context, threads, providers."""
-        return cls(settings.input_size, settings.margin, crop=settings.crop, **settings.detector_options(), **options)
+        return cls(settings.input_size, settings.margin, crop=settings.crop, min_face=settings.min_face,
+                   **settings.detector_options(), **options)
 
     def is_native(self, box: tuple[float, float, float, float] | None) -> bool:
         """Native pixels when the face box is at most NATIVE_FACE_LIMIT times the input window; larger
@@ -321,8 +332,15 @@ class FacePreprocessor:
 
     def crop(self, image: Image.Image, box: tuple[float, float, float, float] | None) -> tuple[Image.Image, tuple]:
         if self.is_native(box):
-            window = native_window(box, self.input_size * self.context)
-            return image.crop(window), window
+            side = max(box[2] - box[0], box[3] - box[1])
+            if side >= self.min_face:
+                window = native_window(box, self.input_size * self.context)
+                return image.crop(window), window
+            # a small face: a narrower window, upsampled (the context window is the same multiple of it)
+            served = max(2, 2 * round(self.input_size * side / self.min_face / 2))  # even: centres align
+            window = native_window(box, served * self.context)
+            size = (self.input_size * self.context,) * 2
+            return image.crop(window).resize(size, Image.BICUBIC), window
         square = square_box(box, image.width, image.height, self.margin)
         size = (self.input_size, self.input_size)
         return image.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from runtime.preprocessing import FacePreprocessor, PreprocessSettings
+from runtime.preprocessing import FaceDetector, FacePreprocessor, PreprocessSettings
 from training.augment import Augment, AugmentConfig, self_blend
 from training.data import (
     centre_view,
@@ -180,6 +180,43 @@ def test_native_crop_keeps_original_pixels_and_the_cache_keeps_context(tmp_path)
     big = FacePreprocessor.from_settings(PreprocessSettings(input_size=32, crop="native"), threads=1).prepare(portrait)
     assert max(x2 - x1, y2 - y1) > 32 * 1.25
     assert big.crops[0].size == (32, 32) and big.crop_boxes[0][2] - big.crop_boxes[0][0] > 32
+
+
+def test_min_face_shows_a_downscaled_upload_at_the_trained_face_size(tmp_path):
+    portrait = Image.fromarray(skdata.astronaut()).resize((256, 256), Image.LANCZOS)
+    plain = PreprocessSettings(input_size=96, crop="native")
+    x1, y1, x2, y2 = FacePreprocessor.from_settings(plain, threads=1).prepare(portrait).faces[0].box
+    face = round(max(x2 - x1, y2 - y1))
+    settings = PreprocessSettings(input_size=96, crop="native", min_face=face)
+    assert PreprocessSettings.from_metadata({"preprocessing": settings.to_metadata()}) == settings
+    half = portrait.resize((128, 128), Image.BICUBIC)
+
+    def crop(s, image):
+        return np.asarray(FacePreprocessor.from_settings(s, threads=1).prepare(image).crops[0], dtype=float)
+
+    # the full-size face is at min_face already: its native pixels, untouched, as without the setting
+    assert np.array_equal(crop(settings, portrait), crop(plain, portrait))
+
+    # at half size it is upsampled back: the detector finds a face of about min_face in the crop,
+    # where the plain crop shows one half as large
+    def face_in(s, image):
+        served = Image.fromarray(crop(s, image).astype(np.uint8))
+        x1, y1, x2, y2 = FaceDetector(threads=1).detect([served])[0][0].box
+        return max(x2 - x1, y2 - y1)
+
+    assert face_in(settings, half) == pytest.approx(face, rel=0.15)
+    assert face_in(plain, half) == pytest.approx(face / 2, rel=0.15)
+
+    # training caches twice the window, upsampled alike: its centre is the served crop
+    root = tmp_path / "small"
+    (root / "real").mkdir(parents=True)
+    (root / "fake").mkdir()
+    half.save(root / "real" / "half.png")
+    crops, _ = CropCache(tmp_path / "cache", settings).prepare(discover(root, SplitSpec(0.0, 0.0))["train"])
+    with Image.open(crops[0].crop) as cached:
+        centre = np.asarray(centre_view(cached.convert("RGB"), 96), dtype=float)
+    served = crop(settings, half)
+    assert np.array_equal(centre[4:-4, 4:-4], served[4:-4, 4:-4])  # bicubic support aside, at the edges
 
 
 def test_zoom_out_view_shrinks_the_face_like_a_downscaled_upload():

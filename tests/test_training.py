@@ -56,7 +56,7 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
     assert saved["threshold"] == meta["threshold"]
     assert saved["calibration"]["method"] == "platt" and saved["calibration"]["scale"] > 0
     # the keys the serving handler reads to rebuild the same preprocessing
-    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "crop": "resize", "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640}
+    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "crop": "resize", "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640, "min_face": 0}
     assert saved["labels"] == {"0": "real", "1": "fake"}
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 1 + cfg.epochs
@@ -207,6 +207,11 @@ def test_face_family_starts_pretrained_and_stays_frozen_for_the_linear_probe(gen
     trainer.fit(stop_after=1)  # fine-tuning: the backbone moves too
     assert not torch.equal(trainer.model.state_dict()["backbone.stage3.1.1.0.weight"], start["backbone.stage3.1.1.0.weight"])
 
+    # a checkpoint is evaluated with the run's crops, not the defaults
+    for name in ("last", "best"):
+        _, meta = load_weights(tmp_path / "run" / f"{name}.safetensors")
+        assert meta["preprocessing"]["crop"] == "native" and meta["preprocessing"]["input_size"] == 64
+
 
 def test_ema_is_validated_kept_and_resumed_exactly(generated, tmp_path):
     """With ema_decay the shipped weights are the moving average, not the last step's, and a
@@ -268,3 +273,54 @@ def test_split_seed_keeps_the_split_while_the_training_seed_changes(generated, t
     base = split_of(seed=0)
     assert split_of(seed=1, split_seed=0) == base
     assert split_of(seed=1)["test"] != base["test"]  # without it, the seed draws the split too
+
+
+def test_evaluation_reports_hand_edits_by_difficulty():
+    from pathlib import Path
+
+    from training.data import CachedCrop
+    from training.evaluate import Scored, by_edit_level
+
+    def scored(names: list[str], labels: list[int], p: list[float]) -> Scored:
+        crops = [CachedCrop(Path("c.png"), y, Path(n), True) for n, y in zip(names, labels)]
+        return Scored(crops, np.array(labels), np.array(p))
+
+    # the easy edits all score below every real photo, the hard ones above: AUC 0 and 1
+    edits = scored(["r1.jpg", "r2.jpg", "easy_1_1000.jpg", "easy_2_0001.jpg", "hard_3_1111.jpg", "hard_4_0110.jpg"],
+                   [0, 0, 1, 1, 1, 1], [0.5, 0.6, 0.1, 0.2, 0.8, 0.9])
+    gan = scored(["00001.jpg", "AB12CD.jpg"], [0, 1], [0.2, 0.7])
+    table = by_edit_level({"photoshop": edits, "faces": gan}, threshold=0.5, resamples=50)
+    assert list(table) == ["photoshop"]  # GAN faces carry no difficulty
+    assert list(table["photoshop"]) == ["easy", "hard"]
+    assert table["photoshop"]["easy"]["roc_auc"] == 0.0 and table["photoshop"]["easy"]["n_fake"] == 2
+    assert table["photoshop"]["hard"]["roc_auc"] == 1.0 and table["photoshop"]["hard"]["n_real"] == 2
+
+
+def test_face_mirror_stream_sees_only_asymmetry():
+    from runtime.face_hybrid import load_pretrained_backbone
+    from runtime.model import build_model
+
+    model = build_model("face", input_size=64, mirror_channels=8).eval()
+    load_pretrained_backbone(model.backbone)
+    half = torch.rand(2, 3, 64, 32)
+    symmetric = torch.cat([half, half.flip(3)], dim=3)
+    one_eye = symmetric.clone()
+    one_eye[:, :, 20:28, 8:16] = torch.rand(2, 3, 8, 8)  # a patch on one side only
+    with torch.no_grad():
+        assert model(symmetric).shape == (2,)
+        for x, asymmetric in ((symmetric, False), (one_eye, True)):
+            _, both = model.to_stride16(torch.cat([x, x.flip(3)]))
+            difference = (both[:2] - both[2:]).abs().amax().item()
+            assert (difference > 0.01) if asymmetric else difference == 0.0
+
+
+def test_train_fraction_keeps_a_share_of_each_class_and_leaves_val_and_test_alone(generated, tmp_path):
+    full, _, _ = prepare_crops(config(tmp_path), generated)
+    half, _, _ = prepare_crops(config(tmp_path, train_fraction=0.5), generated)
+    again, _, _ = prepare_crops(config(tmp_path, train_fraction=0.5), generated)
+    assert half["val"] == full["val"] and half["test"] == full["test"]
+    assert half["train"] == again["train"]  # the same draw each time
+    assert set(c.source for c in half["train"]) < set(c.source for c in full["train"])
+    for label in (0, 1):
+        n_full = sum(c.label == label for c in full["train"])
+        assert sum(c.label == label for c in half["train"]) == round(n_full / 2)

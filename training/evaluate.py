@@ -7,7 +7,8 @@ Writes to the report folder:
 
 * ``metrics.json``: metrics per data root and pooled (pooled at the top level), each ROC AUC with a
   stratified bootstrap 95 % interval; calibration (ECE and reliability bins); with ``--robustness``
-  the AUC of every root under each perturbation of ``PERTURBATIONS`` and its drop from clean;
+  the AUC of every root under each perturbation of ``PERTURBATIONS`` and its drop from clean; for
+  a root of hand edits named with their difficulty, the AUC of each difficulty (``edit_levels``);
 * ``report.md``: the same as markdown tables, ready for the model card;
 * ``predictions.csv`` and PNG plots: ROC per root, confusion matrix, reliability, robustness, training
   curves (when the training log is found).
@@ -32,16 +33,17 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from runtime.preprocessing import FacePreprocessor, decode_image, to_tensor_batch
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.weights import Calibration, load_weights
 from training.augment import jpeg_recompress
-from runtime.preprocessing import PreprocessSettings
 from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover
 from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
 from training.plots import plot_confusion, plot_reliability, plot_robustness, plot_roc_curves, plot_training_curves
+from training.regions import edit_level
 from training.train import as_roots, dataset_name, predict, resolve_device
-from runtime.weights import Calibration, load_weights
 
 POOLED = "pooled"
+LEVEL_ORDER = {"easy": 0, "mid": 1, "hard": 2}
 
 
 def _downscale(image: Image.Image, factor: float) -> Image.Image:
@@ -55,6 +57,8 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "jpeg q75": lambda im: jpeg_recompress(im, 75),
     "jpeg q50": lambda im: jpeg_recompress(im, 50),
     "downscale 0.5x": lambda im: _downscale(im, 0.5),
+    # the detail of a half-size image at the original size: tells lost detail from a smaller face
+    "down-up 0.5x": lambda im: _downscale(im, 0.5).resize(im.size, Image.BICUBIC),
     "blur sigma 1": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
     "brightness +20%": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
     "brightness -20%": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
@@ -111,6 +115,22 @@ def perturbed_scores(model, preprocessor: FacePreprocessor, calibration: Calibra
     return np.concatenate(probs)
 
 
+def by_edit_level(scored: dict[str, Scored], threshold: float, resamples: int) -> dict:
+    """``{root: {level: metrics}}`` for roots whose fakes are named with a difficulty
+    (``training.regions.edit_level``): each level's fakes against all of the root's real images."""
+    table = {}
+    for root, s in scored.items():
+        levels = np.array([edit_level(c.source) if y == 1 else None for c, y in zip(s.crops, s.y)], dtype=object)
+        names = sorted({lv for lv in levels if lv}, key=lambda lv: LEVEL_ORDER.get(lv, len(LEVEL_ORDER)))
+        if not names:
+            continue
+        table[root] = {}
+        for level in names:
+            keep = (s.y == 0) | (levels == level)
+            table[root][level] = with_interval(s.y[keep], s.p[keep], threshold, resamples)
+    return table
+
+
 def robustness(model, meta: dict, scored: dict[str, Scored], threads: int, batch_size: int, device) -> dict:
     """``{perturbation: {root: {"roc_auc", "drop"}}}``; drop = clean AUC - perturbed AUC."""
     preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta), threads=threads)
@@ -135,6 +155,12 @@ def markdown_report(report: dict) -> str:
         low, high = m["roc_auc_95ci"]
         lines.append(f"| {name} | {m['n']} ({m['n_real']} / {m['n_fake']}) | {m['roc_auc']:.3f} [{low:.3f}, {high:.3f}] | "
                      f"{m['average_precision']:.3f} | {m['eer']:.3f} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} |")
+    for root, levels in report.get("edit_levels", {}).items():
+        lines += ["", f"{root} by edit difficulty (each level's fakes against all real images):", "",
+                  "| difficulty | fakes | ROC AUC [95 % CI] | recall |", "|---|---:|---:|---:|"]
+        for level, m in levels.items():
+            low, high = m["roc_auc_95ci"]
+            lines.append(f"| {level} | {m['n_fake']} | {m['roc_auc']:.3f} [{low:.3f}, {high:.3f}] | {m['recall']:.3f} |")
     cal = report["calibration"]
     lines += ["", f"Calibration (pooled): ECE {cal['ece']:.3f} over {len(cal['bins'])} equal-width bins.", ""]
     if "robustness" in report:
@@ -174,6 +200,9 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
         "datasets": datasets,
         "calibration": {"ece": expected_calibration_error(y, p), "bins": bins},
     }
+    levels = by_edit_level(scored, threshold, resamples)
+    if levels:
+        report["edit_levels"] = levels
     if with_robustness:
         report["robustness"] = robustness(model, meta, scored, threads, batch_size, device)
 

@@ -47,6 +47,13 @@ def edit_mask(path: str | Path) -> str | None:
     return bits if len(bits) == 4 else ""
 
 
+def edit_level(path: str | Path) -> str | None:
+    """The difficulty in a hand-edited file's name (easy, mid, hard: how hard the edit is for a
+    person to see), None for a file not named as a hand edit."""
+    match = EDIT_NAME.match(Path(path).stem)
+    return match.group(1) if match else None
+
+
 def region_boxes(landmarks, bits: str) -> list[tuple[float, float, float, float]]:
     """Boxes (x1, y1, x2, y2) around the regions whose bit is set, from RetinaFace's five points
     (two eyes, nose tip, two mouth corners), in the landmarks' own pixels."""

@@ -71,11 +71,13 @@ class TrainConfig:
     patience: int = 5  # epochs without a better val AUC before stopping
     seed: int = 0  # initialisation, order and augmentations; and the split, unless split_seed is set
     split_seed: int | None = None  # the train/val/test split alone (so runs of several seeds share one test set)
+    train_fraction: float = 1.0  # < 1: train on this share of each class of each root (a learning curve)
     val_fraction: float = 0.15  # used when the data folder is not already split
     test_fraction: float = 0.15
     folds: int = 1  # > 1: stratified K-fold cross-validation over train + val
     margin: float = DEFAULT_MARGIN  # face box growth for the crop (stored for serving)
     crop: str = "resize"  # resize | native: see runtime.preprocessing.PreprocessSettings
+    min_face: int = 0  # native crops: smaller face boxes are upsampled to this many pixels (stored for serving)
     threshold_method: str = "youden"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2  # torch CPU threads (and the face detector's)
@@ -268,8 +270,12 @@ class Trainer:
     def log_path(self) -> Path:
         return self.out_dir / "log.csv"
 
+    def checkpoint_metadata(self, epoch: int) -> dict:
+        """Enough to evaluate a checkpoint as it is: its crops are made as the run's are."""
+        return {"checkpoint_epoch": epoch, "preprocessing": preprocess_settings(self.config).to_metadata()}
+
     def save_checkpoint(self) -> None:
-        save_weights(self.model, self.checkpoint_weights, {"checkpoint_epoch": self.state["epoch"]})
+        save_weights(self.model, self.checkpoint_weights, self.checkpoint_metadata(self.state["epoch"]))
         state = {
             **self.state,
             "optimizer": self.optimizer.state_dict(),
@@ -392,7 +398,7 @@ class Trainer:
             if improved:
                 self.state.update(best_auc=-1.0 if math.isnan(val_auc) else val_auc, best_epoch=epoch, bad_epochs=0)
                 if self.dist.is_main:
-                    save_weights(self.shipped, self.best_weights, {"checkpoint_epoch": epoch})
+                    save_weights(self.shipped, self.best_weights, self.checkpoint_metadata(epoch))
             else:
                 self.state["bad_epochs"] += 1
             self.state["epoch"] = epoch
@@ -445,11 +451,26 @@ def dataset_name(root: Path) -> str:
     return root.resolve().name
 
 
+def subsample(crops: list[CachedCrop], fraction: float, seed: int) -> list[CachedCrop]:
+    """``fraction`` of each (root, class) group, drawn by ``seed``; the order of the rest is kept."""
+    rng = random.Random(seed)
+    keep = set()
+    for key in sorted({(c.dataset, c.label) for c in crops}):
+        group = [i for i, c in enumerate(crops) if (c.dataset, c.label) == key]
+        keep.update(rng.sample(group, max(1, round(fraction * len(group)))))
+    return [c for i, c in enumerate(crops) if i in keep]
+
+
+def preprocess_settings(config: TrainConfig) -> PreprocessSettings:
+    return PreprocessSettings(build_model(config.size, **config.model).config.input_size, config.margin, config.crop,
+                              min_face=config.min_face)
+
+
 def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[str, list[CachedCrop]], list, PreprocessSettings]:
     """Discover and split each data root (same seed and fractions), fill the crop cache, report what
     was skipped. Several roots are split separately and their splits concatenated."""
     spec = SplitSpec(config.val_fraction, config.test_fraction, split_seed(config))
-    settings = PreprocessSettings(build_model(config.size, **config.model).config.input_size, config.margin, config.crop)
+    settings = preprocess_settings(config)
     cache = CropCache(config.cache_dir, settings, threads=config.threads)
     crops, skipped = {"train": [], "val": [], "test": []}, []
     for root in as_roots(data):
@@ -460,6 +481,9 @@ def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[st
             counts = class_counts(prepared)
             no_face = sum(1 for c in prepared if not c.face_found)
             print(f"{dataset_name(root)} {name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
+    if config.train_fraction < 1:
+        crops["train"] = subsample(crops["train"], config.train_fraction, split_seed(config))
+        print(f"training on {len(crops['train'])} images ({config.train_fraction:.0%} of each class of each root)")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
         for s in skipped:
