@@ -72,21 +72,28 @@ def browser():
     driver.quit()
 
 
+def wait(browser, timeout: float):
+    """A wait that reads again when the page redraws what it was reading (the history table is
+    rebuilt after every answer, so an element found a moment ago can be gone)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def upload(browser, path: Path, timeout: float = 120):
     """Pick a file in the page's file input and wait for the page to answer (a verdict or an error)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.execute_script("document.getElementById('verdict').dataset.label = ''; document.getElementById('error').hidden = true;")
     browser.find_element(By.ID, "file").send_keys(str(path))
-    WebDriverWait(browser, timeout).until(
+    wait(browser, timeout).until(
         lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label") or d.find_element(By.ID, "error").is_displayed()
     )
 
 
 def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(page)
     by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
@@ -115,7 +122,7 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
     assert crop["x"] + crop["width"] >= face["x"] + face["width"] - 1 and crop["y"] + crop["height"] >= face["y"] + face["height"] - 1
     screenshot = tmp_path / "page.png"
     fake_digest = hashlib.sha256(FAKE.read_bytes()).hexdigest()
-    WebDriverWait(browser, 30).until(lambda d: fake_digest[:12] in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    wait(browser, 30).until(lambda d: fake_digest[:12] in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
     browser.save_screenshot(str(screenshot))
     if os.environ.get("DEEPFAKE_PAGE_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["DEEPFAKE_PAGE_SCREENSHOT"])
@@ -130,8 +137,8 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
     assert "not an image" in error.text and not by_id("result").is_displayed()
 
     # the history shows the page's own requests, newest first: the refusal, then the fake example
-    WebDriverWait(browser, 30).until(lambda d: "415" in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
-    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")]
+    wait(browser, 30).until(lambda d: "415" in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    rows = wait(browser, 30).until(lambda d: [r.text for r in d.find_elements(By.CSS_SELECTOR, "#history tbody tr")])
     assert "not_an_image" in rows[0] and "fake" in rows[1]
     assert fake_digest[:12] in rows[1]
     csv_text = requests.get(by_id("csv").get_attribute("href"), timeout=30).text
@@ -144,10 +151,10 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
     for i in range(11):
         assert torchserve.predict(MODEL, probe + b"history-%d" % i, headers={"Content-Type": "image/png"}).status_code == 200
     newest = hashlib.sha256(probe + b"history-10").hexdigest()[:12]
-    WebDriverWait(browser, 30).until(lambda d: newest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    wait(browser, 30).until(lambda d: newest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == 10
     by_id("next").click()
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "page-info").text.startswith("page 2 of"))
+    wait(browser, 30).until(lambda d: d.find_element(By.ID, "page-info").text.startswith("page 2 of"))
     assert newest not in browser.find_element(By.CSS_SELECTOR, "#history tbody").text
 
     # the model server's keys stay on the server side
@@ -163,7 +170,6 @@ def test_dropping_a_file_on_the_page(page, browser, torchserve, name, mime):
     import base64
 
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     data = FAKE.read_bytes() if mime == "image/jpeg" else face_clip("webm", frames=4)
     browser.get(page)
@@ -174,7 +180,7 @@ def test_dropping_a_file_on_the_page(page, browser, torchserve, name, mime):
         document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));""",
         base64.b64encode(data).decode(), name, mime,
     )
-    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label"))
+    wait(browser, 120).until(lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label"))
     expected = torchserve.predict(MODEL, data, headers={"Content-Type": mime}).json()
     assert browser.find_element(By.ID, "verdict").text.lower() == expected["label"]
     if mime == "image/jpeg":
@@ -226,7 +232,6 @@ def test_a_video_on_the_page(page, browser, torchserve, tmp_path):
     """A face clip: the verdict, the frame counts and one timeline point per sampled frame, as the REST
     answer has them; the preview; the most suspicious frame's heatmap on request; a corrupt clip refused."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(page)
     by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
@@ -254,7 +259,7 @@ def test_a_video_on_the_page(page, browser, torchserve, tmp_path):
     assert by_id("clip").is_displayed() and not by_id("photo").is_displayed() and not by_id("face-box").is_displayed()
     assert by_id("clip").get_attribute("src").startswith("blob:")
     # the preview plays the uploaded clip itself, and a timeline point takes it to that frame's time
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].readyState >= 1", by_id("clip")))
+    wait(browser, 30).until(lambda d: d.execute_script("return arguments[0].readyState >= 1", by_id("clip")))
     duration = browser.execute_script("return arguments[0].duration", by_id("clip"))
     assert duration == pytest.approx(expected["video"]["duration_s"], abs=0.3)
     points[3].click()
@@ -273,8 +278,10 @@ def test_a_video_on_the_page(page, browser, torchserve, tmp_path):
         browser.save_screenshot(os.environ["DEEPFAKE_PAGE_VIDEO_SCREENSHOT"])
 
     digest = hashlib.sha256(clip.read_bytes()).hexdigest()[:12]
-    WebDriverWait(browser, 30).until(lambda d: digest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
-    assert browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")[0].find_elements(By.TAG_NAME, "td")[1].text == "video"
+    wait(browser, 30).until(lambda d: digest in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    media = wait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#history tbody tr")[0].find_elements(By.TAG_NAME, "td")[1].text)
+    assert media == "video"
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(corrupt(face_clip("mp4", frames=6)))
