@@ -39,11 +39,10 @@ from training.augment import jpeg_recompress
 from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover
 from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
 from training.plots import plot_confusion, plot_reliability, plot_robustness, plot_roc_curves, plot_training_curves
-from training.regions import edit_level
+from training.regions import EDIT_LEVELS, edit_level
 from training.train import as_roots, dataset_name, predict, resolve_device
 
 POOLED = "pooled"
-LEVEL_ORDER = {"easy": 0, "mid": 1, "hard": 2}
 
 
 def _downscale(image: Image.Image, factor: float) -> Image.Image:
@@ -121,7 +120,7 @@ def by_edit_level(scored: dict[str, Scored], threshold: float, resamples: int) -
     table = {}
     for root, s in scored.items():
         levels = np.array([edit_level(c.source) if y == 1 else None for c, y in zip(s.crops, s.y)], dtype=object)
-        names = sorted({lv for lv in levels if lv}, key=lambda lv: LEVEL_ORDER.get(lv, len(LEVEL_ORDER)))
+        names = [level for level in EDIT_LEVELS if level in levels]
         if not names:
             continue
         table[root] = {}

@@ -29,7 +29,8 @@ from torch import nn
 
 REAL, FAKE, UNKNOWN = 0, 255, 128
 # the Yonsei naming: difficulty, number, one bit per region (left eye, right eye, nose, mouth)
-EDIT_NAME = re.compile(r"^(easy|mid|hard)_\d+_([01]*)$")
+EDIT_LEVELS = ("easy", "mid", "hard")  # how hard the edit is for a person to see
+EDIT_NAME = re.compile(rf"^({'|'.join(EDIT_LEVELS)})_\d+_([01]*)$")
 # region half-sizes as fractions of the distance between the eyes, which sets the face's scale
 EYE_HALF = 0.45
 NOSE_HALF_WIDTH = 0.4
@@ -48,8 +49,8 @@ def edit_mask(path: str | Path) -> str | None:
 
 
 def edit_level(path: str | Path) -> str | None:
-    """The difficulty in a hand-edited file's name (easy, mid, hard: how hard the edit is for a
-    person to see), None for a file not named as a hand edit."""
+    """The difficulty in a hand-edited file's name (one of ``EDIT_LEVELS``), None for a file not
+    named as a hand edit."""
     match = EDIT_NAME.match(Path(path).stem)
     return match.group(1) if match else None
 

@@ -183,6 +183,7 @@ class Trainer:
         self.config = config
         self.seed = seed
         self.out_dir = Path(out_dir)
+        self.preprocessing = preprocess_settings(config).to_metadata()  # written with every checkpoint
         self.dist = distributed.join(resolve_device(config.device))  # a job of one without torchrun
         self.device = self.dist.device
         cuda = self.device.type == "cuda"
@@ -272,7 +273,7 @@ class Trainer:
 
     def checkpoint_metadata(self, epoch: int) -> dict:
         """Enough to evaluate a checkpoint as it is: its crops are made as the run's are."""
-        return {"checkpoint_epoch": epoch, "preprocessing": preprocess_settings(self.config).to_metadata()}
+        return {"checkpoint_epoch": epoch, "preprocessing": self.preprocessing}
 
     def save_checkpoint(self) -> None:
         save_weights(self.model, self.checkpoint_weights, self.checkpoint_metadata(self.state["epoch"]))
