@@ -71,6 +71,7 @@ class FaceHybridConfig:
     neck_multiplier: int = 0  # > 0: trainable strided separable layers (this many times wider) take each
     #                           stage to stride 32 instead of average pooling (0 switches them off)
     mirror_channels: int = 0  # width of the mirror stream (0 switches it off)
+    kind_classes: int = 0  # > 0: a second head guesses which kind of fake (``forward_with_kinds``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +217,7 @@ class FaceHybridNet(nn.Module):
         self.pooled_norm = nn.BatchNorm1d(2 * channels)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(2 * channels, 1)
+        self.kind_classifier = nn.Linear(2 * channels, config.kind_classes) if config.kind_classes else None
 
     def to_stride16(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f8 = self.backbone.stage1(rgb.flip(1) - self.bgr_mean)
@@ -242,15 +244,23 @@ class FaceHybridNet(nn.Module):
             maps.append(self.mirror((f16 - mirrored).abs()))
         return self.attention(torch.cat(maps, dim=1))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of shape (N,); with ``pre_logits`` the pooled vector both heads read."""
         flat = features.flatten(2)
         # sqrt(var + eps): the gradient of a plain std is infinite for a channel that is constant
         pooled = torch.cat([flat.mean(dim=2), torch.sqrt(flat.var(dim=2) + 1e-5)], dim=1)
-        return self.classifier(self.dropout(self.pooled_norm(pooled))).squeeze(1)
+        pre = self.dropout(self.pooled_norm(pooled))
+        return pre if pre_logits else self.classifier(pre).squeeze(1)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], shape (N, 3, S, S) -> logits of shape (N,); sigmoid gives P(fake)."""
         return self.forward_head(self.forward_features(rgb))
+
+    def forward_with_kinds(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N,), kind logits (N, kind_classes)) from one pass; softmax of the second is the
+        model's guess of which kind of fake an image is, meaningful only for a fake verdict."""
+        pre = self.forward_head(self.forward_features(rgb), pre_logits=True)
+        return self.classifier(pre).squeeze(1), self.kind_classifier(pre)
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The parameters that start from RetinaFace (trained with their own learning-rate scale)."""

@@ -38,6 +38,7 @@ class ModelConfig:
     reduction: int = 16  # CBAM channel-attention reduction
     spatial_kernel: int = 7  # CBAM spatial-attention kernel
     dropout: float = 0.3
+    kind_classes: int = 0  # > 0: a second head guesses which kind of fake (``forward_with_kinds``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +136,7 @@ class HybridAttentionNet(nn.Module):
         self.exit_attention = CBAM(x1, c.reduction, c.spatial_kernel)
         self.dropout = nn.Dropout(c.dropout)
         self.classifier = nn.Linear(x1, 1)
+        self.kind_classifier = nn.Linear(x1, c.kind_classes) if c.kind_classes else None
 
     def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:
         """The last feature map before pooling (the Grad-CAM target)."""
@@ -143,10 +145,16 @@ class HybridAttentionNet(nn.Module):
         x = self.middle_attention(self.middle(x))
         return self.exit_attention(self.exit(x))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = torch.flatten(F.adaptive_avg_pool2d(features, 1), 1)
-        return self.classifier(self.dropout(pooled)).squeeze(1)
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits of shape (N,); with ``pre_logits`` the pooled vector both heads read."""
+        pre = self.dropout(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+        return pre if pre_logits else self.classifier(pre).squeeze(1)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], shape (N, 3, S, S) -> logits of shape (N,); sigmoid gives P(fake)."""
         return self.forward_head(self.forward_features(rgb))
+
+    def forward_with_kinds(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N,), kind logits (N, kind_classes)) from one pass."""
+        pre = self.forward_head(self.forward_features(rgb), pre_logits=True)
+        return self.classifier(pre).squeeze(1), self.kind_classifier(pre)

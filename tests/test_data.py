@@ -15,6 +15,7 @@ from training.data import (
     Sample,
     SplitSpec,
     discover,
+    discover_roots,
     list_class_folders,
     stratified_split,
 )
@@ -60,6 +61,53 @@ def test_presplit_layout_is_used_as_given(tmp_path):
         touch_images(tmp_path / split / "fake", n + 1)
     splits = discover(tmp_path)
     assert [len(splits[k]) for k in ("train", "val", "test")] == [11, 5, 7]
+
+
+def write_groups(root, rows):
+    (root / "groups.csv").write_text("path,label,group\n" + "".join(f"{p},{p.split('/')[0]},{g}\n" for p, g in rows))
+
+
+def test_a_root_with_groups_is_split_by_group_never_across_splits(tmp_path):
+    # 40 groups of one real and one fake (a face swap and its source video), plus a group of three
+    touch_images(tmp_path / "real", 41, "r")
+    touch_images(tmp_path / "fake", 42, "f")
+    rows = [(f"real/r{i:03d}.jpg", f"video{i}") for i in range(41)] + [(f"fake/f{i:03d}.jpg", f"video{i}") for i in range(40)]
+    rows += [("fake/f040.jpg", "video40"), ("fake/f041.jpg", "video40")]
+    write_groups(tmp_path, rows)
+    group_of = {tmp_path / p: g for p, g in rows}
+    splits = discover(tmp_path, SplitSpec(val=0.2, test=0.2, seed=3))
+    groups = {name: {group_of[s.path] for s in samples} for name, samples in splits.items()}
+    assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"] or groups["val"] & groups["test"])
+    assert [len(groups[k]) for k in ("train", "val", "test")] == [25, 8, 8]  # 41 groups: 8 + 8 + the rest
+    assert sum(len(v) for v in splits.values()) == 83
+    assert discover(tmp_path, SplitSpec(val=0.2, test=0.2, seed=3)) == splits
+    assert discover(tmp_path, SplitSpec(val=0.2, test=0.2, seed=4))["test"] != splits["test"]
+
+
+def test_an_image_missing_from_the_groups_file_is_an_error(tmp_path):
+    touch_images(tmp_path / "real", 2, "r")
+    touch_images(tmp_path / "fake", 2, "f")
+    write_groups(tmp_path, [("real/r000.jpg", "a"), ("real/r001.jpg", "b"), ("fake/f000.jpg", "a")])
+    with pytest.raises(ValueError, match="1 image.*no group.*f001"):
+        discover(tmp_path)
+
+
+def test_a_fake_only_root_takes_the_real_images_of_its_donor_in_the_same_splits(tmp_path):
+    touch_images(tmp_path / "faces" / "real", 20, "r")
+    touch_images(tmp_path / "faces" / "fake", 20, "g")
+    touch_images(tmp_path / "diffusion" / "fake", 10, "d")
+    spec = SplitSpec(val=0.2, test=0.2, seed=1)
+    found = discover_roots([tmp_path / "faces", tmp_path / "diffusion"], spec, {"diffusion": "faces"})
+    for split in ("train", "val", "test"):
+        donor_reals = [s for s in found["faces"][split] if s.label == 0]
+        paired = found["diffusion"][split]
+        assert [s for s in paired if s.label == 0] == donor_reals  # the same reals, split as the donor splits them
+        assert {s.path.parent.parent.name for s in paired if s.label == 1} == {"diffusion"}
+    assert [sum(s.label for s in found["diffusion"][k]) for k in ("train", "val", "test")] == [6, 2, 2]
+    with pytest.raises(ValueError, match="'fake' folder"):  # unpaired, a fake-only root is refused
+        discover_roots([tmp_path / "diffusion"], spec)
+    with pytest.raises(ValueError, match="not given as data.*faces"):
+        discover_roots([tmp_path / "diffusion"], spec, {"diffusion": "faces"})
 
 
 def test_missing_class_folder_is_an_error(tmp_path):

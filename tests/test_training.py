@@ -177,7 +177,14 @@ def test_several_roots_are_split_apart_and_reported_per_dataset(two_roots, tmp_p
         for name in ("gan", "edits"):
             assert row[name]["drop"] == pytest.approx(report["datasets"][name]["roc_auc"] - row[name]["roc_auc"])
     assert 0.0 <= report["calibration"]["ece"] <= 1.0
-    for name in ("roc.png", "reliability.png", "robustness.png", "confusion_matrix.png"):
+    from training.evaluate import FACE_SCALES
+
+    for name in ("gan", "edits"):  # the face-size sweep: scale 1 is the clean score, smaller faces are found smaller
+        rows = report["face_size"][name]
+        assert [r["scale"] for r in rows] == list(FACE_SCALES)
+        assert rows[0]["roc_auc"] == pytest.approx(report["datasets"][name]["roc_auc"], abs=1e-6)
+        assert 0.0 <= report["datasets"][name]["ece"] <= 1.0
+    for name in ("roc.png", "reliability.png", "robustness.png", "confusion_matrix.png", "face_size.png"):
         with Image.open(report_dir / name) as png:
             assert png.format == "PNG"
     assert "| jpeg q75 |" in (report_dir / "report.md").read_text()
@@ -324,3 +331,81 @@ def test_train_fraction_keeps_a_share_of_each_class_and_leaves_val_and_test_alon
     for label in (0, 1):
         n_full = sum(c.label == label for c in full["train"])
         assert sum(c.label == label for c in half["train"]) == round(n_full / 2)
+
+
+@pytest.fixture(scope="module")
+def three_kinds(generated, tmp_path_factory):
+    """Three roots: 'gan' (real + fake), 'edits' (real + fake) and 'gen', fake only (paired with gan's reals)."""
+    import shutil
+
+    parent = tmp_path_factory.mktemp("kinds")
+    for name in ("gan", "edits"):
+        shutil.copytree(generated, parent / name, ignore=shutil.ignore_patterns("corrupt.jpg"))
+    shutil.copytree(generated / "fake", parent / "gen" / "fake", ignore=shutil.ignore_patterns("corrupt.jpg"))
+    return [parent / "gan", parent / "edits", parent / "gen"]
+
+
+def test_kind_head_learns_from_fakes_beside_a_held_out_root_and_ships(three_kinds, tmp_path):
+    from training.kinds import FAKE_KINDS
+
+    kinds = {"gan": "gan", "edits": "hand_edit", "gen": "diffusion"}
+    cfg = config(tmp_path, size="face", model={"input_size": 64}, crop="native", epochs=2, kind_loss=1.0,
+                 kinds=kinds, real_from={"gen": "gan"}, holdout="edits", balance_datasets=True, balance_power=0.5,
+                 augment={**NO_LOSSY_AUG, "sbi": 0.5})
+    crops, _, _ = prepare_crops(cfg, three_kinds)
+    assert {c.dataset for c in crops["train"]} == {"gan", "gen"} == {c.dataset for c in crops["val"]}
+    assert {c.dataset for c in crops["test"]} == {"gan", "gen", "edits"}  # the held-out root: test only
+    gen_reals = sorted(str(c.source) for c in crops["test"] if c.dataset == "gen" and c.label == 0)
+    assert gen_reals == sorted(str(c.source) for c in crops["test"] if c.dataset == "gan" and c.label == 0)
+
+    trainer = Trainer(cfg, crops["train"], crops["val"], tmp_path / "run", seed=0)
+    samples = [trainer.train_set[i] for i in range(len(trainer.train_set))]  # each draw augments anew: read once
+    labels, targets = [y.item() for _, y, _ in samples], [t.item() for _, _, t in samples]
+    # reals have no kind; self-blended reals are face swaps; a root's own fakes are its kind
+    assert {t for t, y in zip(targets, labels) if y == 0} == {-1}
+    assert set(targets) - {-1} == {FAKE_KINDS.index(k) for k in ("gan", "diffusion", "face_swap")}
+
+    meta = train(cfg, three_kinds, tmp_path / "run", output=tmp_path / "w.safetensors", command="pytest")
+    assert meta["kinds"] == list(FAKE_KINDS)
+    assert set(meta["metrics"]["test"]["per_dataset_auc"]) == {"gan", "gen", "edits"}
+    assert meta["data"]["real_from"] == {"gen": "gan"}
+    evaluate_main(["--cross", f"no_edits={tmp_path / 'w.safetensors'}", "--data", *map(str, three_kinds), "--out",
+                   str(tmp_path / "loko"), "--cache-dir", cfg.cache_dir, "--threads", "1", "--bootstrap", "20"])
+    matrix = json.loads((tmp_path / "loko" / "cross_kind.json").read_text())
+    assert matrix["leave_one_kind_out"] == {"held_out": {"no_edits": "edits"}, "mean_roc_auc": matrix["no_edits"]["edits"]["roc_auc"]}
+    assert matrix["no_edits"]["edits"]["roc_auc"] == pytest.approx(meta["metrics"]["test"]["per_dataset_auc"]["edits"])
+    assert "**" in (tmp_path / "loko" / "cross_kind.md").read_text()
+
+    model, _ = load_weights(tmp_path / "w.safetensors")
+    fresh = Trainer(cfg, crops["train"], crops["val"], tmp_path / "fresh", seed=0).model
+    assert not torch.equal(model.kind_classifier.weight, fresh.kind_classifier.weight)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        logits, kind_logits = model.eval().forward_with_kinds(x)
+        assert kind_logits.shape == (3, len(FAKE_KINDS))
+        assert torch.equal(logits, model(x))  # the binary answer is the model's own
+
+
+def test_balance_power_sets_each_roots_share_of_the_draws(generated, tmp_path):
+    from pathlib import Path
+
+    from training.data import CachedCrop
+
+    items = [CachedCrop(Path("x.png"), i % 2, Path(f"{i}.png"), True, "small" if i < 10 else "large") for i in range(100)]
+    for power, share in [(0.0, 0.5), (0.5, 10**0.5 / (10**0.5 + 90**0.5)), (1.0, 0.1)]:
+        cfg = config(tmp_path, balance_datasets=True, balance_power=power)
+        trainer = Trainer(cfg, items, [], tmp_path / f"p{power}", seed=0)
+        drawn = [i for epoch in range(1, 41) for i in trainer.loader(trainer.train_set, True, epoch).sampler]
+        observed = sum(items[i].dataset == "small" for i in drawn) / len(drawn)
+        assert observed == pytest.approx(share, abs=0.03), power
+
+
+def test_any_config_field_can_be_set_from_the_command_line():
+    from training.train import with_settings
+
+    cfg = with_settings(TrainConfig(augment={"flip": 0.5}), ["kind_loss=0.3", "augment.sbi=0.2", "model.neck_multiplier=4",
+                                                            "real_from={diffusion: faces}"])
+    assert (cfg.kind_loss, cfg.augment, cfg.model, cfg.real_from) == (0.3, {"flip": 0.5, "sbi": 0.2}, {"neck_multiplier": 4},
+                                                                      {"diffusion": "faces"})
+    with pytest.raises(ValueError, match="unknown config key 'kind_los'"):
+        with_settings(cfg, ["kind_los=1"])

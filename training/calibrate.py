@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from runtime.preprocessing import PreprocessSettings
-from training.data import CropCache, CropDataset, discover
-from training.evaluate import split_spec
+from training.data import CropCache, CropDataset
+from training.evaluate import split_samples
 from training.metrics import binary_metrics, choose_threshold, fit_platt
-from training.train import as_roots, dataset_name, per_dataset_auc, predict, resolve_device
+from training.train import as_roots, per_dataset_auc, predict, resolve_device
 from runtime.weights import Calibration, load_weights, metadata_path
 
 
@@ -29,8 +29,8 @@ def split_logits(model, meta: dict, roots: list[Path], split: str, cache_dir: st
     """(crops, labels, logits) of one split over all roots."""
     cache = CropCache(cache_dir, PreprocessSettings.from_metadata(meta), threads=threads)
     crops = []
-    for root in roots:
-        prepared, _ = cache.prepare(discover(root, split_spec(meta))[split], split, dataset_name(root))
+    for name, samples in split_samples(meta, roots, split).items():
+        prepared, _ = cache.prepare(samples, split, name)
         crops += prepared
     y, z, _ = predict(model, DataLoader(CropDataset(crops), batch_size=64), device, desc=f"{split} logits")
     return crops, y, z

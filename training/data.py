@@ -3,7 +3,12 @@
 Two layouts are accepted (folder names case-insensitive):
 
 * ``root/{train,val,test}/{real,fake}/`` — the splits are taken as given;
-* ``root/{real,fake}/`` — split deterministically and stratified by class from a seed.
+* ``root/{real,fake}/`` — split deterministically from a seed: stratified by class, or, when the
+  root has a ``groups.csv`` (``path,label,group``: e.g. the source video of a face swap and of its
+  real original), by group, so that no group is in two splits.
+
+A root with only a ``fake/`` folder (generated faces with no real counterpart of their own) borrows
+the real images of another root, split as that root splits them (``discover_roots``).
 
 Labels are explicit, never alphabetical: real = 0, fake = 1.
 
@@ -14,6 +19,7 @@ file's content hash and the preprocessing settings. Unreadable images are report
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -37,6 +43,7 @@ LABELS = {"real": 0, "fake": 1}
 CLASS_NAMES = {v: k for k, v in LABELS.items()}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+GROUPS_FILE = "groups.csv"  # path,label,group: images of one group are never split apart
 CACHE_VERSION = 3  # bump when the crop procedure changes in a way the settings do not capture
 # Native crops are cached this many times wider than the model input, around the same centre, so
 # augmentation can zoom out (a smaller face, as in a downscaled upload); the centre is the served crop.
@@ -70,12 +77,14 @@ def _child_dirs(root: Path, names: dict[str, str]) -> dict[str, Path]:
     return found
 
 
-def list_class_folders(root: str | Path) -> list[Sample]:
-    """All image files under ``root/real`` and ``root/fake`` (recursive), sorted by path."""
+def list_class_folders(root: str | Path, required: Sequence[str] = tuple(LABELS)) -> list[Sample]:
+    """All image files under ``root/real`` and ``root/fake`` (recursive), sorted by path; the root
+    must have exactly the ``required`` class folders."""
     root = Path(root)
     classes = _child_dirs(root, {name: name for name in LABELS})
-    if set(classes) != set(LABELS):
-        raise ValueError(f"{root} must contain 'real' and 'fake' folders (found: {sorted(classes) or 'none'})")
+    if set(classes) != set(required):
+        wanted = " and ".join(f"'{name}'" for name in required)
+        raise ValueError(f"{root} must contain {wanted} folder(s) only (found: {sorted(classes) or 'none'})")
     samples = []
     for name, folder in classes.items():
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -99,8 +108,33 @@ def stratified_split(samples: Sequence[Sample], spec: SplitSpec) -> dict[str, li
     return {k: sorted(v, key=lambda s: str(s.path)) for k, v in splits.items()}
 
 
-def discover(root: str | Path, spec: SplitSpec = SplitSpec()) -> dict[str, list[Sample]]:
-    """``{"train": [...], "val": [...], "test": [...]}`` from either layout."""
+def read_groups(root: Path) -> dict[Path, str]:
+    """``root/groups.csv`` as {image path: group}; empty when the root has none."""
+    table = root / GROUPS_FILE
+    if not table.exists():
+        return {}
+    with table.open(newline="") as f:
+        return {root / row["path"]: row["group"] for row in csv.DictReader(f)}
+
+
+def grouped_split(samples: Sequence[Sample], groups: dict[Path, str], spec: SplitSpec) -> dict[str, list[Sample]]:
+    """Whole groups to test / val / train by the fractions of groups: sorted, shuffled with the seed."""
+    missing = [s.path for s in samples if s.path not in groups]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) have no group in {GROUPS_FILE}, e.g. {missing[0]}")
+    names = sorted({groups[s.path] for s in samples})
+    random.Random(f"{spec.seed}-groups").shuffle(names)
+    n_test, n_val = round(len(names) * spec.test), round(len(names) * spec.val)
+    split_of = {g: "test" for g in names[:n_test]} | {g: "val" for g in names[n_test : n_test + n_val]}
+    splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for sample in samples:
+        splits[split_of.get(groups[sample.path], "train")].append(sample)
+    return {k: sorted(v, key=lambda s: str(s.path)) for k, v in splits.items()}
+
+
+def discover(root: str | Path, spec: SplitSpec = SplitSpec(), classes: Sequence[str] = tuple(LABELS)) -> dict[str, list[Sample]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` from either layout; ``classes`` are the
+    class folders the root must have (``("fake",)`` for a fake-only root)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
@@ -108,8 +142,32 @@ def discover(root: str | Path, spec: SplitSpec = SplitSpec()) -> dict[str, list[
     if split_dirs:
         if "train" not in split_dirs:
             raise ValueError(f"{root} has split folders {sorted(split_dirs)} but no 'train'")
-        return {name: list_class_folders(split_dirs[name]) if name in split_dirs else [] for name in ("train", "val", "test")}
-    return stratified_split(list_class_folders(root), spec)
+        return {name: list_class_folders(split_dirs[name], classes) if name in split_dirs else [] for name in ("train", "val", "test")}
+    samples = list_class_folders(root, classes)
+    groups = read_groups(root)
+    return grouped_split(samples, groups, spec) if groups else stratified_split(samples, spec)
+
+
+def root_name(root: str | Path) -> str:
+    """A data root's name in logs, metrics and configs: its folder name (``faces``, ``faceswap``)."""
+    return Path(root).resolve().name
+
+
+def discover_roots(roots: Sequence[str | Path], spec: SplitSpec, real_from: dict[str, str] | None = None) -> dict[str, dict[str, list[Sample]]]:
+    """``{root name: {split: samples}}`` for several roots, each split on its own. A root named in
+    ``real_from`` has fake images only and takes the real images of the root it names, in the same
+    splits as there (so a real photo never sits in one root's training split and another's test)."""
+    real_from = dict(real_from or {})
+    by_name = {root_name(r): Path(r) for r in roots}
+    unknown = sorted(set(real_from) - set(by_name)) + sorted(set(real_from.values()) - set(by_name))
+    if unknown:
+        raise ValueError(f"real_from names root(s) not given as data: {unknown} (data: {sorted(by_name)})")
+    found = {name: discover(root, spec, ("fake",) if name in real_from else tuple(LABELS)) for name, root in by_name.items()}
+    for name, donor in real_from.items():
+        for split, samples in found[name].items():
+            reals = [s for s in found[donor][split] if s.label == LABELS["real"]]
+            found[name][split] = sorted(samples + reals, key=lambda s: str(s.path))
+    return found
 
 
 def class_counts(samples: Sequence[Sample]) -> dict[str, int]:
@@ -233,15 +291,20 @@ def centre_view(image: Image.Image, size: int, mask: Image.Image | None = None):
 class CropDataset(Dataset):
     """Cached crops -> (image tensor, label). ``view`` cuts a context crop to the input size (the
     centre by default); ``transform`` maps (PIL crop, label) -> (PIL crop, label), so augmentations
-    such as self-blending may turn a real face into a fake one. With ``dense_targets``, a third item:
-    the crop's dense target (``training.regions``), a uint8 (S, S) tensor moved with the pixels."""
+    such as self-blending may turn a real face into a fake one. With ``kind_of`` (item, label after
+    the transform) -> class, a third item: the kind-of-fake target (``training.kinds``). With
+    ``dense_targets``, a third item instead: the crop's dense target (``training.regions``), a
+    uint8 (S, S) tensor moved with the pixels."""
 
     def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None, view: Callable | None = None,
-                 dense_targets: bool = False):
+                 dense_targets: bool = False, kind_of: Callable[[CachedCrop, int], int] | None = None):
+        if dense_targets and kind_of is not None:
+            raise ValueError("a dataset gives dense targets or kind targets, not both")
         self.items = list(items)
         self.transform = transform
         self.view = view or centre_view
         self.dense_targets = dense_targets
+        self.kind_of = kind_of
 
     def __len__(self) -> int:
         return len(self.items)
@@ -260,7 +323,8 @@ class CropDataset(Dataset):
                 image = self.view(image, item.input_size)
             if self.transform is not None:
                 image, label = self.transform(image, label)
-            return pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)
+            sample = pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)
+            return sample if self.kind_of is None else (*sample, torch.tensor(self.kind_of(item, label)))
 
         mask = target_mask(item, image.width)
         if item.input_size and image.width != item.input_size:

@@ -36,13 +36,15 @@ from tqdm import tqdm
 from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
 from runtime.weights import Calibration, load_weights
 from training.augment import jpeg_recompress
-from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover
+from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover_roots
 from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
-from training.plots import plot_confusion, plot_reliability, plot_robustness, plot_roc_curves, plot_training_curves
+from training.plots import (plot_confusion, plot_face_size, plot_reliability, plot_robustness, plot_roc_curves,
+                            plot_training_curves)
 from training.regions import EDIT_LEVELS, edit_level
-from training.train import as_roots, dataset_name, predict, resolve_device
+from training.train import as_roots, predict, resolve_device
 
 POOLED = "pooled"
+FACE_SCALES = (1.0, 0.75, 0.5, 0.35)  # the image shrunk by these factors: the face-size dependency per kind
 
 
 def _downscale(image: Image.Image, factor: float) -> Image.Image:
@@ -80,20 +82,43 @@ def split_spec(meta: dict) -> SplitSpec:
     return SplitSpec(split.get("val", 0.15), split.get("test", 0.15), split.get("seed", 0))
 
 
+def split_samples(meta: dict, roots: list[Path], split: str, real_from: dict[str, str] | None = None) -> dict[str, list]:
+    """``{root name: samples}`` of one split, split as the weights' training split them; a fake-only
+    root pairs with the real images named by the training's ``real_from`` updated with ``real_from``."""
+    pairs = {**meta.get("data", {}).get("real_from", {}), **(real_from or {})}
+    names = {Path(r).resolve().name for r in roots}
+    pairs = {fake: real for fake, real in pairs.items() if fake in names and real in names}
+    found = {name: splits[split] for name, splits in discover_roots(roots, split_spec(meta), pairs).items()}
+    empty = [name for name, samples in found.items() if not samples]
+    if empty:
+        raise SystemExit(f"split '{split}' of {empty} is empty")
+    return found
+
+
 def score_roots(model, meta: dict, roots: list[Path], split: str, cache_dir: str, threads: int, batch_size: int,
-                device: torch.device) -> dict[str, Scored]:
+                device: torch.device, real_from: dict[str, str] | None = None) -> dict[str, Scored]:
     settings = PreprocessSettings.from_metadata(meta)
     cache = CropCache(cache_dir, settings, threads=threads)
     scored = {}
-    for root in roots:
-        samples = discover(root, split_spec(meta))[split]
-        if not samples:
-            raise SystemExit(f"split '{split}' of {root} is empty")
-        crops, _ = cache.prepare(samples, split, dataset_name(root))
+    for name, samples in split_samples(meta, roots, split, real_from).items():
+        crops, _ = cache.prepare(samples, split, name)
         loader = DataLoader(CropDataset(crops), batch_size=batch_size, shuffle=False)
-        y, z, _ = predict(model, loader, device, desc=f"evaluate {dataset_name(root)} {split}")
-        scored[dataset_name(root)] = Scored(crops, y, Calibration.from_metadata(meta).probability(z))
+        y, z, _ = predict(model, loader, device, desc=f"evaluate {name} {split}")
+        scored[name] = Scored(crops, y, Calibration.from_metadata(meta).probability(z))
     return scored
+
+
+def pooled_scores(scored: dict[str, Scored]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and P(fake) over all roots, each image once (a real photo that two roots share, such
+    as the FFHQ photos paired with the diffusion fakes, is counted once)."""
+    seen, y, p = set(), [], []
+    for s in scored.values():
+        for crop, label, prob in zip(s.crops, s.y, s.p):
+            if crop.source not in seen:
+                seen.add(crop.source)
+                y.append(label)
+                p.append(prob)
+    return np.array(y), np.array(p)
 
 
 def with_interval(y: np.ndarray, p: np.ndarray, threshold: float, resamples: int) -> dict:
@@ -104,14 +129,17 @@ def with_interval(y: np.ndarray, p: np.ndarray, threshold: float, resamples: int
 
 @torch.no_grad()
 def perturbed_scores(model, preprocessor: FacePreprocessor, calibration: Calibration, crops: list[CachedCrop], perturb,
-                     device, batch_size: int) -> np.ndarray:
-    """P(fake) of each source image after ``perturb``, through decoding, detection and cropping again."""
-    probs = []
+                     device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P(fake), detected face width in pixels or NaN) of each source image after ``perturb``,
+    through decoding, detection and cropping again."""
+    probs, widths = [], []
     for start in range(0, len(crops), batch_size):
         images = [perturb(decode_image(c.source.read_bytes())) for c in crops[start : start + batch_size]]
-        batch = to_tensor_batch([prepared.crops[0] for prepared in preprocessor.prepare_many(images)])
+        prepared = preprocessor.prepare_many(images)
+        batch = to_tensor_batch([one.crops[0] for one in prepared])
         probs.append(calibration.probability(model(batch.to(device)).float()).cpu().numpy())
-    return np.concatenate(probs)
+        widths += [one.faces[0].box[2] - one.faces[0].box[0] if one.faces else np.nan for one in prepared]
+    return np.concatenate(probs), np.array(widths, dtype=float)
 
 
 def by_edit_level(scored: dict[str, Scored], threshold: float, resamples: int) -> dict:
@@ -137,10 +165,25 @@ def robustness(model, meta: dict, scored: dict[str, Scored], threads: int, batch
     for name, perturb in tqdm(PERTURBATIONS.items(), desc="robustness", unit="perturbation"):
         table[name] = {}
         for root, s in scored.items():
-            p = perturbed_scores(model, preprocessor, Calibration.from_metadata(meta), s.crops, perturb, device, batch_size)
+            p, _ = perturbed_scores(model, preprocessor, Calibration.from_metadata(meta), s.crops, perturb, device, batch_size)
             auc = binary_metrics(s.y, p)["roc_auc"]
             clean = binary_metrics(s.y, s.p)["roc_auc"]
             table[name][root] = {"roc_auc": auc, "drop": clean - auc}
+    return table
+
+
+def face_size(model, meta: dict, scored: dict[str, Scored], threads: int, batch_size: int, device) -> dict:
+    """``{root: [{"scale", "median_face_px", "faces_found", "roc_auc"}]}``: the whole image shrunk
+    by each of ``FACE_SCALES``, so each kind is scored with smaller and smaller faces (what a face in
+    a video frame or a downscaled upload looks like), beside the face width the detector found."""
+    preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta), threads=threads)
+    table: dict[str, list] = {root: [] for root in scored}
+    for scale in tqdm(FACE_SCALES, desc="face sizes", unit="scale"):
+        for root, s in scored.items():
+            p, widths = perturbed_scores(model, preprocessor, Calibration.from_metadata(meta), s.crops,
+                                         lambda im: _downscale(im, scale), device, batch_size)
+            table[root].append({"scale": scale, "median_face_px": float(np.nanmedian(widths)) if np.isfinite(widths).any() else None,
+                                "faces_found": float(np.isfinite(widths).mean()), "roc_auc": binary_metrics(s.y, p)["roc_auc"]})
     return table
 
 
@@ -148,12 +191,13 @@ def markdown_report(report: dict) -> str:
     lines = [f"# Evaluation of `{report['weights']}` on the {report['split']} split", "",
              f"Threshold {report['threshold']:.4f} (chosen on validation). AUC intervals: stratified bootstrap, "
              f"{report['bootstrap_resamples']} resamples, 95 %.", "",
-             "| data | images (real / fake) | ROC AUC [95 % CI] | AP | EER | accuracy | precision | recall |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| data | images (real / fake) | ROC AUC [95 % CI] | AP | EER | ECE | accuracy | precision | recall |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["datasets"].items():
         low, high = m["roc_auc_95ci"]
+        ece = report["calibration"]["ece"] if name == POOLED else m.get("ece", float("nan"))
         lines.append(f"| {name} | {m['n']} ({m['n_real']} / {m['n_fake']}) | {m['roc_auc']:.3f} [{low:.3f}, {high:.3f}] | "
-                     f"{m['average_precision']:.3f} | {m['eer']:.3f} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} |")
+                     f"{m['average_precision']:.3f} | {m['eer']:.3f} | {ece:.3f} | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} |")
     for root, levels in report.get("edit_levels", {}).items():
         lines += ["", f"{root} by edit difficulty (each level's fakes against all real images):", "",
                   "| difficulty | fakes | ROC AUC [95 % CI] | recall |", "|---|---:|---:|---:|"]
@@ -170,23 +214,31 @@ def markdown_report(report: dict) -> str:
         for name, row in report["robustness"].items():
             lines.append(f"| {name} | " + " | ".join(f"{row[r]['roc_auc']:.3f} ({row[r]['drop']:+.3f})" for r in roots) + " |")
         lines.append("")
+    if "face_size" in report:
+        roots = list(report["face_size"])
+        lines += ["Face size: the whole image shrunk, AUC (median detected face width in px):", "",
+                  "| image scale | " + " | ".join(roots) + " |", "|---|" + "---:|" * len(roots)]
+        for i, scale in enumerate(FACE_SCALES):
+            cells = [report["face_size"][r][i] for r in roots]
+            lines.append(f"| {scale:g}x | " + " | ".join(f"{c['roc_auc']:.3f} ({c['median_face_px'] or 0:.0f} px)" for c in cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, threads: int, batch_size: int,
              device: str = "auto", threshold: float | None = None, log_csv: Path | None = None,
-             with_robustness: bool = False, resamples: int = 1000) -> dict:
+             with_robustness: bool = False, resamples: int = 1000, real_from: dict[str, str] | None = None) -> dict:
     torch.set_num_threads(threads)
     device = resolve_device(device)
     model, meta = load_weights(weights, map_location=device)
     roots = as_roots(data)
-    scored = score_roots(model, meta, roots, split, cache_dir, threads, batch_size, device)
-    y = np.concatenate([s.y for s in scored.values()])
-    p = np.concatenate([s.p for s in scored.values()])
+    scored = score_roots(model, meta, roots, split, cache_dir, threads, batch_size, device, real_from)
+    y, p = pooled_scores(scored)
 
     threshold = meta.get("threshold", 0.5) if threshold is None else threshold
     pooled = with_interval(y, p, threshold, resamples)
-    datasets = {name: with_interval(s.y, s.p, threshold, resamples) for name, s in scored.items()}
+    datasets = {name: {**with_interval(s.y, s.p, threshold, resamples), "ece": expected_calibration_error(s.y, s.p)}
+                for name, s in scored.items()}
     if len(scored) > 1:
         datasets[POOLED] = pooled
     bins = calibration_bins(y, p)
@@ -204,6 +256,7 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
         report["edit_levels"] = levels
     if with_robustness:
         report["robustness"] = robustness(model, meta, scored, threads, batch_size, device)
+        report["face_size"] = face_size(model, meta, scored, threads, batch_size, device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -226,6 +279,7 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
         table = {"clean": {n: datasets[n]["roc_auc"] for n in scored}}
         table.update({k: {n: v[n]["roc_auc"] for n in scored} for k, v in report["robustness"].items()})
         plot_robustness(table, out_dir / "robustness.png")
+        plot_face_size(report["face_size"], out_dir / "face_size.png")
     log_csv = log_csv or (Path(meta["training"]["log"]) if "training" in meta else None)
     if log_csv and Path(log_csv).exists():
         plot_training_curves(log_csv, out_dir / "training_curves.png")
@@ -233,24 +287,35 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
 
 
 def cross_kind(weights: dict[str, Path], data, split: str, out_dir: Path, cache_dir: str, threads: int,
-               batch_size: int, device: str = "auto", resamples: int = 1000) -> dict:
-    """Test ROC AUC [95 % CI] of each named weights on each data root."""
+               batch_size: int, device: str = "auto", resamples: int = 1000, real_from: dict[str, str] | None = None) -> dict:
+    """Test ROC AUC [95 % CI] of each named weights on each data root. A model trained with a
+    ``holdout`` root has that cell in bold, and the mean over such cells is the leave-one-kind-out
+    estimate (how the recipe meets a kind of fake it never saw)."""
     torch.set_num_threads(threads)
     device = resolve_device(device)
-    matrix = {}
+    matrix, held_out = {}, {}
     for name, path in weights.items():
         model, meta = load_weights(path, map_location=device)
-        scored = score_roots(model, meta, as_roots(data), split, cache_dir, threads, batch_size, device)
+        scored = score_roots(model, meta, as_roots(data), split, cache_dir, threads, batch_size, device, real_from)
         matrix[name] = {root: {"roc_auc": binary_metrics(s.y, s.p)["roc_auc"],
                                "roc_auc_95ci": list(bootstrap_auc_interval(s.y, s.p, resamples)),
                                "trained_on": meta.get("data", {}).get("root")}
                         for root, s in scored.items()}
+        holdout = meta.get("training", {}).get("holdout")
+        if holdout in matrix[name]:
+            held_out[name] = holdout
     roots = list(next(iter(matrix.values())))
-    lines = [f"Test ROC AUC [95 % CI] of each model (rows) on each data root (columns), {split} split.", "",
+    lines = [f"Test ROC AUC [95 % CI] of each model (rows) on each data root (columns), {split} split"
+             + (" (bold: the kind the model was trained without)." if held_out else "."), "",
              "| model | " + " | ".join(roots) + " |", "|---|" + "---:|" * len(roots)]
     for name, row in matrix.items():
         cells = [f"{row[r]['roc_auc']:.3f} [{row[r]['roc_auc_95ci'][0]:.3f}, {row[r]['roc_auc_95ci'][1]:.3f}]" for r in roots]
+        cells = [f"**{c}**" if held_out.get(name) == r else c for c, r in zip(cells, roots)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if held_out:
+        aucs = [matrix[name][root]["roc_auc"] for name, root in held_out.items()]
+        matrix["leave_one_kind_out"] = {"held_out": held_out, "mean_roc_auc": float(np.mean(aucs))}
+        lines += ["", f"Leave-one-kind-out mean ROC AUC over {len(aucs)} held-out kinds: {np.mean(aucs):.3f}."]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "cross_kind.json").write_text(json.dumps(matrix, indent=2) + "\n")
     (out_dir / "cross_kind.md").write_text("\n".join(lines) + "\n")
@@ -268,22 +333,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robustness", action="store_true", help="also score every perturbation (re-detects faces)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
     parser.add_argument("--cross", nargs="+", metavar="NAME=WEIGHTS", help="write the cross-kind matrix of these weights instead")
+    parser.add_argument("--real-from", nargs="+", default=[], metavar="FAKE_ROOT=REAL_ROOT",
+                        help="pair a fake-only root with another root's real images (default: as the weights were trained)")
     parser.add_argument("--cache-dir", default="build/crops")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     data = args.data if len(args.data) > 1 else args.data[0]
+    real_from = dict(item.split("=", 1) for item in args.real_from)
     if args.cross:
         out = args.out or Path("build/eval/cross-kind")
         weights = dict(item.split("=", 1) for item in args.cross)
         cross_kind({k: Path(v) for k, v in weights.items()}, data, args.split, out, args.cache_dir, args.threads,
-                   args.batch_size, args.device, args.bootstrap)
+                   args.batch_size, args.device, args.bootstrap, real_from)
         print((out / "cross_kind.md").read_text())
         return 0
     out = args.out or Path("build/eval") / f"{args.weights.stem}-{args.split}"
     report = evaluate(args.weights, data, args.split, out, args.cache_dir, args.threads, args.batch_size,
-                      args.device, args.threshold, args.log, args.robustness, args.bootstrap)
+                      args.device, args.threshold, args.log, args.robustness, args.bootstrap, real_from)
     print(markdown_report(report))
     print(f"{'confusion_matrix':>18}: {report['confusion_matrix']}  (pooled; rows true real/fake, columns predicted)")
     print(f"wrote {out}/metrics.json, report.md and plots")

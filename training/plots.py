@@ -134,3 +134,15 @@ def plot_robustness(table: dict[str, dict[str, float]], path, title: str = "ROC 
     ax.axhline(0.5, color="grey", lw=1, ls="--")
     ax.legend(fontsize=8, ncol=len(datasets))
     return _save(fig, path)
+
+
+def plot_face_size(table: dict[str, list[dict]], path, title: str = "ROC AUC against face size") -> Path:
+    """One line per data root: AUC at each image scale, placed at the median detected face width."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, rows in table.items():
+        rows = [r for r in rows if r["median_face_px"]]
+        ax.plot([r["median_face_px"] for r in rows], [r["roc_auc"] for r in rows], "o-", label=name)
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    ax.set(xlabel="median face width the detector found (px)", ylabel="ROC AUC", title=title, ylim=(0.3, 1.0))
+    ax.legend(fontsize=8)
+    return _save(fig, path)

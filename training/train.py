@@ -39,8 +39,10 @@ from training.data import (
     CropDataset,
     SplitSpec,
     class_counts,
-    discover,
+    discover_roots,
+    root_name,
 )
+from training.kinds import FAKE_KINDS, WithKinds, kind_loss, kind_target
 from training.metrics import binary_metrics, choose_threshold, fit_platt
 from training.regions import DenseHead, WithRegionHead, dense_loss
 from runtime.face_hybrid import load_pretrained_backbone
@@ -67,7 +69,14 @@ class TrainConfig:
     pretrained: bool = True  # start a model that has a pretrained backbone (the face family) from it
     backbone_lr_scale: float = 1.0  # learning rate of the pretrained parameters relative to lr
     freeze_epochs: float = 0.0  # pretrained parameters frozen this long first (linear probe, then fine-tune)
-    balance_datasets: bool = False  # with several data roots, draw each root equally often
+    balance_datasets: bool = False  # with several data roots, draw each root by balance_power (below)
+    balance_power: float = 0.0  # a root's share of the draws ~ (its images) ** power: 0 equal, 0.5 by the
+    #                             square root, 1 as often as its size (balance_datasets off)
+    real_from: dict = field(default_factory=dict)  # fake-only root -> the root whose real images it pairs with
+    kinds: dict = field(default_factory=dict)  # data root -> kind of fake (training.kinds.FAKE_KINDS)
+    kind_loss: float = 0.0  # > 0: weight of the kind-of-fake head's loss (the head ships with the model)
+    holdout: str = ""  # a data root kept out of training and validation, scored on test only: the
+    #                    leave-one-kind-out estimate (its real images still serve a root that pairs with them)
     patience: int = 5  # epochs without a better val AUC before stopping
     seed: int = 0  # initialisation, order and augmentations; and the split, unless split_seed is set
     split_seed: int | None = None  # the train/val/test split alone (so runs of several seeds share one test set)
@@ -78,6 +87,7 @@ class TrainConfig:
     margin: float = DEFAULT_MARGIN  # face box growth for the crop (stored for serving)
     crop: str = "resize"  # resize | native: see runtime.preprocessing.PreprocessSettings
     min_face: int = 0  # native crops: smaller face boxes are upsampled to this many pixels (stored for serving)
+    detector_side: int = 640  # the face detector's input: the image's longer side shrunk to this (stored for serving)
     threshold_method: str = "youden"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2  # torch CPU threads (and the face detector's)
@@ -98,6 +108,23 @@ class TrainConfig:
             raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+
+def with_settings(config: TrainConfig, settings: list[str]) -> TrainConfig:
+    """``config`` with ``KEY=YAML`` overrides; ``a.b=v`` sets key ``b`` of the dict field ``a``."""
+    data = asdict(config)
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        target = data
+        for name in parents:
+            target = target.setdefault(name, {})
+        if not parents and leaf not in data:
+            raise ValueError(f"unknown config key {leaf!r}")
+        target[leaf] = yaml.safe_load(text)
+    return TrainConfig(**data)
 
 
 def split_seed(config: TrainConfig) -> int:
@@ -194,13 +221,14 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
 
         augment = Augment(AugmentConfig.from_dict(config.augment))
-        self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0)
+        kind_of = (lambda item, label: kind_target(config.kinds, item.dataset, item.label, label)) if config.kind_loss > 0 else None
+        self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0, kind_of=kind_of)
         self.val_set = CropDataset(val)
         if len(self.train_set) == 0:
             raise ValueError("no training images")
 
         seed_everything(seed)  # every Trainer starts from a fresh, seeded initialisation
-        self.model = build_model(config.size, **config.model)
+        self.model = build_model(config.size, **model_overrides(config))
         if config.pretrained and hasattr(self.model, "backbone"):
             load_pretrained_backbone(self.model.backbone)
         self.model = self.model.to(self.device)
@@ -209,7 +237,10 @@ class Trainer:
         # the region head (training only) trains with the model; self.net is what training calls:
         # a DistributedDataParallel wrapper under torchrun
         self.dense_head = DenseHead(self.feature_channels()).to(self.device) if config.dense_loss > 0 else None
-        if self.dense_head is None:
+        if config.kind_loss > 0:
+            both, self.net = self.dist.parallel(WithKinds(self.model))
+            self.model = both.model
+        elif self.dense_head is None:
             self.model, self.net = self.dist.parallel(self.model)
         else:
             both, self.net = self.dist.parallel(WithRegionHead(self.model, self.dense_head))
@@ -316,10 +347,11 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         sampler = None
         if shuffle and self.config.balance_datasets:
-            # each data root as often as the others, whatever its size; as many draws as images
+            # a root's share of the draws ~ its size ** balance_power (0: equal); as many draws as images
             names = [item.dataset for item in dataset.items]
             counts = {name: names.count(name) for name in set(names)}
-            weights = torch.tensor([1.0 / counts[name] for name in names], dtype=torch.float64)
+            power = self.config.balance_power
+            weights = torch.tensor([counts[name] ** (power - 1.0) for name in names], dtype=torch.float64)
             sampler = torch.utils.data.WeightedRandomSampler(weights, len(names), replacement=True, generator=generator)
         if shuffle and self.dist.enabled:  # this rank's share of each global batch of the single-process order
             order = sampler or torch.utils.data.RandomSampler(dataset, generator=generator)
@@ -351,10 +383,12 @@ class Trainer:
             smoothed = targets * (1 - self.config.label_smoothing) + 0.5 * self.config.label_smoothing
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.net(images)
-                logits, region_logits = out if self.dense_head is not None else (out, None)
+                logits, second = out if isinstance(out, tuple) else (out, None)
             loss = F.binary_cross_entropy_with_logits(logits.float(), smoothed)
-            if region_logits is not None:
-                loss = loss + self.config.dense_loss * dense_loss(region_logits, batch[2].to(self.device))
+            if self.dense_head is not None:
+                loss = loss + self.config.dense_loss * dense_loss(second, batch[2].to(self.device))
+            elif second is not None:
+                loss = loss + self.config.kind_loss * kind_loss(second, batch[2].to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -447,11 +481,6 @@ def as_roots(data: str | Path | list) -> list[Path]:
     return [Path(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
 
 
-def dataset_name(root: Path) -> str:
-    """A data root's name in logs and metrics: its folder name (``faces``, ``photoshop``)."""
-    return root.resolve().name
-
-
 def subsample(crops: list[CachedCrop], fraction: float, seed: int) -> list[CachedCrop]:
     """``fraction`` of each (root, class) group, drawn by ``seed``; the order of the rest is kept."""
     rng = random.Random(seed)
@@ -462,9 +491,14 @@ def subsample(crops: list[CachedCrop], fraction: float, seed: int) -> list[Cache
     return [c for i, c in enumerate(crops) if i in keep]
 
 
+def model_overrides(config: TrainConfig) -> dict:
+    """The config's model fields, with the kind head sized when its loss is on."""
+    return {**config.model, **({"kind_classes": len(FAKE_KINDS)} if config.kind_loss > 0 else {})}
+
+
 def preprocess_settings(config: TrainConfig) -> PreprocessSettings:
     return PreprocessSettings(build_model(config.size, **config.model).config.input_size, config.margin, config.crop,
-                              min_face=config.min_face)
+                              max_side=config.detector_side, min_face=config.min_face)
 
 
 def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[str, list[CachedCrop]], list, PreprocessSettings]:
@@ -474,14 +508,20 @@ def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[st
     settings = preprocess_settings(config)
     cache = CropCache(config.cache_dir, settings, threads=config.threads)
     crops, skipped = {"train": [], "val": [], "test": []}, []
-    for root in as_roots(data):
-        for name, samples in discover(root, spec).items():
-            prepared, bad = cache.prepare(samples, name, dataset_name(root))
+    for root, splits in discover_roots(as_roots(data), spec, config.real_from).items():
+        for name, samples in splits.items():
+            prepared, bad = cache.prepare(samples, name, root)
             crops[name] += prepared
             skipped += bad
             counts = class_counts(prepared)
             no_face = sum(1 for c in prepared if not c.face_found)
-            print(f"{dataset_name(root)} {name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
+            print(f"{root} {name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
+    if config.holdout:
+        if config.holdout not in {c.dataset for c in crops["test"]}:
+            raise ValueError(f"holdout {config.holdout!r} is not one of the data roots")
+        for name in ("train", "val"):
+            crops[name] = [c for c in crops[name] if c.dataset != config.holdout]
+        print(f"holding out {config.holdout}: test only")
     if config.train_fraction < 1:
         crops["train"] = subsample(crops["train"], config.train_fraction, split_seed(config))
         print(f"training on {len(crops['train'])} images ({config.train_fraction:.0%} of each class of each root)")
@@ -553,6 +593,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             metrics["test"]["per_dataset_auc"] = per_dataset_auc(crops["test"], y, p)
     seconds = [float(r["seconds"]) for r in trainer.history]
     metadata = {
+        **({"kinds": list(FAKE_KINDS)} if config.kind_loss > 0 else {}),
         "threshold": threshold,
         "threshold_method": config.threshold_method,
         "calibration": calibration.to_metadata(),
@@ -563,6 +604,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             "name": config.data_name,
             "licence": config.data_licence,
             "split": {"val": config.val_fraction, "test": config.test_fraction, "seed": split_seed(config)},
+            "real_from": config.real_from,
             "counts": {k: class_counts(v) for k, v in crops.items()},
             "skipped": [str(s.source) for s in skipped],
         },
@@ -605,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("patience", int), ("device", str), ("threads", int), ("workers", int), ("cache-dir", str)]:
         parser.add_argument(f"--{name}", type=kind, help="overrides the config file")
     parser.add_argument("--sbi", type=float, help="probability of a self-blended fake per real image (overrides augment.sbi)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                        help="override any config field, a dotted key for a nested one: --set kind_loss=0 --set augment.jpeg=0.3")
     args = parser.parse_args(argv)
 
     overrides = {k: getattr(args, k) for k in ("size", "epochs", "batch_size", "lr", "seed", "folds", "patience",
@@ -612,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.load(args.config, **overrides)
     if args.sbi is not None:
         config.augment = {**config.augment, "sbi": args.sbi}
+    config = with_settings(config, args.set)
     out_dir = args.out or Path("runs") / config.size
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     train(config, args.data if len(args.data) > 1 else args.data[0], out_dir, args.output, args.resume, args.stop_after, command)
