@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
-DATA ?= ../shared/data/faces ../shared/data/photoshop
+DATA ?= ../shared/data/faces ../shared/data/photoshop ../shared/data/faceswap ../shared/data/diffusion
 
 .PHONY: setup setup-gpu test serve ui records stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml scripts/install-system.sh
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-# Retrains the default weights on both data roots (CPU: 24 epochs of 15-45 s, by load; docs/MODEL_CARD.md).
+# Retrains the default weights on the four data roots (CPU: 12 epochs of 6-8 min on one thread, by load; docs/MODEL_CARD.md).
 TRAIN_CONFIG ?= configs/train_face.yaml
 train: $(STAMP)
 	$(PY) -m training.train --config $(TRAIN_CONFIG) --data $(DATA) --output $(WEIGHTS)

@@ -22,7 +22,9 @@ The graph, for RGB in [0, 1] of shape (N, 3, S, S):
 * the stride-8 and stride-16 maps taken to stride 32 (average pooling, or with ``neck_multiplier``
   trainable strided separable layers that widen them) and concatenated with the stride-32 map, CBAM
   over the result (``forward_features``, the Grad-CAM target);
-* ``forward_head``: per-channel mean and standard deviation over positions, batch norm, dropout, one logit.
+* optional residual separable blocks at stride 32 (``head_blocks``: a deeper variant);
+* ``forward_head``: per-channel mean and standard deviation over positions, batch norm, dropout, one
+  logit; ``forward_with_kinds`` adds the kind-of-fake head on the same pooled vector.
 
 Depends on torch alone (the pretrained weights are only read by :func:`load_pretrained_backbone`,
 at the start of training, from the face detector's own package): this module travels inside the
@@ -72,6 +74,7 @@ class FaceHybridConfig:
     #                           stage to stride 32 instead of average pooling (0 switches them off)
     mirror_channels: int = 0  # width of the mirror stream (0 switches it off)
     kind_classes: int = 0  # > 0: a second head guesses which kind of fake (``forward_with_kinds``)
+    head_blocks: int = 0  # residual separable blocks over the stride-32 maps after CBAM: a deeper model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +216,7 @@ class FaceHybridNet(nn.Module):
             self.mirror = separable_bn(c16, config.mirror_channels, 2)
             channels += config.mirror_channels
         self.attention = CBAM(channels, config.reduction, config.spatial_kernel)
+        self.head_blocks = nn.ModuleList([separable_bn(channels, channels, 1) for _ in range(config.head_blocks)])
         # standardises the pooled statistics, whose scales differ by stage and by orders of magnitude
         self.pooled_norm = nn.BatchNorm1d(2 * channels)
         self.dropout = nn.Dropout(config.dropout)
@@ -242,7 +246,10 @@ class FaceHybridNet(nn.Module):
             maps = [F.avg_pool2d(f8, 4), F.avg_pool2d(f16, 2), f32]
         if self.config.mirror_channels:
             maps.append(self.mirror((f16 - mirrored).abs()))
-        return self.attention(torch.cat(maps, dim=1))
+        features = self.attention(torch.cat(maps, dim=1))
+        for block in self.head_blocks:
+            features = features + block(features)
+        return features
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits of shape (N,); with ``pre_logits`` the pooled vector both heads read."""

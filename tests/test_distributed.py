@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from training.distributed import Distributed
 from runtime.model import build_model
-from training.train import Trainer, TrainConfig, prepare_crops, seed_everything, train
+from training.config import TrainConfig
+from training.sampling import prepare_crops
+from training.train import Trainer, seed_everything, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"input_size": 32, "entry_channels": [8, 16], "entry_blocks": [16, 24, 32], "middle_channels": 32,

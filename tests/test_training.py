@@ -9,7 +9,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from training.evaluate import main as evaluate_main
-from training.train import Trainer, TrainConfig, prepare_crops, train
+from training.config import TrainConfig
+from training.sampling import prepare_crops
+from training.train import Trainer, train
 from runtime.weights import load_weights
 
 # a tiny variant of the small model so that CPU training takes seconds
@@ -401,7 +403,7 @@ def test_balance_power_sets_each_roots_share_of_the_draws(generated, tmp_path):
 
 
 def test_any_config_field_can_be_set_from_the_command_line():
-    from training.train import with_settings
+    from training.config import with_settings
 
     cfg = with_settings(TrainConfig(augment={"flip": 0.5}), ["kind_loss=0.3", "augment.sbi=0.2", "model.neck_multiplier=4",
                                                             "real_from={diffusion: faces}"])
@@ -409,3 +411,16 @@ def test_any_config_field_can_be_set_from_the_command_line():
                                                                       {"diffusion": "faces"})
     with pytest.raises(ValueError, match="unknown config key 'kind_los'"):
         with_settings(cfg, ["kind_los=1"])
+
+
+def test_learning_rate_schedule_holds_frozen_groups_warms_up_and_ends_at_the_floor():
+    from training.optim import warmup_cosine
+
+    factor = warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.02)
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # linear warm-up to the full rate
+    assert factor(10) == pytest.approx(1.0) and factor(99) == pytest.approx(0.02, abs=1e-3)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 99))  # then only down
+    frozen = warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.02, start_step=30)
+    assert [frozen(s) for s in (0, 29)] == [0.0, 0.0]  # a frozen backbone's groups do not move
+    assert frozen(30) == pytest.approx(0.1) and frozen(39) == pytest.approx(1.0)
+    assert frozen(99) == pytest.approx(0.02, abs=1e-3)  # and still end at the floor on the last step

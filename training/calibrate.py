@@ -18,11 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from runtime.preprocessing import PreprocessSettings
-from training.data import CropCache, CropDataset
-from training.evaluate import split_samples
-from training.metrics import binary_metrics, choose_threshold, fit_platt
-from training.train import as_roots, per_dataset_auc, predict, resolve_device
 from runtime.weights import Calibration, load_weights, metadata_path
+from training.config import resolve_device
+from training.data import CropCache, CropDataset
+from training.metrics import binary_metrics, choose_threshold, fit_platt
+from training.sampling import as_roots, split_samples
+from training.scoring import dataset_names, per_dataset_auc, predict
 
 
 def split_logits(model, meta: dict, roots: list[Path], split: str, cache_dir: str, threads: int, device) -> tuple:
@@ -36,25 +37,37 @@ def split_logits(model, meta: dict, roots: list[Path], split: str, cache_dir: st
     return crops, y, z
 
 
+def fit_on_validation(val: tuple, test: tuple | None, method: str) -> tuple[Calibration, float, dict]:
+    """Platt scaling fitted on the validation (crops, labels, logits), the threshold chosen on the
+    calibrated validation P(fake) by ``method``, and the metrics of both splits at that threshold
+    (with the ROC AUC of each data root when there are several): the one place training and this
+    command calibrate."""
+    calibration, threshold, metrics = Calibration(), 0.5, {}
+    splits = {"val": val, "test": test}
+    if val is not None and len(val[1]):
+        crops, y, z = val
+        calibration = Calibration(*fit_platt(z, y))
+        threshold = choose_threshold(y, calibration.probability(z), method)
+    for name, scored in splits.items():
+        if scored is None or not len(scored[1]):
+            continue
+        crops, y, z = scored
+        p = calibration.probability(z)
+        metrics[name] = binary_metrics(y, p, threshold)
+        if len(dataset_names(crops)) > 1:
+            metrics[name]["per_dataset_auc"] = per_dataset_auc(crops, y, p)
+    return calibration, threshold, metrics
+
+
 def calibrate(weights: Path, data, cache_dir: str = "build/crops", threads: int = 2, device: str = "auto") -> dict:
     torch.set_num_threads(threads)
     device = resolve_device(device)
     model, meta = load_weights(weights, map_location=device)
     roots = as_roots(data)
-    crops, y, z = split_logits(model, meta, roots, "val", cache_dir, threads, device)
-    calibration = Calibration(*fit_platt(z, y))
-    p = calibration.probability(z)
-    threshold = choose_threshold(y, p, meta.get("threshold_method", "youden"))
-    metrics = dict(meta.get("metrics", {}))
-    metrics["val"] = binary_metrics(y, p, threshold)
-    if len(roots) > 1:
-        metrics["val"]["per_dataset_auc"] = per_dataset_auc(crops, y, z)
-    test_crops, y_test, z_test = split_logits(model, meta, roots, "test", cache_dir, threads, device)
-    if len(y_test):
-        metrics["test"] = binary_metrics(y_test, calibration.probability(z_test), threshold)
-        if len(roots) > 1:
-            metrics["test"]["per_dataset_auc"] = per_dataset_auc(test_crops, y_test, z_test)
-    meta.update(calibration=calibration.to_metadata(), threshold=threshold, metrics=metrics)
+    val = split_logits(model, meta, roots, "val", cache_dir, threads, device)
+    test = split_logits(model, meta, roots, "test", cache_dir, threads, device)
+    calibration, threshold, fitted = fit_on_validation(val, test, meta.get("threshold_method", "youden"))
+    meta.update(calibration=calibration.to_metadata(), threshold=threshold, metrics={**meta.get("metrics", {}), **fitted})
     metadata_path(weights).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -36,12 +37,14 @@ from tqdm import tqdm
 from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
 from runtime.weights import Calibration, load_weights
 from training.augment import jpeg_recompress
-from training.data import CachedCrop, CropCache, CropDataset, SplitSpec, discover_roots
+from training.data import CachedCrop, CropCache, CropDataset
 from training.metrics import binary_metrics, bootstrap_auc_interval, calibration_bins, expected_calibration_error
 from training.plots import (plot_confusion, plot_face_size, plot_reliability, plot_robustness, plot_roc_curves,
                             plot_training_curves)
 from training.regions import EDIT_LEVELS, edit_level
-from training.train import as_roots, predict, resolve_device
+from training.config import resolve_device
+from training.sampling import as_roots, split_samples
+from training.scoring import predict
 
 POOLED = "pooled"
 FACE_SCALES = (1.0, 0.75, 0.5, 0.35)  # the image shrunk by these factors: the face-size dependency per kind
@@ -75,24 +78,6 @@ class Scored:
     p: np.ndarray
 
 
-
-
-def split_spec(meta: dict) -> SplitSpec:
-    split = meta.get("data", {}).get("split", {})
-    return SplitSpec(split.get("val", 0.15), split.get("test", 0.15), split.get("seed", 0))
-
-
-def split_samples(meta: dict, roots: list[Path], split: str, real_from: dict[str, str] | None = None) -> dict[str, list]:
-    """``{root name: samples}`` of one split, split as the weights' training split them; a fake-only
-    root pairs with the real images named by the training's ``real_from`` updated with ``real_from``."""
-    pairs = {**meta.get("data", {}).get("real_from", {}), **(real_from or {})}
-    names = {Path(r).resolve().name for r in roots}
-    pairs = {fake: real for fake, real in pairs.items() if fake in names and real in names}
-    found = {name: splits[split] for name, splits in discover_roots(roots, split_spec(meta), pairs).items()}
-    empty = [name for name, samples in found.items() if not samples]
-    if empty:
-        raise SystemExit(f"split '{split}' of {empty} is empty")
-    return found
 
 
 def score_roots(model, meta: dict, roots: list[Path], split: str, cache_dir: str, threads: int, batch_size: int,
@@ -227,10 +212,17 @@ def markdown_report(report: dict) -> str:
 
 def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, threads: int, batch_size: int,
              device: str = "auto", threshold: float | None = None, log_csv: Path | None = None,
-             with_robustness: bool = False, resamples: int = 1000, real_from: dict[str, str] | None = None) -> dict:
+             with_robustness: bool = False, resamples: int = 1000, real_from: dict[str, str] | None = None,
+             preprocessing: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     device = resolve_device(device)
     model, meta = load_weights(weights, map_location=device)
+    if preprocessing:  # e.g. another detector input size: the crops are made (and cached) anew
+        settings = PreprocessSettings.from_metadata(meta).to_metadata()
+        unknown = sorted(set(preprocessing) - set(settings))
+        if unknown:
+            raise SystemExit(f"unknown preprocessing setting(s) {unknown}; known: {sorted(settings)}")
+        meta = {**meta, "preprocessing": {**settings, **preprocessing}}
     roots = as_roots(data)
     scored = score_roots(model, meta, roots, split, cache_dir, threads, batch_size, device, real_from)
     y, p = pooled_scores(scored)
@@ -244,6 +236,7 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
     bins = calibration_bins(y, p)
     report = {
         "weights": str(weights),
+        "preprocessing": PreprocessSettings.from_metadata(meta).to_metadata(),
         "data": [str(r) for r in roots],
         "split": split,
         "bootstrap_resamples": resamples,
@@ -333,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robustness", action="store_true", help="also score every perturbation (re-detects faces)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
     parser.add_argument("--cross", nargs="+", metavar="NAME=WEIGHTS", help="write the cross-kind matrix of these weights instead")
+    parser.add_argument("--preprocessing", nargs="+", default=[], metavar="KEY=YAML",
+                        help="score as if served with these preprocessing settings, e.g. max_side=128 (the face "
+                             "detector's input): the weights' own settings otherwise")
     parser.add_argument("--real-from", nargs="+", default=[], metavar="FAKE_ROOT=REAL_ROOT",
                         help="pair a fake-only root with another root's real images (default: as the weights were trained)")
     parser.add_argument("--cache-dir", default="build/crops")
@@ -342,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = args.data if len(args.data) > 1 else args.data[0]
     real_from = dict(item.split("=", 1) for item in args.real_from)
+    preprocessing = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.preprocessing)}
     if args.cross:
         out = args.out or Path("build/eval/cross-kind")
         weights = dict(item.split("=", 1) for item in args.cross)
@@ -351,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = args.out or Path("build/eval") / f"{args.weights.stem}-{args.split}"
     report = evaluate(args.weights, data, args.split, out, args.cache_dir, args.threads, args.batch_size,
-                      args.device, args.threshold, args.log, args.robustness, args.bootstrap, real_from)
+                      args.device, args.threshold, args.log, args.robustness, args.bootstrap, real_from, preprocessing)
     print(markdown_report(report))
     print(f"{'confusion_matrix':>18}: {report['confusion_matrix']}  (pooled; rows true real/fake, columns predicted)")
     print(f"wrote {out}/metrics.json, report.md and plots")

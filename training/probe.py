@@ -26,7 +26,8 @@ from sklearn.preprocessing import StandardScaler
 
 from training.data import CachedCrop, CropDataset, pil_to_tensor
 from runtime.face_hybrid import BGR_MEAN, RetinaFaceBackbone, load_pretrained_backbone
-from training.train import TrainConfig, prepare_crops
+from training.config import TrainConfig
+from training.sampling import prepare_crops
 
 
 def mean_std(feature: torch.Tensor) -> torch.Tensor:
