@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from runtime.artifacts import BACKENDS, PRECISIONS, Artifact, artifact_name, write_manifest
+from runtime.model import served
 from runtime.precision import supports_fp16, with_precision
 
 DEFAULT_MAX_BATCH = {"cpu": 32, "cuda": 256}
@@ -110,7 +111,9 @@ class Exporter:
         return artifact
 
     def _model(self, precision: str):
-        return with_precision(self.model, precision)
+        """The module every artifact is made from: the model in ``precision``, with its kind head as
+        a second output where it has one."""
+        return served(with_precision(self.model, precision), self.model)
 
     def _eager(self, path: Path, precision: str) -> dict:
         if not path.exists() or not path.samefile(self.weights):

@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.artifacts import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME
+from runtime.artifacts import BATCH_AXIS, INPUT_NAME, KIND_OUTPUT_NAME, OUTPUT_NAME
 from runtime.backends import onnx_session
 
 MIN_OPSET = 18
@@ -31,10 +31,13 @@ def export_onnx(
     max_batch: int,
     opset: int = MIN_OPSET,
 ) -> Path:
-    """Export, embed the weights in the single file, check the graph, and run it at both batch ends."""
+    """Export, embed the weights in the single file, check the graph, and run it at both batch ends.
+    A module that returns (logits, kind logits) gets the second output named ``kind_logits``."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is below the minimum {MIN_OPSET}")
     path = Path(path)
+    with torch.no_grad():
+        names = [OUTPUT_NAME, KIND_OUTPUT_NAME] if isinstance(model(example), tuple) else [OUTPUT_NAME]
     batch = torch.export.Dim(BATCH_AXIS, min=min_batch, max=max(max_batch, min_batch + 1))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
@@ -44,7 +47,7 @@ def export_onnx(
             str(path),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=names,
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             external_data=False,
@@ -55,9 +58,11 @@ def export_onnx(
     session = onnx_session(path)
     size = example.shape[-1]
     for n in sorted({min_batch, max_batch}):
-        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.random.rand(n, 3, size, size).astype(np.float32)})
-        if logits.shape != (n,):
-            raise RuntimeError(f"ONNX model returned shape {logits.shape} for batch {n}, expected ({n},)")
+        outputs = session.run(names, {INPUT_NAME: np.random.rand(n, 3, size, size).astype(np.float32)})
+        if outputs[0].shape != (n,):
+            raise RuntimeError(f"ONNX model returned shape {outputs[0].shape} for batch {n}, expected ({n},)")
+        if len(outputs) > 1 and (outputs[1].ndim != 2 or outputs[1].shape[0] != n):
+            raise RuntimeError(f"ONNX model returned kind logits of shape {outputs[1].shape} for batch {n}")
     return path
 
 

@@ -5,7 +5,8 @@ deterministic generated images when there are none), each artifact runs at batch
 and at the largest batch (the set repeated to fill it). Against the eager FP32 model on CPU at the
 same batch size it must meet:
 
-- max |Δ fake_probability| <= 1e-4 (FP32) or 1e-2 (FP16);
+- max |Δ fake_probability| <= 1e-4 (FP32) or 1e-2 (FP16), and the same for every kind-of-fake
+  probability where the model has a kind head;
 - identical real/fake decisions at the weights' stored threshold, for every image whose eager
   probability is farther than that tolerance from the threshold. Images inside the band are listed as
   borderline: a difference the tolerance allows may legitimately flip them.
@@ -102,6 +103,11 @@ class BatchResult:
     decisions_match: bool
     mismatched: list[int]  # image indices (within the batch) whose decision differs
     borderline: list[int]  # within the tolerance of the threshold: not decision-checked
+    kind_max_abs_diff: float | None = None  # of the kind-of-fake probabilities, where there is a kind head
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff, self.kind_max_abs_diff or 0.0)
 
 
 @dataclass
@@ -123,8 +129,12 @@ def batches_of(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
     return [images[torch.arange(batch) % len(images)]]
 
 
-def probabilities(runner, images: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([torch.sigmoid(runner(x).double()) for x in batches_of(images, batch)])
+def probabilities(runner, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(P(fake) (N,), kind probabilities (N, K) or None) over ``images`` in batches of ``batch``."""
+    outputs = [runner.outputs(x) for x in batches_of(images, batch)]
+    p = torch.cat([torch.sigmoid(logits.double()) for logits, _ in outputs])
+    kinds = [k for _, k in outputs if k is not None]
+    return p, (torch.cat([torch.softmax(k.double(), dim=1) for k in kinds]) if kinds else None)
 
 
 class Reference:
@@ -133,21 +143,26 @@ class Reference:
     def __init__(self, runner, images: torch.Tensor):
         self.runner, self.images, self._cache = runner, images, {}
 
-    def probabilities(self, batch: int) -> torch.Tensor:
+    def probabilities(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if batch not in self._cache:
             self._cache[batch] = probabilities(self.runner, self.images, batch)
         return self._cache[batch]
 
 
-def compare(got: torch.Tensor, want: torch.Tensor, batch: int, threshold: float, tolerance: float) -> BatchResult:
-    decided = (want - threshold).abs() > tolerance
-    mismatch = ((got >= threshold) != (want >= threshold)) & decided
+def compare(got: tuple, want: tuple, batch: int, threshold: float, tolerance: float) -> BatchResult:
+    """``got`` and ``want``: (P(fake), kind probabilities or None) of the artifact and the reference."""
+    (got_p, got_kinds), (want_p, want_kinds) = got, want
+    decided = (want_p - threshold).abs() > tolerance
+    mismatch = ((got_p >= threshold) != (want_p >= threshold)) & decided
+    if (got_kinds is None) != (want_kinds is None):
+        raise ValueError("the artifact and the eager model disagree on whether there is a kind head")
     return BatchResult(
         batch=batch,
-        max_abs_diff=float((got - want).abs().max()),
+        max_abs_diff=float((got_p - want_p).abs().max()),
         decisions_match=not bool(mismatch.any()),
         mismatched=mismatch.nonzero().flatten().tolist(),
         borderline=(~decided).nonzero().flatten().tolist(),
+        kind_max_abs_diff=None if want_kinds is None else float((got_kinds - want_kinds).abs().max()),
     )
 
 
@@ -169,7 +184,7 @@ def check_artifact(
     except Exception as exc:  # a broken artifact is a parity failure to report, not a crash
         result.error = f"{type(exc).__name__}: {exc}"
         return result
-    result.passed = all(b.max_abs_diff <= tolerance and b.decisions_match for b in result.batches)
+    result.passed = all(b.worst <= tolerance and b.decisions_match for b in result.batches)
     return result
 
 
@@ -207,20 +222,21 @@ def markdown_table(results: list[ParityResult], info: dict) -> str:
         f"Weights: `{info.get('weights')}` · images: {info.get('images')} · threshold {info.get('threshold')}"
         f" · device `{info.get('device')}`",
         "",
-        "| artifact | file | batch | max abs diff P(fake) | tolerance | decisions | result |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| artifact | file | batch | max abs diff P(fake) | max abs diff P(kind) | tolerance | decisions | result |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         if r.error:
-            lines.append(f"| {r.key} | `{r.file}` | – | – | {r.tolerance:g} | – | **FAIL**: {r.error} |")
+            lines.append(f"| {r.key} | `{r.file}` | – | – | – | {r.tolerance:g} | – | **FAIL**: {r.error} |")
             continue
         for b in r.batches:
             decisions = "identical" if b.decisions_match else f"differ at {b.mismatched}"
             if b.borderline:
                 decisions += f" ({len(b.borderline)} borderline)"
-            ok = b.max_abs_diff <= r.tolerance and b.decisions_match
+            ok = b.worst <= r.tolerance and b.decisions_match
+            kinds = "–" if b.kind_max_abs_diff is None else f"{b.kind_max_abs_diff:.2e}"
             lines.append(
-                f"| {r.key} | `{r.file}` | {b.batch} | {b.max_abs_diff:.2e} | {r.tolerance:g} | {decisions} |"
+                f"| {r.key} | `{r.file}` | {b.batch} | {b.max_abs_diff:.2e} | {kinds} | {r.tolerance:g} | {decisions} |"
                 f" {'pass' if ok else '**FAIL**'} |"
             )
     lines += ["", f"Overall: {'PASS' if all(r.passed for r in results) else 'FAIL'}", ""]
@@ -249,7 +265,7 @@ def run_parity(
     results = []
     for artifact in artifacts:
         result = check_artifact(artifact, export_dir, reference, threshold, device, threads)
-        worst = max((b.max_abs_diff for b in result.batches), default=float("nan"))
+        worst = max((b.worst for b in result.batches), default=float("nan"))
         status = "pass" if result.passed else f"FAIL{': ' + result.error if result.error else ''}"
         log(f"[parity] {artifact.key:<16} max |Δp| {worst:.2e} (≤ {result.tolerance:g}) {status}")
         results.append(result)

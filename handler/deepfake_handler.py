@@ -53,6 +53,8 @@ from runtime.weights import Calibration  # noqa: E402
 logger = logging.getLogger(__name__)
 
 NO_FACE_WARNING = "no face detected: the verdict is for the centre crop of the image"
+KIND_NOTE = ("the model's guess of which kind of fake this looks like, from the four kinds it was trained on; "
+             "not evidence of how the image was made")
 # Crops per forward pass: a video's frames are split into passes of this size (bounded memory; an
 # image batch alone, 8 requests x 5 faces, fits in one and goes first).
 DEFAULT_MAX_CROPS_PER_PASS = 64
@@ -117,6 +119,7 @@ class DeepfakeHandler(BaseHandler):
         self.threshold = float(self.metadata.get("threshold", 0.5))
         self.calibration = Calibration.from_metadata(self.metadata)  # P(fake) as fitted on validation
         self.labels = {int(k): v for k, v in self.metadata.get("labels", {"0": "real", "1": "fake"}).items()}
+        self.kinds = self.metadata.get("kinds")  # the kind head's classes, where the model has one
         manifest = context.manifest or {}
         self.model_info = {
             "name": context.model_name,
@@ -227,11 +230,14 @@ class DeepfakeHandler(BaseHandler):
         start = time.perf_counter()
         if tensor is not None:
             step = self.max_crops_per_pass
-            logits = torch.cat([self.backend(tensor[i : i + step]) for i in range(0, len(tensor), step)])
-            probabilities = self.calibration.probability(logits).tolist()
+            passes = [self.backend.outputs(tensor[i : i + step]) for i in range(0, len(tensor), step)]
+            probabilities = self.calibration.probability(torch.cat([logits for logits, _ in passes])).tolist()
+            kinds = [k for _, k in passes if k is not None]
+            kinds = torch.softmax(torch.cat(kinds), dim=1).tolist() if kinds and self.kinds else None
             for request in requests:
                 if request.rows is not None:
                     request.probabilities = probabilities[request.rows]
+                    request.kind_probabilities = kinds[request.rows] if kinds else []
         self._metric("InferenceTime", (time.perf_counter() - start) * 1000, "ms")
         self._metric("BatchSize", len(requests), "count")
         self._metric("BatchCrops", 0 if tensor is None else len(tensor), "count")
@@ -260,8 +266,13 @@ class DeepfakeHandler(BaseHandler):
             if request.video is not None:
                 answer = video_verdict(request.video, request.probabilities, self.threshold, self._label)
                 answer["model"] = self.model_info
+                with_face = [k for k, face in zip(request.kind_probabilities, request.video.faces) if face is not None]
+                kind_rows = with_face or request.kind_probabilities
             else:
                 answer = self._verdict(request)
+                kind_rows = request.kind_probabilities[:1]  # the largest face, whose verdict it is
+            if answer["label"] == self.labels[1] and kind_rows:
+                answer["kind"] = self._kind(kind_rows)
             answer["batch_size"] = len(requests)  # how many requests shared this forward pass
             if request.explanation is not None:
                 answer["explanation"] = request.explanation
@@ -315,6 +326,13 @@ class DeepfakeHandler(BaseHandler):
         if not prepared.faces:
             answer["warning"] = NO_FACE_WARNING
         return answer
+
+    def _kind(self, rows: list[list[float]]) -> dict:
+        """The kind head's guess for a fake verdict: its probabilities (the mean over a video's face
+        frames), the most likely kind, and what the guess is not."""
+        mean = [sum(column) / len(rows) for column in zip(*rows)]
+        probabilities = {name: round(p, 4) for name, p in zip(self.kinds, mean)}
+        return {"guess": max(probabilities, key=probabilities.get), "probabilities": probabilities, "note": KIND_NOTE}
 
     def _label(self, probability: float) -> str:
         return self.labels[int(probability >= self.threshold)]

@@ -90,6 +90,7 @@ class Request:
     video: PreparedVideo | None = None  # a video request's frames, one crop each
     rows: slice | None = None  # its crops' rows in the batch tensor
     probabilities: list[float] = field(default_factory=list)
+    kind_probabilities: list[list[float]] = field(default_factory=list)  # per crop, where the model has a kind head
     explanation: dict | None = None
     digest: str | None = None  # SHA-256 of the image bytes, for the prediction records
     byte_count: int | None = None

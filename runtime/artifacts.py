@@ -2,8 +2,9 @@
 
 Every artifact, whatever the backend or precision, has the model's contract: one input named
 ``input``, float32 RGB in [0, 1] of shape (N, 3, S, S) with N dynamic in [min_batch, max_batch], and
-one output named ``logits``, float32 of shape (N,). FP16 variants cast inside, so callers never
-change their tensors.
+one output named ``logits``, float32 of shape (N,). A model with a kind-of-fake head has a second
+output, ``kind_logits``, float32 of shape (N, K) (K = the weights' ``kinds``). FP16 variants cast
+inside, so callers never change their tensors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+KIND_OUTPUT_NAME = "kind_logits"  # only where the model has a kind head
 BATCH_AXIS = "batch"
 
 BACKENDS = ("eager", "torchscript", "onnx", "aoti", "tensorrt")

@@ -1,7 +1,8 @@
 """One loader per artifact kind; every backend has the model's contract.
 
 A backend is a callable: float32 RGB in [0, 1] of shape (N, 3, S, S) -> logits of shape (N,) as a
-float32 CPU tensor. The handler never needs to know which runtime computed them.
+float32 CPU tensor; ``outputs`` also gives the kind logits (N, K) of a model with a kind head. The
+handler never needs to know which runtime computed them.
 
 This module travels inside the TorchServe archive; it imports each runtime only when that backend is
 asked for, so an archive needs only the runtime of its own artifact.
@@ -43,24 +44,38 @@ class Backend:
         self.min_batch, self.max_batch = 1, None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for any number of rows: split into chunks the artifact accepts, short chunks padded."""
+        """Logits for any number of rows."""
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (N,), kind logits (N, K) or None without a kind head) for any number of rows:
+        split into chunks the artifact accepts, short chunks padded."""
         step = self.max_batch or max(len(batch), 1)
-        outputs = []
+        logits, kinds = [], []
         with torch.inference_mode():
             for start in range(0, len(batch), step):
                 chunk = batch[start : start + step]
                 rows = len(chunk)
-                if rows < self.min_batch:  # repeat the last row; its extra logits are dropped
+                if rows < self.min_batch:  # repeat the last row; its extra outputs are dropped
                     chunk = torch.cat([chunk, chunk[-1:].expand(self.min_batch - rows, *chunk.shape[1:])])
-                outputs.append(self._forward(chunk)[:rows])
-        return torch.cat(outputs) if outputs else torch.empty(0)
+                chunk_logits, chunk_kinds = self._forward(chunk)
+                logits.append(chunk_logits[:rows])
+                if chunk_kinds is not None:
+                    kinds.append(chunk_kinds[:rows])
+        return (torch.cat(logits) if logits else torch.empty(0)), (torch.cat(kinds) if kinds else None)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = batch.to(self.device, torch.float32, non_blocking=True).contiguous()
-        return self._run(x).reshape(-1).float().cpu()
+        return split_outputs(self._run(x))
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def split_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An artifact's outputs (one tensor, or logits then kind logits) as float32 CPU tensors."""
+    logits, kinds = (out[0], out[1] if len(out) > 1 else None) if isinstance(out, (list, tuple)) else (out, None)
+    return logits.reshape(-1).float().cpu(), (None if kinds is None else kinds.float().cpu())
 
 
 class EagerBackend(Backend):
@@ -70,14 +85,16 @@ class EagerBackend(Backend):
 
     def __init__(self, path: Path, device: torch.device, precision: str):
         super().__init__(device, precision)
+        from runtime.model import served
         from runtime.precision import with_precision
         from runtime.weights import load_weights
 
         model, _ = load_weights(path, map_location=device)
         # channels-last: about 1.8x faster depthwise convolutions on CPU (measured), same numbers
         model = model.to(memory_format=torch.channels_last).eval()
-        # fp16: the same wrapper as the exported FP16 artifacts (DFT channel kept in float32)
-        self.model = with_precision(model, precision)
+        # fp16: the same wrapper as the exported FP16 artifacts (DFT channel kept in float32); with a
+        # kind head, the same two outputs as the artifacts
+        self.model = served(with_precision(model, precision), model)
 
     def _run(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last))
@@ -132,10 +149,9 @@ class OnnxBackend(Backend):
             self.device = torch.device("cpu")
             self.session = onnx_session(path, self.device, threads)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         array = batch.to(torch.float32).contiguous().numpy()
-        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
-        return torch.from_numpy(logits).reshape(-1).float()
+        return split_outputs([torch.from_numpy(out) for out in self.session.run(None, {INPUT_NAME: array})])
 
 
 class AotiBackend(Backend):
@@ -150,8 +166,7 @@ class AotiBackend(Backend):
         self.runner = aoti_load_package(str(path))
 
     def _run(self, x):
-        out = self.runner(x)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return self.runner(x)
 
 
 class TensorRTBackend(Backend):
@@ -174,9 +189,11 @@ class TensorRTBackend(Backend):
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        # logits first, then kind logits where the model has them (the ONNX graph's output order)
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.output_names = sorted(outputs, key=lambda name: name != OUTPUT_NAME)
         self.input_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.input_name))
-        self.output_dtype = self._torch_dtype(self.engine.get_tensor_dtype(self.output_name))
+        self.output_dtypes = [self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in self.output_names]
         # a stream of our own: TensorRT synchronises extra on the legacy default stream
         self.stream = torch.cuda.Stream(device)
 
@@ -188,13 +205,15 @@ class TensorRTBackend(Backend):
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # x is ready before TensorRT reads it
         self.context.set_input_shape(self.input_name, tuple(x.shape))
         with torch.cuda.stream(self.stream):
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
+            outs = [torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device=self.device)
+                    for name, dtype in zip(self.output_names, self.output_dtypes)]
         self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        for name, out in zip(self.output_names, outs):
+            self.context.set_tensor_address(name, out.data_ptr())
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         self.stream.synchronize()
-        return out
+        return outs
 
 
 LOADERS: dict[str, Callable[..., Backend]] = {

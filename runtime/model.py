@@ -5,6 +5,7 @@ each with ``forward_features`` (the last feature map, Grad-CAM's target) and ``f
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from runtime import face_hybrid, xception_hybrid
@@ -31,6 +32,27 @@ def model_from_config(architecture: dict) -> nn.Module:
     """The model described by a stored ``architecture`` dict (weights metadata); older dicts have no family."""
     config_class, model_class = FAMILIES[architecture.get("family", xception_hybrid.FAMILY)]
     return model_class(config_class.from_dict(architecture))
+
+
+class WithKindOutput(nn.Module):
+    """A model with a kind head as its artifacts compute it: (logits (N,), kind logits (N, K))."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_kinds(rgb)
+
+
+def has_kind_head(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "kind_classes", 0))
+
+
+def served(model: nn.Module, reference: nn.Module | None = None) -> nn.Module:
+    """What an artifact is exported from and the eager backend runs: ``model`` itself, or with the
+    kind head as a second output when ``reference`` (the plain model ``model`` wraps, if any) has one."""
+    return WithKindOutput(model) if has_kind_head(reference or model) else model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -60,6 +60,10 @@ class HalfPrecision(nn.Module):
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.model(rgb.float()).float()
 
+    def forward_with_kinds(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, kinds = self.model.forward_with_kinds(rgb.float())
+        return logits.float(), kinds.float()
+
 
 class ToDtype(nn.Module):
     def __init__(self, dtype: torch.dtype):

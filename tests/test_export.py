@@ -220,10 +220,40 @@ def test_parity_reports_a_missing_artifact_as_a_failure_not_a_crash(exported, tm
 def test_decisions_inside_the_tolerance_band_are_borderline_not_failures():
     want = torch.tensor([0.2, 0.49995, 0.8], dtype=torch.float64)
     got = torch.tensor([0.2, 0.50004, 0.8], dtype=torch.float64)
-    result = parity.compare(got, want, batch=3, threshold=0.5, tolerance=1e-4)
+    result = parity.compare((got, None), (want, None), batch=3, threshold=0.5, tolerance=1e-4)
     assert result.decisions_match and result.borderline == [1]
-    flipped = parity.compare(torch.tensor([0.6, 0.5, 0.8], dtype=torch.float64), want, 3, 0.5, 1e-4)
+    flipped = parity.compare((torch.tensor([0.6, 0.5, 0.8], dtype=torch.float64), None), (want, None), 3, 0.5, 1e-4)
     assert not flipped.decisions_match and flipped.mismatched == [0]
+
+
+def test_a_kind_head_is_a_second_output_of_every_artifact_and_passes_parity(tmp_path):
+    """A face model with a kind-of-fake head: each CPU artifact returns (logits, kind logits), the
+    ONNX graph names the second ``kind_logits``, and parity checks the kind probabilities too."""
+    from runtime.artifacts import KIND_OUTPUT_NAME
+
+    torch.manual_seed(0)
+    model = build_model("face", input_size=64, kind_classes=4).eval()
+    with torch.no_grad():  # spread the kind logits, so a wrong output would show
+        model.kind_classifier.weight.mul_(20.0)
+    weights = save_weights(model, tmp_path / "kinds.safetensors", {"threshold": 0.5, "kinds": ["gan", "diffusion", "face_swap", "hand_edit"]})
+    out = tmp_path / "export"
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        code = cli.main(["--weights", str(weights), "--out", str(out), "--max-batch", "4", "--examples", str(tmp_path / "none"),
+                         "--threads", "1"])
+    assert code == 0, log.getvalue()
+    assert [o.name for o in onnx.load(str(out / "model.onnx")).graph.output] == [OUTPUT_NAME, KIND_OUTPUT_NAME]
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] is True and {r["key"] for r in report["results"]} == {f"{b}-fp32" for b in CPU_BACKENDS}
+    for result in report["results"]:
+        assert all(b["kind_max_abs_diff"] is not None and b["kind_max_abs_diff"] <= 1e-4 for b in result["batches"])
+    x = parity.generated_images(64, 3, seed=3)
+    with torch.no_grad():
+        want_logits, want_kinds = model.forward_with_kinds(x)
+    for artifact in read_manifest(out)[1]:
+        logits, kinds = parity.load_runner(artifact, out).outputs(x)
+        assert kinds.shape == (3, 4) and (kinds - want_kinds).abs().max() <= 1e-3, artifact.key
+        assert (logits - want_logits).abs().max() <= 1e-4, artifact.key
 
 
 def test_parity_images_come_from_the_examples_folder_through_face_preprocessing(tmp_path):

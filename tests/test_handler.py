@@ -261,3 +261,34 @@ def test_onnx_on_a_gpu_worker_without_the_cuda_provider_runs_on_the_cpu_and_says
     assert backend.device.type == "cpu"
     with torch.no_grad():
         torch.testing.assert_close(backend(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_fake_verdict_carries_the_kind_heads_guess_and_a_real_one_does_not(model_dir, tmp_path, astronaut_jpeg):
+    import shutil
+
+    from handler.deepfake_handler import KIND_NOTE, DeepfakeHandler
+    from runtime.model import build_model
+    from runtime.weights import load_metadata, save_weights
+
+    kinds = ["gan", "diffusion", "face_swap", "hand_edit"]
+    torch.manual_seed(0)
+    model = build_model("face", kind_classes=len(kinds)).eval()
+    with torch.no_grad():  # a kind head that clearly prefers 'diffusion'
+        model.kind_classifier.bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0]))
+    answers = {}
+    for threshold in (0.0, 1.0):  # every face fake, then every face real
+        folder = tmp_path / f"t{threshold}"
+        shutil.copytree(model_dir, folder)
+        meta = {**load_metadata(model_dir / ARTIFACTS["eager"]), "threshold": threshold, "kinds": kinds}
+        meta.pop("architecture", None)  # written anew from the model
+        save_weights(model, folder / ARTIFACTS["eager"], meta)  # and its metadata as model.json
+        instance = DeepfakeHandler()
+        instance.initialize(FakeContext(folder, {"handler": {"backend": "eager", "threads": 1}}))
+        answers[threshold] = instance.handle([{"body": bytearray(astronaut_jpeg)}], FakeContext(folder, {}))[0]
+
+    fake = answers[0.0]
+    assert fake["label"] == "fake" and set(fake["kind"]) == {"guess", "probabilities", "note"}
+    assert list(fake["kind"]["probabilities"]) == kinds and fake["kind"]["guess"] == "diffusion"
+    assert sum(fake["kind"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert fake["kind"]["note"] == KIND_NOTE
+    assert answers[1.0]["label"] == "real" and "kind" not in answers[1.0]
