@@ -45,6 +45,7 @@ from runtime.preprocessing import (  # noqa: E402
     ImageError,
     PreprocessSettings,
     decode_image,
+    register_image_formats,
     to_tensor_batch,
 )
 from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, VideoLimits, is_video, open_video  # noqa: E402
@@ -69,6 +70,7 @@ class DeepfakeHandler(BaseHandler):
         threads = int(config.get("threads", 1))
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
+        register_image_formats(threads)  # HEIC and AVIF decoders: the worker's threads, not every core
 
         self.metadata = json.loads((model_dir / "model.json").read_text())
         self.backend_kind = config.get("backend") or detect_backend(model_dir)
