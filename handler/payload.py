@@ -91,5 +91,6 @@ class Request:
     rows: slice | None = None  # its crops' rows in the batch tensor
     probabilities: list[float] = field(default_factory=list)
     explanation: dict | None = None
+    provenance: dict | None = None  # what the upload declares about its origin (handler/provenance.py)
     digest: str | None = None  # SHA-256 of the image bytes, for the prediction records
     byte_count: int | None = None
