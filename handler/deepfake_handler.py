@@ -348,9 +348,12 @@ class DeepfakeHandler(BaseHandler):
         return self.labels[int(probability >= self.threshold)]
 
     def _error(self, idx: int, error: ImageError, status: int | None = None) -> dict:
-        self.context.set_response_status(status or http_status(error), error.message, idx)
+        # One line: the message is also the HTTP reason phrase, and the frontend drops the worker when
+        # a phrase holds CR or LF (libheif's messages end with a newline).
+        message = " ".join(error.message.split())
+        self.context.set_response_status(status or http_status(error), message, idx)
         self._metric("Errors", 1, "count", MetricTypes.COUNTER, kind=error.code)
-        return {"error": error.code, "message": error.message}
+        return {"error": error.code, "message": message}
 
     def _record(self, requests: list[Request], responses: list, elapsed_ms: float) -> None:
         """Queue one record per answer (never blocks, never raises) and report the writer's counts."""

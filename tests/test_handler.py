@@ -102,6 +102,18 @@ def test_one_batch_mixed_encodings_and_errors(handler, model_dir, astronaut_jpeg
     assert [dims["kind"] for name, _, dims in context.recorded if name == "DeepfakeErrors"] == ["not_an_image"]
 
 
+def test_a_refusal_is_one_line_even_when_the_decoder_says_more(handler, model_dir, astronaut_jpeg):
+    """libheif ends its messages with a newline; TorchServe's frontend drops a worker whose reason
+    phrase holds one, so the answer and the phrase are one line."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(astronaut_jpeg)).save(buffer, "HEIF", quality=60)
+    context = FakeContext(model_dir, {})
+    (answer,) = handler.handle([{"body": buffer.getvalue()[: len(buffer.getvalue()) // 2]}], context)
+    assert answer["error"] == "corrupt_image"
+    status, phrase = context.statuses[0]
+    assert status == 422 and phrase == answer["message"] and "\n" not in phrase and "\r" not in phrase
+
+
 def test_batch_of_only_bad_requests(handler, model_dir):
     context = FakeContext(model_dir, {})
     answers = handler.handle([{"body": bytearray()}, {"body": {"image": "***"}}], context)
