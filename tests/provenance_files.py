@@ -14,6 +14,10 @@ from functools import lru_cache
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from runtime.preprocessing import register_image_formats
+
+register_image_formats()  # PIL writes HEIC too once pillow-heif's plugin is registered
+
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 GENERATOR = "Test Image Generator"
 SIGNER = "Test Generator Signer"
