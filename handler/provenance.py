@@ -16,6 +16,8 @@ that is on no trust list is only a claim. Hostile metadata costs bounded work: e
 is capped, the C2PA read runs on one helper thread under a time budget, and any failure becomes
 ``provenance.error`` while the verdict is still given. Nothing is fetched from the network (remote
 manifests and OCSP are off). This module travels inside the model archive: no TorchServe import.
+
+    python -m handler.provenance photo.heic clip.mov [--trust-anchors roots.pem]   # files on disk, as JSON
 """
 
 from __future__ import annotations
@@ -576,3 +578,24 @@ def video_tags(data: bytes, container: str, truncated: list[str]) -> dict:
         truncated.append("tags")
     kept = {str(k)[:80]: capped(str(v), f"tags.{k}", truncated) for k, v in list(tags.items())[:MAX_TAGS]}
     return {"tags": kept} if kept else {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m handler.provenance photo.jpg [clip.mp4 ...]``: what files declare, without a server."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print what image or video files declare about their origin (C2PA, metadata).")
+    parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("--trust-anchors", type=Path, help="a PEM file of trusted C2PA root certificates")
+    parser.add_argument("--budget-ms", type=float, default=DEFAULT_BUDGET_S * 1000)
+    args = parser.parse_args(argv)
+    from runtime.video import container_of
+
+    reader = ProvenanceReader(args.budget_ms / 1000, args.trust_anchors)
+    for path in args.paths:
+        data = path.read_bytes()
+        print(json.dumps({"path": str(path), **reader.read(data, container_of(data))}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

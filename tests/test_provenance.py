@@ -203,6 +203,18 @@ def test_a_videos_container_tags_and_manifest(reader):
     assert signed["c2pa"]["validation"] == "valid" and signed["declared"] == "ai_generated"  # the strongest declaration
 
 
+def test_the_command_line_reads_files_without_a_server(signed, tmp_path, capsys):
+    import json
+
+    from handler.provenance import main
+
+    (tmp_path / "signed.jpg").write_bytes(signed)
+    (tmp_path / "root.pem").write_bytes(throwaway_ca().root_pem)
+    main([str(tmp_path / "signed.jpg"), "--trust-anchors", str(tmp_path / "root.pem")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["declared"] == "ai_generated" and printed["c2pa"]["trust_list"] == "root.pem"
+
+
 # --- beside the verdict -------------------------------------------------------------------------
 
 
