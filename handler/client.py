@@ -30,10 +30,13 @@ import requests
 from handler.tsclient import TorchServeClient, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm"}
 CSV_FIELDS = ["path", "status", "media", "label", "fake_probability", "threshold", "faces", "face_score",
-              "frames_sampled", "frames_with_face", "warning", "error", "latency_ms"]
+              "frames_sampled", "frames_with_face", "declared", "warning", "error", "latency_ms"]
+# Content types older Pythons' mimetypes lack (the server reads the format from the bytes either way)
+for _type, _suffix in (("image/heic", ".heic"), ("image/heif", ".heif"), ("image/avif", ".avif")):
+    mimetypes.add_type(_type, _suffix)
 
 
 class Client:
@@ -70,6 +73,7 @@ class Client:
                 media=body.get("media", ""),
                 frames_sampled=body.get("frames_sampled", ""),  # videos only
                 frames_with_face=body.get("frames_with_face", ""),
+                declared=(body.get("provenance") or {}).get("declared", ""),  # what the file declares about its origin
             )
         else:
             row["error"] = body.get("error") or body.get("message") or response.text[:200]

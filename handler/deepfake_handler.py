@@ -5,9 +5,12 @@ decoded per request, face detection runs once over all decodable images, and the
 request go through the model in one forward pass. A bad request gets its own 4xx status and JSON
 reason; its batch-mates are answered normally. A video (``runtime/video.py``, ``handler/video.py``)
 adds one crop per sampled frame to the same forward pass and gets one verdict with a timeline.
+Every answer carries the upload's provenance (``handler/provenance.py``: C2PA and generator
+metadata) beside the verdict; reading it never changes the verdict and never fails the request.
 
 Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
-handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``, ``handler/records.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``, ``handler/records.py``,
+``handler/provenance.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
 ``handler:`` section picks backend, precision and artifact.
 """
 
@@ -35,6 +38,7 @@ from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
 from handler import gradcam, records  # noqa: E402
 from handler.payload import PROBE_HEADER, Request, http_status, image_bytes  # noqa: E402
+from handler.provenance import ProvenanceReader, beside_verdict  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
 from runtime.preprocessing import (  # noqa: E402
@@ -45,6 +49,7 @@ from runtime.preprocessing import (  # noqa: E402
     ImageError,
     PreprocessSettings,
     decode_image,
+    register_image_formats,
     to_tensor_batch,
 )
 from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, VideoLimits, is_video, open_video  # noqa: E402
@@ -71,6 +76,7 @@ class DeepfakeHandler(BaseHandler):
         threads = int(config.get("threads", 1))
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
+        register_image_formats(threads)  # HEIC and AVIF decoders: the worker's threads, not every core
 
         self.metadata = json.loads((model_dir / "model.json").read_text())
         self.backend_kind = config.get("backend") or detect_backend(model_dir)
@@ -132,6 +138,8 @@ class DeepfakeHandler(BaseHandler):
         self.manifest = manifest
         # prediction records (handler/records.py): queued here, written by a background thread
         self.recorder = records.recorder_from_config(config.get("records_url"), os.environ)
+        # C2PA and generator metadata beside the verdict, under a time budget (None: turned off)
+        self.provenance = ProvenanceReader.from_config(config, model_dir)
         self.initialized = True
         logger.info("deepfake handler ready: %s", self.model_info)
 
@@ -172,6 +180,9 @@ class DeepfakeHandler(BaseHandler):
                        "max_image_bytes": self.max_image_bytes, "video_frames": self.video_limits.sampled,
                        "max_video_seconds": self.video_limits.max_seconds, "max_video_bytes": self.video_limits.max_bytes,
                        "max_crops_per_pass": self.max_crops_per_pass},
+            "provenance": None if self.provenance is None else {
+                "budget_ms": round(self.provenance.budget_s * 1000), "c2pa": self.provenance.c2pa is not None,
+                "trust_list": self.provenance.trust_list},
         }
 
     # --- stages -----------------------------------------------------------------------------------
@@ -180,7 +191,7 @@ class DeepfakeHandler(BaseHandler):
         """Decode each request on its own (errors stay per request), detect faces once for all
         images; then each video's sampled frames. Images' crops come first in the batch tensor."""
         start = time.perf_counter()
-        requests, images, image_requests = [], [], []
+        requests, images, image_requests, provenance_s = [], [], [], 0.0
         for idx, row in enumerate(data):
             request = Request(explain=self._header(idx, "explain") == "True",
                               probe=bool(self._header(idx, PROBE_HEADER)))
@@ -195,9 +206,14 @@ class DeepfakeHandler(BaseHandler):
                         raise ImageError("image_too_large", f"{len(data_bytes)} bytes exceeds the image limit of {self.max_image_bytes} bytes")
                     images.append(decode_image(data_bytes, self.max_pixels, self.min_side))
                     image_requests.append(request)
+                provenance_start = time.perf_counter()
+                request.provenance = self._provenance(data_bytes, request.clip.container if request.clip else None)
+                provenance_s += time.perf_counter() - provenance_start
             except ImageError as error:
                 request.error = error
             requests.append(request)
+        if self.provenance is not None:
+            self._metric("ProvenanceTime", provenance_s * 1000, "ms")
 
         crops = []
         for request, prepared in zip(image_requests, self._prepare(images)):
@@ -273,6 +289,8 @@ class DeepfakeHandler(BaseHandler):
                 kind_rows = request.kind_probabilities[:1]  # the largest face, whose verdict it is
             if answer["label"] == self.labels[1] and kind_rows:
                 answer["kind"] = self._kind(kind_rows)
+            if request.provenance is not None:  # beside the verdict, which it never changes
+                answer["provenance"] = beside_verdict(request.provenance, answer["label"], answer["fake_probability"], self.threshold)
             answer["batch_size"] = len(requests)  # how many requests shared this forward pass
             if request.explanation is not None:
                 answer["explanation"] = request.explanation
@@ -296,6 +314,16 @@ class DeepfakeHandler(BaseHandler):
             except Exception as exc:
                 results.append(ImageError("unprocessable_image", f"face detection failed on this image: {exc}"))
         return results
+
+    def _provenance(self, data: bytes, video_container: str | None) -> dict | None:
+        """The upload's provenance; a failure here is the answer's ``provenance.error``, never the request's."""
+        if self.provenance is None:
+            return None
+        try:
+            return self.provenance.read(data, video_container)  # never raises by design; this is the last guard
+        except Exception as exc:
+            logger.exception("provenance reading failed")
+            return {"declared": "none", "error": f"provenance could not be read: {type(exc).__name__}"}
 
     def _explain_model(self):
         if self._explainer is None:
@@ -338,9 +366,12 @@ class DeepfakeHandler(BaseHandler):
         return self.labels[int(probability >= self.threshold)]
 
     def _error(self, idx: int, error: ImageError, status: int | None = None) -> dict:
-        self.context.set_response_status(status or http_status(error), error.message, idx)
+        # One line: the message is also the HTTP reason phrase, and the frontend drops the worker when
+        # a phrase holds CR or LF (libheif's messages end with a newline).
+        message = " ".join(error.message.split())
+        self.context.set_response_status(status or http_status(error), message, idx)
         self._metric("Errors", 1, "count", MetricTypes.COUNTER, kind=error.code)
-        return {"error": error.code, "message": error.message}
+        return {"error": error.code, "message": message}
 
     def _record(self, requests: list[Request], responses: list, elapsed_ms: float) -> None:
         """Queue one record per answer (never blocks, never raises) and report the writer's counts."""

@@ -8,9 +8,11 @@ inference key, which never leaves the server, and reads the history from the pre
 
 Routes: ``GET /`` the page (``handler/static/``: local HTML, JS and CSS, nothing from the
 internet); ``POST /api/predict`` and ``POST /api/explain`` take the raw image or video bytes as the
-body and answer TorchServe's JSON with its status; ``GET /api/limits`` the byte limits the page
-enforces; ``GET /api/history`` a page of records (newest first, filters ``label``, ``model``,
-``since``, ``until``); ``GET /api/history.csv`` the same rows as CSV.
+body and answer TorchServe's JSON with its status; ``POST /api/preview`` a JPEG of an uploaded
+image for formats a browser cannot draw (HEIC), decoded by the handler's own guarded decoder;
+``GET /api/limits`` the byte limits the page enforces; ``GET /api/history`` a page of records
+(newest first, filters ``label``, ``model``, ``since``, ``until``, ``declared``); ``GET
+/api/history.csv`` the same rows as CSV.
 
 An upload over its media's byte limit (the handler's defaults: an image 16 MiB, a video 64 MiB,
 TorchServe's request cap) is refused here, before it is forwarded; a video is told from an image by
@@ -28,23 +30,35 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from handler import records
+from handler.payload import http_status
 from handler.server import ROOT, TorchServe
 from handler.tsclient import TorchServeClient
-from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES
+from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
 from runtime.video import DEFAULT_MAX_BYTES as DEFAULT_MAX_VIDEO_BYTES
 from runtime.video import is_video
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_PORT = 8090
 HEAD = 64  # bytes that tell a video from an image (runtime.video.container_of reads no further)
+PREVIEW_SIDE = 1600  # longest side of a preview JPEG
 
 
 def refusal(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def preview_jpeg(data: bytes) -> bytes:
+    """An upright JPEG of at most PREVIEW_SIDE pixels a side, through the handler's guarded decoder
+    (the same pixel limits and refusals); raises ImageError."""
+    image = decode_image(data)
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -123,9 +137,21 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
     async def explain(request: Request) -> JSONResponse:
         return await forward(request, explain=True)
 
-    def filters(label, model_name, since, until) -> dict:
+    @app.post("/api/preview")
+    async def preview(request: Request) -> Response:
+        """The upload as a JPEG the browser can show (the page asks only when it cannot draw the file)."""
+        body = await read_upload(request, limits)
+        if isinstance(body, JSONResponse):
+            return body
         try:
-            return dict(label=label or None, model=model_name or None, since=records.parse_time(since), until=records.parse_time(until))
+            return Response(await run_in_threadpool(preview_jpeg, body), media_type="image/jpeg")
+        except ImageError as error:
+            return refusal(http_status(error), error.code, error.message)
+
+    def filters(label, model_name, since, until, declared=None) -> dict:
+        try:
+            return dict(label=label or None, model=model_name or None, since=records.parse_time(since), until=records.parse_time(until),
+                        declared=declared or None)  # fmt: skip
         except ValueError as exc:
             raise BadFilter(str(exc)) from None
 
@@ -137,9 +163,10 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
         model_name: str | None = Query(None, alias="model"),
         since: str | None = None,
         until: str | None = None,
+        declared: str | None = None,
     ):
         try:
-            where = filters(label, model_name, since, until)
+            where = filters(label, model_name, since, until, declared)
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
         try:
@@ -152,9 +179,10 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
         return {"rows": rows, "total": total, "page": page, "per_page": per_page}
 
     @app.get("/api/history.csv")
-    def history_csv(label: str | None = None, model_name: str | None = Query(None, alias="model"), since: str | None = None, until: str | None = None):
+    def history_csv(label: str | None = None, model_name: str | None = Query(None, alias="model"), since: str | None = None,
+                    until: str | None = None, declared: str | None = None):  # fmt: skip
         try:
-            where = filters(label, model_name, since, until)
+            where = filters(label, model_name, since, until, declared)
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
         out = io.StringIO()

@@ -92,5 +92,6 @@ class Request:
     probabilities: list[float] = field(default_factory=list)
     kind_probabilities: list[list[float]] = field(default_factory=list)  # per crop, where the model has a kind head
     explanation: dict | None = None
+    provenance: dict | None = None  # what the upload declares about its origin (handler/provenance.py)
     digest: str | None = None  # SHA-256 of the image bytes, for the prediction records
     byte_count: int | None = None

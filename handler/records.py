@@ -18,6 +18,7 @@ store creates what is missing, and refuses a store written by a newer schema.
 Reading::
 
     python -m handler.records list --run-dir build/serve --since 7d --label fake
+    python -m handler.records list --declared ai_generated       # what the uploads declared (provenance)
     python -m handler.records export verdicts.csv --url postgresql://user@host/db --model deepfake-detector
 """
 
@@ -51,12 +52,13 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENV_URL = "DEEPFAKE_RECORDS_URL"
 PROPERTY_URL = "deepfake_records_url"  # config.properties key read by handler/server.py
 STORE_FILE = "records.sqlite3"  # under the server's run folder by default
@@ -85,6 +87,8 @@ predictions = Table(
     Column("status", Integer, nullable=False),  # HTTP status: 200, or the 4xx/500 of a refusal
     Column("error", String(64)),  # the refusal's code
     Column("explain", Boolean, nullable=False, default=False),  # /explanations/ (Grad-CAM) request
+    # the answer's provenance.declared (handler/provenance.py): ai_generated, ai_edited, edited, camera, none
+    Column("declared", String(16), index=True),
 )
 schema_version = Table(
     "schema_version",
@@ -92,8 +96,16 @@ schema_version = Table(
     Column("version", Integer, primary_key=True),
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
-# version -> function(connection) taking a store from version - 1 to version; none yet
-MIGRATIONS: dict[int, callable] = {}
+
+
+def _add_declared(connection) -> None:
+    """Version 2: the provenance summary beside each verdict (null in the rows written before it)."""
+    connection.execute(text("ALTER TABLE predictions ADD COLUMN declared VARCHAR(16)"))
+    connection.execute(text("CREATE INDEX ix_predictions_declared ON predictions (declared)"))
+
+
+# version -> function(connection) taking a store from version - 1 to version
+MIGRATIONS: dict[int, callable] = {2: _add_declared}
 COLUMNS = [c.name for c in predictions.columns if c.name != "id"]
 
 
@@ -201,6 +213,7 @@ def prediction_row(
         "status": status,
         "error": answer.get("error"),
         "explain": explain,
+        "declared": (answer.get("provenance") or {}).get("declared"),
     }
 
 
@@ -328,7 +341,7 @@ def parse_time(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _filtered(statement, since=None, until=None, label=None, model=None, refused=None):
+def _filtered(statement, since=None, until=None, label=None, model=None, refused=None, declared=None):
     column = predictions.c
     if since is not None:
         statement = statement.where(column.created_at >= since)
@@ -340,11 +353,13 @@ def _filtered(statement, since=None, until=None, label=None, model=None, refused
         statement = statement.where(column.model_name == model)
     if refused is not None:
         statement = statement.where(column.status != 200 if refused else column.status == 200)
+    if declared:
+        statement = statement.where(column.declared == declared)
     return statement
 
 
 def query(engine: Engine, limit: int | None = 50, offset: int = 0, **filters) -> list[dict]:
-    """Newest first. Filters: since, until (datetimes), label, model, refused (bool)."""
+    """Newest first. Filters: since, until (datetimes), label, model, refused (bool), declared."""
     statement = _filtered(select(predictions), **filters).order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
     if limit is not None:
         statement = statement.limit(limit).offset(offset)
@@ -383,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", help="real or fake")
     parser.add_argument("--model", help="model name")
     parser.add_argument("--refused", action="store_true", help="only refused input (status != 200)")
+    parser.add_argument("--declared", help="what the upload declared: ai_generated, ai_edited, edited, camera, none")
     parser.add_argument("--limit", type=int, default=50, help="list: rows to show (export writes all)")
     args = parser.parse_args(argv)
 
@@ -398,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no records at {parsed.database} (nothing served from that run folder yet?)")
     engine = open_engine(url)
     filters = dict(since=parse_time(args.since), until=parse_time(args.until), label=args.label, model=args.model,
-                   refused=True if args.refused else None)  # fmt: skip
+                   refused=True if args.refused else None, declared=args.declared)  # fmt: skip
     ensure_schema(engine)
     if args.action == "export":
         rows = query(engine, limit=None, **filters)
@@ -410,13 +426,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n} records written to {args.csv}", file=sys.stderr)
         return
     total = count(engine, **filters)
-    print(f"{'time (UTC)':19}  {'status':>6}  {'label':5}  {'P(fake)':>7}  {'faces':>5}  {'ms':>7}  model  sha256")
+    print(f"{'time (UTC)':19}  {'status':>6}  {'label':5}  {'P(fake)':>7}  {'faces':>5}  {'ms':>7}  {'declared':12}  model  sha256")
     for row in query(engine, limit=args.limit, **filters):
         p = "" if row["fake_probability"] is None else f"{row['fake_probability']:.3f}"
         faces = "" if row["faces"] is None else row["faces"]
         ms = "" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
         print(f"{row['created_at']:%Y-%m-%d %H:%M:%S}  {row['status']:>6}  {row['label'] or row['error'] or '':5}  {p:>7}  "
-              f"{faces:>5}  {ms:>7}  {row['model_name']}/{row['backend']}  {(row['sha256'] or '')[:12]}")  # fmt: skip
+              f"{faces:>5}  {ms:>7}  {row['declared'] or '':12}  {row['model_name']}/{row['backend']}  {(row['sha256'] or '')[:12]}")  # fmt: skip
     print(f"{min(total, args.limit)} of {total} records")
 
 

@@ -13,14 +13,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import struct
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-from PIL import Image, ImageOps
+import pillow_heif
+from PIL import AvifImagePlugin, Image, ImageOps
 
-# Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+# Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused. HEIF is HEIC
+# (pillow-heif's plugin, registered below); AVIF is Pillow's own.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF"})
+# JPEG XL: a bare codestream or the ISO container. Refused by name: its only Pillow plugin decodes
+# the whole image while opening it, so its pixel count could not be checked before decoding.
+JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+# ftyp brands of still images in ISO boxes (AVIF, HEIF): images, not videos (runtime/video.py)
+ISO_IMAGE_BRANDS = frozenset({b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 DEFAULT_MAX_PIXELS = 40_000_000  # about 6300x6300; larger uploads are refused before decoding
 DEFAULT_MIN_SIDE = 16
 # Bytes per image: the 16 MiB images had before TorchServe's request cap was raised for videos.
@@ -84,6 +93,17 @@ class PreprocessSettings:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def register_image_formats(threads: int = 1) -> None:
+    """Register HEIC/HEIF (pillow-heif) with PIL and give both ISO formats' decoders ``threads``
+    threads (libheif and libavif default to several or every core, which oversubscribes a worker of
+    one thread). Only the primary image is read: no embedded thumbnails, depth or auxiliary images."""
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=threads)
+    AvifImagePlugin.DEFAULT_MAX_THREADS = threads
+
+
+register_image_formats()
+
+
 class ImageError(ValueError):
     """A request image that cannot be used; ``code`` is machine-readable, the message is for people."""
 
@@ -101,7 +121,8 @@ def decode_image(
     """Bytes -> upright 8-bit RGB PIL image, or ImageError.
 
     The pixel count is checked from the header, before any pixel is decoded, so a decompression
-    bomb costs nothing. Animated images give their first frame; EXIF orientation is applied;
+    bomb costs nothing. Animated images give their first frame, HEIF files their primary image;
+    EXIF orientation is applied (HEIF's and AVIF's rotation and mirror boxes too);
     every colour mode and bit depth becomes 8-bit RGB (transparency composited on white).
     """
     if not data:
@@ -115,7 +136,7 @@ def decode_image(
     except Image.DecompressionBombWarning as exc:
         raise ImageError("image_too_large", str(exc)) from None
     except Exception:  # PIL raises UnidentifiedImageError, SyntaxError, struct.error, ...
-        raise ImageError("not_an_image", "the bytes are not an image in a supported format") from None
+        raise _unopened(data, max_pixels) from None
 
     if image.format not in ALLOWED_FORMATS:
         raise ImageError(
@@ -139,6 +160,30 @@ def decode_image(
         raise
     except Exception as exc:  # truncated data, broken chunks, bad EXIF, ...
         raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from None
+
+
+def _unopened(data: bytes, max_pixels: int) -> ImageError:
+    """Why PIL could not open the bytes. libavif refuses to parse a header that declares more pixels
+    than its own limit, so such a bomb gets the 413 every other bomb gets, from the declared size; an
+    AVIF or HEIF whose boxes do not parse (truncated, say) is a corrupt image, as a JPEG would be."""
+    if data.startswith(JPEG_XL_SIGNATURES):
+        return ImageError("unsupported_format", f"JPEG XL is not supported; send one of {', '.join(sorted(ALLOWED_FORMATS))}")
+    declared = iso_declared_pixels(data)
+    if declared > max_pixels:
+        return ImageError("image_too_large", f"the header declares {declared} pixels, over the limit of {max_pixels} pixels")
+    if data[4:8] == b"ftyp" and data[8:12] in ISO_IMAGE_BRANDS:
+        return ImageError("corrupt_image", f"the {data[8:12].decode()} image's boxes could not be parsed (truncated or damaged)")
+    return ImageError("not_an_image", "the bytes are not an image in a supported format")
+
+
+def iso_declared_pixels(data: bytes, head: int = 1 << 16) -> int:
+    """The largest image an ISO image file (AVIF, HEIF) declares in its ``ispe`` boxes (width and
+    height after a 4-byte version and flags), from its first ``head`` bytes; 0 for any other file."""
+    if data[4:8] != b"ftyp":
+        return 0
+    sizes = [struct.unpack(">II", data[m.end() + 4 : m.end() + 12]) for m in re.finditer(b"ispe", data[:head])
+             if len(data) >= m.end() + 12]  # fmt: skip
+    return max((w * h for w, h in sizes), default=0)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -20,7 +20,7 @@ from typing import Iterator
 import av
 from PIL import Image
 
-from runtime.preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError
+from runtime.preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ISO_IMAGE_BRANDS, ImageError
 
 DEFAULT_FRAMES = 32  # sampled per video (the DFDC winners scored 32 frames per clip)
 MAX_FRAMES = 128  # hard cap on frames sampled, whatever the configuration says
@@ -32,8 +32,6 @@ TRUNCATION_SHARE = 0.9
 
 # ISO base media boxes a file may start with (QuickTime files from old tools may lack ftyp).
 ISO_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
-# ftyp brands of still images in the same box format (AVIF, HEIF): left to the image path.
-IMAGE_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 
 
@@ -43,7 +41,7 @@ def container_of(data: bytes) -> str | None:
         return "webm" if b"webm" in data[:64] else "mkv"
     if len(data) >= 12 and data[4:8] in ISO_FIRST_BOXES:
         brand = data[8:12] if data[4:8] == b"ftyp" else b""
-        if brand in IMAGE_BRANDS:
+        if brand in ISO_IMAGE_BRANDS:  # a still image in the same box format (AVIF, HEIF)
             return None
         return "mov" if brand == b"qt  " or data[4:8] != b"ftyp" else "mp4"
     return None

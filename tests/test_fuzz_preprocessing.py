@@ -64,6 +64,8 @@ def _seeds() -> dict[str, bytes]:
         "webp": _encode(face, "WEBP", quality=80),
         "bmp": _encode(face.resize((32, 32)), "BMP"),
         "tiff": _encode(face.resize((32, 32)), "TIFF", compression="tiff_deflate"),
+        "heic": _encode(face, "HEIF", quality=60, exif=exif.tobytes()),
+        "avif": _encode(face, "AVIF", quality=60, exif=exif.tobytes()),
     }
 
 

@@ -102,6 +102,18 @@ def test_one_batch_mixed_encodings_and_errors(handler, model_dir, astronaut_jpeg
     assert [dims["kind"] for name, _, dims in context.recorded if name == "DeepfakeErrors"] == ["not_an_image"]
 
 
+def test_a_refusal_is_one_line_even_when_the_decoder_says_more(handler, model_dir, astronaut_jpeg):
+    """libheif ends its messages with a newline; TorchServe's frontend drops a worker whose reason
+    phrase holds one, so the answer and the phrase are one line."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(astronaut_jpeg)).save(buffer, "HEIF", quality=60)
+    context = FakeContext(model_dir, {})
+    (answer,) = handler.handle([{"body": buffer.getvalue()[: len(buffer.getvalue()) // 2]}], context)
+    assert answer["error"] == "corrupt_image"
+    status, phrase = context.statuses[0]
+    assert status == 422 and phrase == answer["message"] and "\n" not in phrase and "\r" not in phrase
+
+
 def test_batch_of_only_bad_requests(handler, model_dir):
     context = FakeContext(model_dir, {})
     answers = handler.handle([{"body": bytearray()}, {"body": {"image": "***"}}], context)
@@ -119,6 +131,45 @@ def test_explanation_request(handler, model_dir, astronaut_jpeg):
     # last float bit, which the answer's 6 decimals can show)
     assert explained["label"] == plain["label"]
     assert explained["fake_probability"] == pytest.approx(plain["fake_probability"], abs=1e-5)
+
+
+def test_provenance_is_beside_the_verdict_and_never_changes_it(handler, model_dir, astronaut_jpeg):
+    """The same pixels with and without a C2PA claim get the same verdict; a manifest that does not
+    parse is provenance.error beside a verdict; a refused request has no provenance."""
+    from provenance_files import c2pa_signed, jpeg_segments, png_with_parameters
+
+    signed = c2pa_signed(astronaut_jpeg)
+    start, end = next((s, e) for marker, s, e in jpeg_segments(signed) if marker == 0xEB)
+    broken = bytearray(signed)
+    broken[start + 400] ^= 0xFF  # inside the manifest store
+    face = Image.open(io.BytesIO(astronaut_jpeg))
+    context = FakeContext(model_dir, {})
+    plain, claimed, unreadable, generated, refused = handler.handle(
+        [{"body": astronaut_jpeg}, {"body": signed}, {"body": bytes(broken)}, {"body": png_with_parameters(face, "a face")},
+         {"body": b"not an image"}], context)  # fmt: skip
+    for answer in (claimed, unreadable):
+        assert answer["label"] == plain["label"] and answer["face"] == plain["face"]
+        assert answer["fake_probability"] == pytest.approx(plain["fake_probability"], abs=1e-5)
+    assert plain["provenance"]["declared"] == "none" and plain["provenance"]["agrees_with_model"] is None
+    assert claimed["provenance"]["declared"] == "ai_generated" and claimed["provenance"]["c2pa"]["validation"] == "valid"
+    assert claimed["provenance"]["agrees_with_model"] is (plain["label"] == "fake")
+    assert ("note" in claimed["provenance"]) is (plain["label"] == "real")
+    assert unreadable["provenance"]["error"].startswith("c2pa:") and "label" in unreadable
+    assert generated["provenance"]["metadata"]["text"] == {"parameters": "a face"}
+    assert refused == {"error": "not_an_image", "message": "the bytes are not an image in a supported format"}
+    assert len(context.metric("DeepfakeProvenanceTime")) == 1
+
+
+def test_provenance_settings_from_the_model_config(tmp_path):
+    from handler.provenance import ProvenanceReader
+    from provenance_files import throwaway_ca
+
+    (tmp_path / "anchors.pem").write_bytes(throwaway_ca().root_pem)
+    reader = ProvenanceReader.from_config({"c2pa_trust_anchors": "anchors.pem", "c2pa_trust_list": "test list",
+                                           "provenance_budget_ms": 250}, tmp_path)  # fmt: skip
+    assert reader.trust_list == "test list" and reader.budget_s == 0.25
+    assert ProvenanceReader.from_config({}, tmp_path).trust_list is None
+    assert ProvenanceReader.from_config({"provenance": False}, tmp_path) is None
 
 
 def test_describe_answers_the_model_description_without_a_prediction(handler, model_dir):

@@ -65,6 +65,12 @@ def decompression_bomb(side: int = 10_000) -> bytes:
     return png_with_header(side, side, idat)
 
 
+def declaring(data: bytes, width: int, height: int) -> bytes:
+    """An AVIF or HEIF whose ``ispe`` box (the declared image size) is rewritten: a header that lies."""
+    at = data.find(b"ispe")
+    return data[: at + 8] + struct.pack(">II", width, height) + data[at + 16 :]
+
+
 def exif_rotated_jpeg() -> tuple[bytes, Image.Image]:
     """(JPEG stored on its side with EXIF orientation 6, the upright image it must decode to)."""
     upright = astronaut().crop((0, 0, 512, 384))  # not square, so a missed rotation shows in the size
@@ -103,6 +109,7 @@ def build_corpus() -> list[Case]:
     sixteen = Image.fromarray(np.asarray(face.convert("L"), dtype=np.uint16) * 257)  # mode I;16
     rgba = face.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(face.size))
+    heic, avif = encode(face, "HEIF", quality=80), encode(face, "AVIF", quality=80)
     return [
         # refused
         Case("empty_body", b"", code="empty_body"),
@@ -117,6 +124,11 @@ def build_corpus() -> list[Case]:
              "image/png", code="image_too_large"),
         Case("decompression_bomb", decompression_bomb(), "image/png", code="image_too_large"),
         Case("unsupported_ico", encode(face.resize((32, 32)), "ICO"), "image/x-icon", code="unsupported_format"),
+        Case("heic_claims_7000x7000", declaring(heic, 7000, 7000), "image/heic", code="image_too_large"),
+        Case("avif_claims_50000x50000", declaring(avif, 50_000, 50_000), "image/avif", code="image_too_large"),
+        Case("truncated_heic", heic[: len(heic) // 2], "image/heic", code="corrupt_image"),
+        Case("truncated_avif", avif[: len(avif) // 2], "image/avif", code="corrupt_image"),
+        Case("jpeg_xl_codestream", b"\xff\x0a" + bytes(256), "image/jxl", code="unsupported_format"),
         Case("image_1x1", encode(Image.new("RGB", (1, 1), "white"), "PNG"), "image/png", code="image_too_small"),
         Case("binary_declared_as_text", b"\xff\xfe\x00\x81 not utf-8", "text/plain", code="not_an_image"),
         Case("bad_base64", json_body({"image": "!!not base64@@"}), "application/json", code="bad_base64"),
@@ -142,6 +154,8 @@ def build_corpus() -> list[Case]:
              "image/gif", valid=True),
         Case("rgba_png", encode(rgba, "PNG"), "image/png", valid=True),
         Case("exif_rotated_jpeg", exif_rotated_jpeg()[0], "image/jpeg", valid=True),
+        Case("heic", heic, "image/heic", valid=True),
+        Case("avif", avif, "image/avif", valid=True),
         Case("no_face", encode(no_face_image(), "JPEG", quality=90), "image/jpeg", valid=True),
     ]
 
@@ -173,14 +187,15 @@ def test_exif_orientation_is_honoured_when_decoding():
     assert difference.mean() < 4  # JPEG noise only; a wrong rotation differs by ~50 grey levels
 
 
-def test_bomb_is_refused_from_its_header(tmp_path):
-    """The 100-megapixel bomb is refused before any pixel is decoded: peak RSS of a fresh process
-    stays put (decoding would need 100 MB)."""
+@pytest.mark.parametrize("name", ["decompression_bomb", "heic_claims_7000x7000"])
+def test_bomb_is_refused_from_its_header(tmp_path, name):
+    """A bomb is refused before any pixel is decoded: peak RSS of a fresh process stays put
+    (decoding would need 100 MB for the PNG, 147 MB for the HEIC)."""
     import subprocess
     import sys
 
-    bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(decompression_bomb())
+    bomb = tmp_path / "bomb"
+    bomb.write_bytes(next(c.body for c in CORPUS if c.name == name))
     script = (
         "import resource, sys\n"
         "from runtime.preprocessing import ImageError, decode_image\n"

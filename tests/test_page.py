@@ -3,11 +3,15 @@ chromium-driver, driven by Selenium), against the session's real TorchServe: exa
 ``examples/``, the verdict read from the DOM, the heatmap toggled, a text file refused, the history;
 a clip made by ``video_clips`` with its timeline and frame heatmap, a corrupt clip refused.
 
+A HEIC upload (shown through the page's preview) and files that declare their origin: the
+provenance under the verdict, hostile metadata shown as text, the history filtered by it.
+
 ``DEEPFAKE_PAGE_SCREENSHOT=docs/page.png`` keeps the screenshot (the README's is made that way)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -187,6 +191,75 @@ def test_dropping_a_file_on_the_page(page, browser, torchserve, name, mime):
         assert expected["label"] == "fake"
     else:
         assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline circle.point")) == expected["frames_sampled"] == 4
+
+
+def test_heic_and_provenance_on_the_page(page, browser, torchserve, tmp_path):
+    """A HEIC photo (which Chromium cannot draw: the page shows its server's JPEG preview) gets its
+    verdict and face box; a C2PA-signed AI JPEG shows its claim under the verdict; a generator's
+    PNG chunk, with markup in it, is shown as text; the history filters by what files declared."""
+    from PIL import Image
+    from provenance_files import SIGNER, c2pa_signed, encode, png_with_parameters
+    from selenium.webdriver.common.by import By
+
+    browser.get(page)
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    fake = Image.open(FAKE)
+    heic, signed = tmp_path / "face.heic", tmp_path / "signed.jpg"
+    heic.write_bytes(encode(fake, "HEIF", quality=90))
+    signed.write_bytes(c2pa_signed(FAKE.read_bytes()))
+    expected = torchserve.predict(MODEL, heic.read_bytes(), headers={"Content-Type": "image/heic"}).json()
+    upload(browser, heic)
+    assert not by_id("error").is_displayed(), by_id("error").text
+    assert by_id("verdict").text.lower() == expected["label"]
+    assert browser.execute_script("return arguments[0].naturalWidth", by_id("photo")) > 0  # the preview is drawn
+    box = by_id("face-box")
+    assert box.is_displayed() and box.size["width"] > 20
+    assert by_id("declared").get_attribute("data-declared") == "none"
+
+    upload(browser, signed)
+    plain = torchserve.predict(MODEL, FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}).json()
+    assert by_id("verdict").text.lower() == plain["label"] == "fake"  # the claim does not move the verdict
+    assert by_id("provenance").is_displayed() and by_id("declared").get_attribute("data-declared") == "ai_generated"
+    assert "agrees with the model" in by_id("agreement").text
+    c2pa = by_id("c2pa").text
+    assert "manifest present, valid" in c2pa and SIGNER in c2pa and "only a claim" in c2pa and "trainedAlgorithmicMedia" in c2pa
+    if os.environ.get("DEEPFAKE_PAGE_PROVENANCE_SCREENSHOT"):
+        browser.save_screenshot(os.environ["DEEPFAKE_PAGE_PROVENANCE_SCREENSHOT"])
+
+    markup = '<img src=x onerror="document.title=1">a face, Steps: 20'
+    generated = tmp_path / "generated.png"
+    generated.write_bytes(png_with_parameters(fake, markup))
+    upload(browser, generated)
+    assert by_id("declared").get_attribute("data-declared") == "ai_generated"
+    cells = [td.text for td in by_id("metadata").find_elements(By.TAG_NAME, "td")]
+    assert cells == ["text.parameters", markup]  # as text: no element was made from it
+    assert not by_id("metadata").find_elements(By.TAG_NAME, "img") and browser.title != "1"
+
+    digest = hashlib.sha256(signed.read_bytes()).hexdigest()[:12]
+    wait(browser, 30).until(lambda d: digest in d.find_element(By.ID, "history").text)
+    from selenium.webdriver.support.ui import Select
+
+    Select(by_id("history-declared")).select_by_visible_text("ai_generated")
+    wait(browser, 30).until(lambda d: "declared=ai_generated" in d.find_element(By.ID, "csv").get_attribute("href"))
+    def filtered(driver):  # every row shown is one that declared AI generation
+        rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#history tbody tr")]
+        return rows if rows and all("ai_generated" in row for row in rows) else None
+
+    assert any(digest in row for row in wait(browser, 30).until(filtered))
+    listed = requests.get(f"{page}/api/history", params={"declared": "ai_generated", "per_page": 200}, timeout=30).json()["rows"]
+    assert listed and {row["declared"] for row in listed} == {"ai_generated"}
+
+
+def test_page_preview_uses_the_guarded_decoder(page):
+    from PIL import Image
+    from provenance_files import encode
+
+    heic = encode(Image.open(FAKE), "HEIF", quality=80)
+    preview = requests.post(f"{page}/api/preview", data=heic, timeout=60)
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(preview.content)).size == Image.open(FAKE).size
+    refused = requests.post(f"{page}/api/preview", data=b"not a picture", timeout=60)
+    assert refused.status_code == 415 and refused.json()["error"] == "not_an_image"
 
 
 def test_page_server_refuses_oversized_bodies_and_bad_filters(page):

@@ -46,6 +46,37 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'records.sqlite3'}"
 
 
+def version_1_store(engine) -> None:
+    """A store as schema version 1 wrote it (no ``declared`` column), holding one verdict."""
+    from sqlalchemy import MetaData, Table
+
+    old = MetaData()
+    table = Table("predictions", old, *[c._copy() for c in records.predictions.columns if c.name != "declared"])
+    versions = Table("schema_version", old, *[c._copy() for c in records.schema_version.columns])
+    old.drop_all(engine)
+    old.create_all(engine)
+    row = {k: v for k, v in rows_for(1)[0].items() if k != "declared"}
+    with engine.begin() as connection:
+        connection.execute(table.insert().values(**row))
+        connection.execute(versions.insert().values(version=1, applied_at=datetime.now(timezone.utc)))
+
+
+def check_declared_migration(url: str) -> None:
+    """Version 1 -> 2 keeps the old rows (declared null) and records and filters by declared after it."""
+    engine = records.open_engine(url)
+    version_1_store(engine)
+    assert records.ensure_schema(engine) == records.SCHEMA_VERSION == 2
+    recorder = records.Recorder(url, interval_s=0.05)
+    claimed = {**VERDICT, "provenance": {"declared": "ai_generated"}}
+    recorder.record([records.prediction_row(claimed, 200, MODEL_INFO, "claimed"), records.prediction_row(VERDICT, 200, MODEL_INFO, "plain")])
+    assert recorder.flush() and recorder.counts()["written"] == 2
+    assert [r["request_id"] for r in records.query(engine, declared="ai_generated")] == ["claimed"]
+    assert records.count(engine) == 3 and records.count(engine, declared="camera") == 0
+    assert [(r["request_id"], r["declared"]) for r in records.query(engine)] == [("plain", None), ("claimed", "ai_generated"), ("req-0", None)]
+    with engine.connect() as connection:
+        assert connection.execute(select(records.schema_version.c.version)).scalars().all() == [1, 2]
+
+
 # --- SQLite ---------------------------------------------------------------------------------------
 
 
@@ -74,7 +105,8 @@ def test_sqlite_store_writes_filters_and_keeps_its_schema_version(tmp_path):
     with sqlite3.connect(tmp_path / "records.sqlite3") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with engine.connect() as connection:
-        assert connection.execute(select(records.schema_version.c.version)).scalars().all() == [records.SCHEMA_VERSION]
+        # a new store is created at the newest schema and records every version as applied
+        assert connection.execute(select(records.schema_version.c.version)).scalars().all() == list(range(1, records.SCHEMA_VERSION + 1))
 
 
 def test_a_store_from_a_newer_schema_is_refused(tmp_path):
@@ -84,6 +116,13 @@ def test_a_store_from_a_newer_schema_is_refused(tmp_path):
         connection.execute(records.schema_version.insert().values(version=records.SCHEMA_VERSION + 1, applied_at=datetime.now(timezone.utc)))
     with pytest.raises(records.RecordsError, match="newer"):
         records.ensure_schema(engine)
+
+
+def test_a_version_1_store_gains_the_declared_column(tmp_path):
+    check_declared_migration(sqlite_url(tmp_path))
+    listed = subprocess.run([sys.executable, "-m", "handler.records", "list", "--url", sqlite_url(tmp_path), "--declared", "ai_generated"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    assert "1 of 1 records" in listed.stdout and "ai_generated" in listed.stdout
 
 
 def test_cli_lists_and_exports_csv(tmp_path):
@@ -142,6 +181,10 @@ def postgres():
     server = PostgresServer().init()
     yield server
     server.destroy()
+
+
+def test_postgres_version_1_store_gains_the_declared_column(postgres):
+    check_declared_migration(postgres.url)  # first in this module: it starts the server's store afresh
 
 
 def test_postgres_store_round_trip(postgres):
@@ -275,6 +318,7 @@ def test_every_rest_prediction_is_recorded(torchserve, astronaut_jpeg):
             else:
                 assert [row["image_width"], row["image_height"]] == answer["image_size"] and row["faces"] == len(answer["faces"])
             assert row["explain"] == ("explanation" in answer)
+            assert row["declared"] == answer["provenance"]["declared"] == "none"
         else:
             assert (row["error"], row["label"], row["faces"]) == (answer["error"], None, None)
 

@@ -16,8 +16,10 @@ import yaml
 from PIL import Image
 
 from conftest import MODEL, SESSION_BATCH_SIZE
+from runtime.preprocessing import register_image_formats
 
 pytestmark = pytest.mark.integration
+register_image_formats()  # PIL writes HEIC too once pillow-heif's plugin is registered
 
 
 def burst(server, bodies: list[bytes], workers: int = 12) -> list[requests.Response]:
@@ -63,13 +65,33 @@ def test_three_encodings_give_the_same_answer(torchserve, astronaut_jpeg):
     assert len({json.dumps(a["face"]) for a in answers}) == 1
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "TIFF", "GIF"])
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF"])
 def test_other_formats_are_served(torchserve, astronaut_jpeg, fmt):
     buffer = io.BytesIO()
     Image.open(io.BytesIO(astronaut_jpeg)).save(buffer, format=fmt)
     response = torchserve.predict(MODEL, buffer.getvalue())
     assert response.status_code == 200, response.text
     assert response.json()["face"] is not None
+
+
+def test_provenance_is_answered_beside_the_verdict(torchserve, astronaut_jpeg):
+    """A C2PA-signed AI-generated JPEG reports its claim, and the same file with its pixels changed
+    after signing reports it invalid, each beside the pixel verdict, which the claim never moves."""
+    from provenance_files import GENERATOR, SIGNER, c2pa_signed, pixels_changed_after_signing
+
+    signed = c2pa_signed(astronaut_jpeg)
+    plain, claimed, tampered = (torchserve.predict(MODEL, body, headers={"Content-Type": "image/jpeg"}).json()
+                                for body in (astronaut_jpeg, signed, pixels_changed_after_signing(signed)))  # fmt: skip
+    assert (claimed["label"], claimed["fake_probability"], claimed["face"]) == (plain["label"], plain["fake_probability"], plain["face"])
+    c2pa = claimed["provenance"]["c2pa"]
+    assert (c2pa["validation"], c2pa["claim_generator"], c2pa["signer"]["name"]) == ("valid", f"{GENERATOR} 1.0", SIGNER)
+    assert c2pa["digital_source_types"] == ["trainedAlgorithmicMedia"] and c2pa["trusted"] is False
+    assert claimed["provenance"]["declared"] == "ai_generated"
+    assert claimed["provenance"]["agrees_with_model"] is (plain["label"] == "fake")
+    assert tampered["label"] in ("real", "fake") and tampered["provenance"]["c2pa"]["validation"] == "invalid"
+    assert "assertion.dataHash.mismatch" in tampered["provenance"]["c2pa"]["failures"]
+    assert plain["provenance"] == {"declared": "none", "agrees_with_model": None, "declarations": [],
+                                   "c2pa": {"present": False}, "metadata": {}}  # fmt: skip
 
 
 def test_concurrent_requests_are_batched(torchserve, astronaut_jpeg):
@@ -189,11 +211,14 @@ def test_archive_is_self_contained(model_store):
     code = {n for n in names if n.endswith(".py")}
     packages = {n.split("/")[0] for n in code if "/" in n}
     assert packages == {"runtime", "handler"}, packages
-    assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py"}
+    assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py",
+                                                            "handler/records.py", "handler/provenance.py"}  # fmt: skip
 
 
 def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):
     import csv
+
+    from provenance_files import png_with_parameters
 
     from handler.client import main as client
     from runtime.weights import load_metadata
@@ -201,7 +226,8 @@ def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tm
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "face.jpg").write_bytes(astronaut_jpeg)
-    Image.open(io.BytesIO(astronaut_jpeg)).save(folder / "face.png")
+    Image.open(io.BytesIO(astronaut_jpeg)).save(folder / "face.heic")
+    (folder / "generated.png").write_bytes(png_with_parameters(Image.open(io.BytesIO(astronaut_jpeg)), "a face, Steps: 20"))
     (folder / "broken.jpg").write_bytes(b"nope")
     # --token=KEY: a key may begin with "-", which argparse would take for an option
     common = ["--url", torchserve.inference_url, "--model", MODEL, f"--token={torchserve.key('inference')}"]
@@ -210,8 +236,9 @@ def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tm
     assert client([str(folder), "--csv", str(out), "-c", "3", *common]) == 1  # one image failed
     rows = {Path(row["path"]).name: row for row in csv.DictReader(out.open())}
     assert rows["broken.jpg"]["status"] == "415" and rows["broken.jpg"]["error"] == "not_an_image"
-    assert rows["face.jpg"]["status"] == rows["face.png"]["status"] == "200"
-    assert rows["face.jpg"]["label"] in ("real", "fake") and rows["face.jpg"]["faces"] != "0"
+    assert rows["face.jpg"]["status"] == rows["face.heic"]["status"] == rows["generated.png"]["status"] == "200"
+    assert rows["face.jpg"]["label"] in ("real", "fake") and rows["face.jpg"]["faces"] != "0" and rows["face.heic"]["faces"] != "0"
+    assert (rows["face.jpg"]["declared"], rows["generated.png"]["declared"]) == ("none", "ai_generated")
 
     heatmap = tmp_path / "heat.png"
     assert client([str(folder / "face.jpg"), "--explain", str(heatmap), *common]) == 0

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 ATTEMPTS = 3  # bursts tried until a video provably shares a batch with images
 VIDEO_KEYS = {"media", "label", "fake_probability", "threshold", "frames_sampled", "frames_with_face", "aggregation",
-              "timeline", "video", "model", "batch_size"}
+              "timeline", "video", "model", "batch_size", "provenance"}
 
 
 @pytest.mark.parametrize("container", ["mp4", "webm"])
@@ -31,6 +31,9 @@ def test_a_clip_gets_one_verdict_with_a_timeline(torchserve, container):
     answer = reply.json()
     assert set(answer) == VIDEO_KEYS, set(answer) ^ VIDEO_KEYS
     assert answer["media"] == "video" and answer["video"]["container"] == container
+    # the container's tags (FFmpeg's muxer names itself), no manifest, nothing declared
+    assert answer["provenance"]["c2pa"] == {"present": False} and answer["provenance"]["declared"] == "none"
+    assert answer["provenance"]["metadata"]["tags"]
     assert answer["frames_sampled"] == len(answer["timeline"]) == len(has_face)
     assert answer["frames_with_face"] == sum(has_face)
     assert [entry["time_s"] for entry in answer["timeline"]] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]

@@ -1,6 +1,8 @@
 // The upload page: sends the file to this page's own server (which holds the model server's key),
 // shows the verdict, the face box and the Grad-CAM overlay (a video: its preview, the per-frame
-// timeline and the heatmap of its most suspicious frame), and pages through the history.
+// timeline and the heatmap of its most suspicious frame), the file's provenance under the verdict,
+// and pages through the history. Everything taken from an answer is set as text, never as HTML:
+// provenance metadata is whatever the uploader wrote.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,7 +10,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const MiB = 1024 * 1024;
 const PER_PAGE = 10;
 let historyPage = 1;
-let lastFace = null, lastRegion = null; // re-placed when the window resizes
+let lastFace = null, lastRegion = null, lastSize = null; // re-placed when the window resizes
 let limits = null; // bytes per image and per video, from the page's server (GET /api/limits)
 let mediaUrl = null; // the object URL of the file shown, released when the next one comes
 
@@ -16,7 +18,7 @@ let mediaUrl = null; // the object URL of the file shown, released when the next
 const FRIENDLY = {
   empty_body: "The file is empty.",
   not_an_image: "That file is not an image the detector can read.",
-  unsupported_format: "That image format is not supported: use JPEG, PNG, WebP, BMP, TIFF or GIF.",
+  unsupported_format: "That image format is not supported: use JPEG, PNG, WebP, HEIC, AVIF, BMP, TIFF or GIF.",
   corrupt_image: "The image is damaged or cut short.",
   image_too_small: "The image is too small to find a face in.",
   image_too_large: "The image is too large.",
@@ -69,8 +71,8 @@ async function analyse(file) {
 }
 
 function place(element, box, image) {
-  // boxes are in the original image's pixels; the photo is shown scaled
-  const sx = image.clientWidth / image.naturalWidth, sy = image.clientHeight / image.naturalHeight;
+  // boxes are in the original image's pixels (the answer's image_size); the photo, or its preview, is shown scaled
+  const sx = image.clientWidth / lastSize[0], sy = image.clientHeight / lastSize[1];
   element.style.left = `${box[0] * sx}px`;
   element.style.top = `${box[1] * sy}px`;
   element.style.width = `${(box[2] - box[0]) * sx}px`;
@@ -89,8 +91,7 @@ async function showVerdict(file, answer) {
     clip.src = mediaUrl;
   } else {
     clip.removeAttribute("src");
-    photo.src = mediaUrl;
-    await photo.decode().catch(() => {});
+    await showPhoto(file, photo);
   }
   $("result").hidden = false;
 
@@ -107,6 +108,7 @@ async function showVerdict(file, answer) {
   $("warning").textContent = answer.warning || "";
   const m = answer.model || {};
   $("model").textContent = `${m.name} ${m.version} · ${m.backend} ${m.precision} on ${m.device}`;
+  showProvenance(answer.provenance);
 
   const explanation = answer.explanation || {};
   const toggle = $("heatmap-toggle");
@@ -119,9 +121,71 @@ async function showVerdict(file, answer) {
   else showImageParts(answer, explanation);
 }
 
+async function showPhoto(file, photo) {
+  // the file itself when the browser can draw it; otherwise (HEIC) a JPEG preview from the page's server
+  photo.src = mediaUrl;
+  if (await photo.decode().then(() => true, () => false)) return;
+  try {
+    const response = await fetch("/api/preview", { method: "POST", body: file });
+    if (!response.ok) return;
+    URL.revokeObjectURL(mediaUrl);
+    mediaUrl = URL.createObjectURL(await response.blob());
+    photo.src = mediaUrl;
+    await photo.decode().catch(() => {});
+  } catch (err) { /* no preview: the verdict still shows */ }
+}
+
+const DECLARED_WORDS = {
+  ai_generated: "AI-generated", ai_edited: "AI-edited", edited: "edited", camera: "camera capture", none: "nothing",
+};
+
+function term(list, name, value) {
+  if (value == null || value === "" || (Array.isArray(value) && !value.length)) return;
+  const dt = document.createElement("dt"), dd = document.createElement("dd");
+  dt.textContent = name;
+  dd.textContent = Array.isArray(value) ? value.join(", ") : String(value);
+  list.append(dt, dd);
+}
+
+function showProvenance(provenance) {
+  $("provenance").hidden = !provenance;
+  if (!provenance) return;
+  const declared = $("declared");
+  declared.textContent = DECLARED_WORDS[provenance.declared] || provenance.declared;
+  declared.dataset.declared = provenance.declared;
+  const sources = (provenance.declarations || []).map((d) => `${d.source} ${d.key}${d.value ? ` = ${d.value}` : ""}`);
+  const agrees = provenance.agrees_with_model;
+  $("agreement").textContent = [sources.length ? `from ${sources.join("; ")}` : "",
+    agrees === true ? "· agrees with the model" : agrees === false ? "· disagrees with the model" : ""].filter(Boolean).join(" ");
+  $("provenance-note").hidden = !provenance.note;
+  $("provenance-note").textContent = provenance.note || "";
+  const c2pa = provenance.c2pa || {}, list = $("c2pa");
+  list.replaceChildren();
+  term(list, "C2PA", c2pa.present ? `manifest present, ${c2pa.validation}` : c2pa.present === false ? "no manifest" : "not read");
+  if (c2pa.present) {
+    term(list, "generator", c2pa.claim_generator);
+    term(list, "actions", (c2pa.actions || []).map((a) => a.action + (a.digital_source_type ? ` (${a.digital_source_type})` : "")));
+    term(list, "signer", [c2pa.signer && c2pa.signer.name, c2pa.signer && c2pa.signer.issuer].filter(Boolean).join(", "));
+    term(list, "trust", c2pa.trust_note);
+    term(list, "failures", c2pa.failures);
+  }
+  const rows = [];
+  for (const [group, fields] of Object.entries(provenance.metadata || {})) {
+    for (const [key, value] of Object.entries(fields)) {
+      const tr = document.createElement("tr");
+      tr.append(cell(`${group}.${key}`), cell(value));
+      rows.push(tr);
+    }
+  }
+  $("metadata").querySelector("tbody").replaceChildren(...rows);
+  $("provenance-error").hidden = !provenance.error;
+  $("provenance-error").textContent = provenance.error ? `Could not read all of it: ${provenance.error}` : "";
+}
+
 function showImageParts(answer, explanation) {
   const photo = $("photo"), box = $("face-box"), heatmap = $("heatmap");
   lastFace = answer.face;
+  lastSize = answer.image_size;
   box.hidden = !answer.face;
   if (answer.face) place(box, answer.face.box, photo);
   lastRegion = explanation.region || null; // the model's crop, where its Grad-CAM map belongs
@@ -200,10 +264,12 @@ function cell(text, className) {
 }
 
 async function loadHistory(page) {
-  const label = $("history-label").value;
-  const query = new URLSearchParams({ page, per_page: PER_PAGE });
-  if (label) query.set("label", label);
-  $("csv").href = `/api/history.csv${label ? `?label=${label}` : ""}`;
+  const filter = new URLSearchParams();
+  for (const [name, id] of [["label", "history-label"], ["declared", "history-declared"]]) {
+    if ($(id).value) filter.set(name, $(id).value);
+  }
+  const query = new URLSearchParams({ page, per_page: PER_PAGE, ...Object.fromEntries(filter) });
+  $("csv").href = `/api/history.csv${filter.toString() ? `?${filter}` : ""}`;
   let data;
   try {
     const response = await fetch(`/api/history?${query}`);
@@ -225,6 +291,7 @@ async function loadHistory(page) {
       cell(row.fake_probability == null ? "" : row.fake_probability.toFixed(3)),
       cell(row.faces),
       cell(row.image_width ? `${row.image_width}×${row.image_height}` : ""),
+      cell(row.declared),
       cell(`${row.model_name} (${row.backend})`),
       cell(row.sha256 ? row.sha256.slice(0, 12) : ""),
     );
@@ -246,6 +313,7 @@ $("heatmap-toggle").addEventListener("change", (e) => {
   $(video ? "frame-heatmap" : "heatmap").hidden = !e.target.checked;
 });
 $("history-label").addEventListener("change", () => loadHistory(1));
+$("history-declared").addEventListener("change", () => loadHistory(1));
 $("prev").addEventListener("click", () => loadHistory(historyPage - 1));
 $("next").addEventListener("click", () => loadHistory(historyPage + 1));
 window.addEventListener("resize", () => {

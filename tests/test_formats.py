@@ -1,0 +1,90 @@
+"""Phone and web formats: HEIC/HEIF (pillow-heif) and AVIF (Pillow) decode through the same guarded
+path as JPEG, upright, with the same face found; bombs are refused from the header and damaged files
+get the same codes as a damaged JPEG; JPEG XL is refused by name. Every file is made here."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from runtime.preprocessing import FacePreprocessor, ImageError, decode_image
+
+PHONE_FORMATS = ["HEIF", "AVIF"]
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def declaring(data: bytes, width: int, height: int) -> bytes:
+    """The same file with its ``ispe`` box (the image's declared size) rewritten: a header that lies."""
+    at = data.find(b"ispe")
+    assert at > 0, "no ispe box"
+    return data[: at + 8] + struct.pack(">II", width, height) + data[at + 16 :]
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    return Image.fromarray(skdata.astronaut())
+
+
+@pytest.fixture(scope="module")
+def preprocessor() -> FacePreprocessor:
+    return FacePreprocessor(64, threads=1)
+
+
+@pytest.mark.parametrize("fmt", PHONE_FORMATS)
+def test_phone_format_decodes_to_the_same_face_as_jpeg(fmt, astronaut, preprocessor):
+    image = decode_image(encode(astronaut, fmt, quality=90))
+    reference = decode_image(encode(astronaut, "JPEG", quality=90))
+    assert image.mode == "RGB" and image.size == astronaut.size
+    assert np.abs(np.asarray(image, np.int16) - np.asarray(astronaut, np.int16)).mean() < 6  # codec noise only
+    found, expected = preprocessor.prepare(image), preprocessor.prepare(reference)
+    assert found.face_found and expected.face_found
+    assert found.faces[0].box == pytest.approx(expected.faces[0].box, abs=4)
+
+
+@pytest.mark.parametrize("fmt", PHONE_FORMATS)
+def test_orientation_is_applied(fmt, astronaut):
+    """Stored on its side with orientation 6 (pillow-heif writes it as HEIF's rotation box, Pillow's
+    AVIF writer as AVIF's): decoded upright, as a phone shows it."""
+    upright = astronaut.crop((0, 0, 512, 384))  # not square: a missed rotation shows in the size
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    image = decode_image(encode(stored, fmt, quality=90, exif=exif.tobytes()))
+    assert image.size == upright.size
+    assert np.abs(np.asarray(image, np.int16) - np.asarray(upright, np.int16)).mean() < 6
+
+
+@pytest.mark.parametrize("fmt", PHONE_FORMATS)
+@pytest.mark.parametrize("side", [7_000, 50_000])
+def test_header_that_declares_too_many_pixels_is_refused(fmt, side, astronaut):
+    """7000 x 7000 is over the 40 MP limit (decode_image's own check), 50000 x 50000 over the
+    decoders' limits too (libavif then refuses to parse: the declared size still decides the code)."""
+    with pytest.raises(ImageError) as caught:
+        decode_image(declaring(encode(astronaut, fmt, quality=60), side, side))
+    assert caught.value.code == "image_too_large"
+
+
+@pytest.mark.parametrize("fmt", PHONE_FORMATS)
+@pytest.mark.parametrize("share", [0.5, 0.01])
+def test_truncated_file_is_a_corrupt_image(fmt, share, astronaut):
+    data = encode(astronaut, fmt, quality=60)
+    with pytest.raises(ImageError) as caught:
+        decode_image(data[: max(16, int(len(data) * share))])
+    assert caught.value.code == "corrupt_image"
+
+
+@pytest.mark.parametrize("head", [b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n"], ids=["codestream", "container"])
+def test_jpeg_xl_is_refused_by_name(head):
+    with pytest.raises(ImageError) as caught:
+        decode_image(head + bytes(64))
+    assert caught.value.code == "unsupported_format" and "JPEG XL" in caught.value.message
