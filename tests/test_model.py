@@ -128,6 +128,17 @@ def test_pretrained_backbone_reproduces_retinaface_graph():
     for reference, ours in zip(expected, (f8, f16, f32)):
         np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-4, atol=1e-4)
 
+    # the model's own input convention (what the linear probe reads): the same RetinaFace input as
+    # RGB in [0, 1], i.e. the BGR means added back, scaled and flipped to RGB
+    from runtime.face_hybrid import BGR_MEAN
+
+    model = build_model("face", input_size=96).eval()
+    load_pretrained_backbone(model.backbone)
+    rgb = ((torch.from_numpy(x) + torch.tensor(BGR_MEAN).view(1, 3, 1, 1)) / 255.0).flip(1)
+    with torch.no_grad():
+        for reference, ours in zip(expected, model.backbone_features(rgb)):
+            np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-3, atol=1e-3)
+
 
 def test_block_spectrum_is_the_dct_of_each_tile():
     import numpy as np

@@ -24,9 +24,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from training.data import CachedCrop, CropDataset, pil_to_tensor
-from runtime.face_hybrid import BGR_MEAN, RetinaFaceBackbone, load_pretrained_backbone
+from runtime.face_hybrid import FaceHybridNet, load_pretrained_backbone
+from runtime.model import build_model
 from training.config import TrainConfig
+from training.data import CachedCrop, CropDataset, pil_to_tensor
 from training.sampling import prepare_crops
 
 
@@ -36,8 +37,8 @@ def mean_std(feature: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def pooled_features(backbone: RetinaFaceBackbone, items: list[CachedCrop], view: str, zoom: int) -> np.ndarray:
-    mean = torch.tensor(BGR_MEAN).view(1, 3, 1, 1) / 255.0
+def pooled_features(model: FaceHybridNet, items: list[CachedCrop], view: str, zoom: int) -> np.ndarray:
+    """Per image, each pretrained stage map pooled to its channels' mean and standard deviation."""
     crops = CropDataset(items)
     rows = []
     for i, item in enumerate(items):
@@ -48,9 +49,7 @@ def pooled_features(backbone: RetinaFaceBackbone, items: list[CachedCrop], view:
             x = crops[i][0][None]
         if zoom > 1:
             x = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False)
-        f8 = backbone.stage1(x.flip(1) - mean)
-        f16 = backbone.stage2(f8)
-        rows.append(torch.cat([mean_std(f8), mean_std(f16), mean_std(backbone.stage3(f16))], 1))
+        rows.append(torch.cat([mean_std(f) for f in model.backbone_features(x)], 1))
     return torch.cat(rows).numpy()
 
 
@@ -67,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(size="face", crop="resize" if args.view == "resize" else "native", model={"input_size": args.input_size},
                          threads=args.threads)
     crops, _, _ = prepare_crops(config, args.data if len(args.data) > 1 else args.data[0])
-    backbone = load_pretrained_backbone(RetinaFaceBackbone()).eval()
-    x_train, x_val = (pooled_features(backbone, crops[s], args.view, args.zoom) for s in ("train", "val"))
+    model = build_model("face", input_size=args.input_size).eval()
+    load_pretrained_backbone(model.backbone)
+    x_train, x_val = (pooled_features(model, crops[s], args.view, args.zoom) for s in ("train", "val"))
     y_train, y_val = (np.array([c.label for c in crops[s]]) for s in ("train", "val"))
     names = np.array([c.dataset for c in crops["val"]])
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.C, max_iter=5000)).fit(x_train, y_train)

@@ -108,6 +108,7 @@ async function showVerdict(file, answer) {
   $("warning").textContent = answer.warning || "";
   const m = answer.model || {};
   $("model").textContent = `${m.name} ${m.version} · ${m.backend} ${m.precision} on ${m.device}`;
+  showKind(answer.kind);
   showProvenance(answer.provenance);
 
   const explanation = answer.explanation || {};
@@ -133,6 +134,17 @@ async function showPhoto(file, photo) {
     photo.src = mediaUrl;
     await photo.decode().catch(() => {});
   } catch (err) { /* no preview: the verdict still shows */ }
+}
+
+const KIND_WORDS = { gan: "a GAN face", diffusion: "a diffusion-model face", face_swap: "a face swap", hand_edit: "a hand edit" };
+
+function showKind(kind) {
+  // a fake verdict from a model with a kind head: its guess, and the probability of every kind
+  $("kind").hidden = !kind;
+  if (!kind) return;
+  $("kind-guess").textContent = KIND_WORDS[kind.guess] || kind.guess;
+  $("kind-probabilities").textContent = Object.entries(kind.probabilities)
+    .map(([name, p]) => `${name.replace("_", " ")} ${(p * 100).toFixed(0)} %`).join(" · ");
 }
 
 const DECLARED_WORDS = {
