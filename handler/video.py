@@ -2,28 +2,22 @@
 verdict from the per-frame scores.
 
 Each sampled frame is scored like an image: its largest face (or, with no face, its centre crop)
-through the same preprocessing and model. The verdict follows the practice of the DFDC winners
-(README, "Video input"): the mean P(fake) over the frames with a face, unless the clip is confidently
-fake, i.e. at least CONFIDENT_SHARE of those frames (and at least CONFIDENT_MIN_FRAMES of them)
-have P(fake) above STRONG_FAKE, in which case the mean of those strongly fake frames. A manipulation
-that shows in part of a clip is then not averaged away by the frames where it does not show.
+through the same preprocessing and model; ``runtime.verdict.aggregate`` (shared with the clip
+evaluation, ``training/clips.py``) turns the frames' scores into the clip's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from statistics import fmean
 from typing import Callable
 
 from PIL import Image
 
 from runtime.preprocessing import Face, ImageError, Prepared
+from runtime.verdict import STRONG_FAKE, aggregate
 from runtime.video import Clip
 
 FRAME_CHUNK = 8  # frames per face-detector call: only this many full frames are held at a time
-STRONG_FAKE = 0.8
-CONFIDENT_SHARE = 0.4
-CONFIDENT_MIN_FRAMES = 3
 NO_FACE_WARNING = "no face detected in any sampled frame: the verdict is the mean over the frames' centre crops"
 
 
@@ -63,16 +57,6 @@ def prepare_video(clip: Clip, prepare_many: Callable[[list[Image.Image]], list[P
     if not video.crops:
         raise ImageError("corrupt_video", "none of the sampled frames could be decoded")
     return video
-
-
-def aggregate(probabilities: list[float], has_face: list[bool]) -> tuple[float, str, int]:
-    """(P(fake) of the clip, the rule that decided it, how many frames were strongly fake), over the
-    frames with a face, or over every frame when none has one."""
-    scored = [p for p, face in zip(probabilities, has_face) if face] or list(probabilities)
-    strong = [p for p in scored if p > STRONG_FAKE]
-    if len(strong) >= max(CONFIDENT_MIN_FRAMES, CONFIDENT_SHARE * len(scored)):
-        return fmean(strong), "confident_fake", len(strong)
-    return fmean(scored), "mean", len(strong)
 
 
 def most_suspicious(video: PreparedVideo, probabilities: list[float]) -> int:

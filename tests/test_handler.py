@@ -262,7 +262,7 @@ def test_a_server_fault_is_a_json_500_and_bad_input_keeps_its_4xx(model_dir, ast
     def failing_backend(batch):
         raise RuntimeError("device lost")
 
-    broken.backend = failing_backend
+    broken.backend.outputs = failing_backend
     context = FakeContext(model_dir, {})
     answers = broken.handle([{"body": astronaut_jpeg}, {"body": b"junk"}], context)
     assert [a["error"] for a in answers] == ["internal_error", "not_an_image"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.video import aggregate
+from runtime.verdict import aggregate
 from runtime.preprocessing import ImageError
 from runtime.video import MAX_FRAMES, VideoLimits, container_of, open_video
 from test_handler import FakeContext, handler, model_dir  # noqa: F401  (fixtures)
@@ -177,8 +177,8 @@ def test_configured_limits_answer_4xx_and_leave_batch_mates_alone(model_dir):
     strict = DeepfakeHandler()
     config = {"handler": {"max_video_seconds": 1.5, "max_image_bytes": 50_000, "video_frames": 3, "max_crops_per_pass": 2}}
     strict.initialize(FakeContext(model_dir, config))
-    passes, backend = [], strict.backend  # the real backend, its batch sizes recorded
-    strict.backend = lambda batch: passes.append(len(batch)) or backend(batch)
+    passes, outputs = [], strict.backend.outputs  # the real backend, its batch sizes recorded
+    strict.backend.outputs = lambda batch: passes.append(len(batch)) or outputs(batch)
     small_png = io.BytesIO()
     example_faces()[0].resize((96, 96)).save(small_png, "PNG")
     big_png = io.BytesIO()
@@ -217,3 +217,25 @@ def test_mutated_clips_decode_or_are_refused_never_crash():
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     print(f"\nmutated clips: {outcomes}")
     assert set(outcomes) <= {"decoded", "corrupt_video", "not_a_video", "no_video_stream", "frame_too_large", "frame_too_small", "video_too_long"}
+
+
+def test_clip_evaluation_scores_each_test_image_as_a_small_face_in_a_compressed_clip(tmp_path):
+    """training/clips.py on a root made of the shipped examples: every clip has its face found in
+    its frames, its verdict is the serving rule over those frames, and the still score is the image's."""
+    import json
+    import shutil
+
+    from training.clips import evaluate_clips
+    from video_clips import ROOT
+
+    root = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", root, ignore=shutil.ignore_patterns("*.md"))
+    weights = ROOT / "weights" / "default.safetensors"
+    report = evaluate_clips(weights, root, tmp_path / "out", clips=2, face_px=100, frame=(320, 240), seconds=0.4,
+                            crf=23, frames=4, threads=1)
+    rows = json.loads((tmp_path / "out" / "clips.json").read_text())["rows"]
+    assert sorted(r["label"] for r in rows) == [0, 1] and report["clips"] == 2
+    for row in rows:
+        assert len(row["frames"]) == 4 and row["frames_with_face"] == 4
+        assert row["clip"] == pytest.approx(aggregate(row["frames"], [True] * 4)[0])
+    assert {"still", "frame", "clip"} <= set(report) and "| the clip's verdict |" in (tmp_path / "out" / "report.md").read_text()

@@ -1,0 +1,27 @@
+"""One verdict from a clip's per-frame scores: the rule serving (``handler/video.py``) and the clip
+evaluation (``training/clips.py``) share.
+
+It follows the practice of the DFDC winners (docs: "Video input"): the mean P(fake) over the frames
+with a face, unless the clip is confidently fake, i.e. at least CONFIDENT_SHARE of those frames
+(and at least CONFIDENT_MIN_FRAMES of them) have P(fake) above STRONG_FAKE, in which case the mean
+of those strongly fake frames. A manipulation that shows in part of a clip is then not averaged
+away by the frames where it does not show.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+STRONG_FAKE = 0.8
+CONFIDENT_SHARE = 0.4
+CONFIDENT_MIN_FRAMES = 3
+
+
+def aggregate(probabilities: list[float], has_face: list[bool]) -> tuple[float, str, int]:
+    """(P(fake) of the clip, the rule that decided it, how many frames were strongly fake), over the
+    frames with a face, or over every frame when none has one."""
+    scored = [p for p, face in zip(probabilities, has_face) if face] or list(probabilities)
+    strong = [p for p in scored if p > STRONG_FAKE]
+    if len(strong) >= max(CONFIDENT_MIN_FRAMES, CONFIDENT_SHARE * len(scored)):
+        return fmean(strong), "confident_fake", len(strong)
+    return fmean(scored), "mean", len(strong)
