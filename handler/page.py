@@ -10,7 +10,8 @@ Routes: ``GET /`` the page (``handler/static/``: local HTML, JS and CSS, nothing
 internet); ``POST /api/predict`` and ``POST /api/explain`` take the raw image or video bytes as the
 body and answer TorchServe's JSON with its status; ``GET /api/limits`` the byte limits the page
 enforces; ``GET /api/history`` a page of records (newest first, filters ``label``, ``model``,
-``since``, ``until``); ``GET /api/history.csv`` the same rows as CSV.
+``since``, ``until``); ``GET /api/history.csv`` the same rows as CSV. While the records store is
+down both answer 503 ``records_unavailable`` (JSON, or a short HTML page for a browser), never a 500.
 
 An upload over its media's byte limit (the handler's defaults: an image 16 MiB, a video 64 MiB,
 TorchServe's request cap) is refused here, before it is forwarded; a video is told from an image by
@@ -20,15 +21,17 @@ its first bytes (``runtime.video``), as the handler tells them.
 from __future__ import annotations
 
 import argparse
+import html
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import requests
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from handler import records
@@ -75,13 +78,18 @@ async def read_upload(request: Request, limits: UploadLimits) -> bytes | JSONRes
     return limits.refusal(bytes(body[:HEAD]), len(body)) or bytes(body)
 
 
-def create_app(client: TorchServeClient, model: str, store_url: str, limits: UploadLimits = UploadLimits()) -> FastAPI:
+def records_unavailable(request: Request, message: str) -> Response:
+    """503 ``records_unavailable``: JSON for the page's script and API clients, a short HTML page for a
+    browser following the CSV link."""
+    if "text/html" in request.headers.get("accept", ""):
+        body = f"<!doctype html><title>Records unavailable</title><h1>Records unavailable</h1><p>{html.escape(message)}</p>"
+        return HTMLResponse(body, status_code=503)
+    return refusal(503, "records_unavailable", message)
+
+
+def create_app(client: TorchServeClient, model: str, store_url: str | None, limits: UploadLimits = UploadLimits()) -> FastAPI:
+    """The page's server; ``store_url`` None: recording is off, and the history says so."""
     app = FastAPI(title="Deepfake detector", docs_url=None, redoc_url=None, openapi_url=None)
-    engine = records.open_engine(store_url)
-    try:  # a page opened before the first prediction still has an (empty) history
-        records.ensure_schema(engine)
-    except Exception as exc:
-        print(f"warning: the records store is not reachable yet ({exc}); the history fills once it is")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -123,6 +131,28 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
     async def explain(request: Request) -> JSONResponse:
         return await forward(request, explain=True)
 
+    add_history(app, store_url)
+    return app
+
+
+def add_history(app: FastAPI, store_url: str | None) -> None:
+    """``/api/history`` and ``/api/history.csv`` from the records store; a store that is down (or
+    recording off) is a 503 ``records_unavailable``, never a 500, and predictions go on."""
+    engine = records.open_engine(store_url) if store_url else None
+    try:  # a page opened before the first prediction still has an (empty) history
+        if engine is not None:
+            records.ensure_schema(engine)
+    except Exception as exc:
+        print(f"warning: the records store is not reachable yet ({records.shown(store_url)}: {exc}); the history fills once it is")
+
+    def read(request: Request, reader: Callable, **where):
+        if engine is None:
+            raise RecordsDown(records_unavailable(request, "recording is off for this server (records URL 'off')"))
+        try:
+            return reader(engine, **where)
+        except Exception as exc:
+            raise RecordsDown(records_unavailable(request, f"the records store is not answering: {records.first_line(exc)}")) from None
+
     def filters(label, model_name, since, until) -> dict:
         try:
             return dict(label=label or None, model=model_name or None, since=records.parse_time(since), until=records.parse_time(until))
@@ -131,6 +161,7 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
 
     @app.get("/api/history")
     def history(
+        request: Request,
         page: int = Query(1, ge=1),
         per_page: int = Query(10, ge=1, le=200),
         label: str | None = None,
@@ -140,35 +171,43 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
     ):
         try:
             where = filters(label, model_name, since, until)
+            rows = read(request, records.query, limit=per_page, offset=(page - 1) * per_page, **where)
+            total = read(request, records.count, **where)
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
-        try:
-            rows = records.query(engine, limit=per_page, offset=(page - 1) * per_page, **where)
-            total = records.count(engine, **where)
-        except Exception as exc:  # a store that is down: the page says so, predictions go on
-            return refusal(503, "records_unavailable", f"the records store is not answering: {str(exc).splitlines()[0]}")
+        except RecordsDown as down:
+            return down.response
         for row in rows:
             row["created_at"] = row["created_at"].isoformat()
         return {"rows": rows, "total": total, "page": page, "per_page": per_page}
 
     @app.get("/api/history.csv")
-    def history_csv(label: str | None = None, model_name: str | None = Query(None, alias="model"), since: str | None = None, until: str | None = None):
+    def history_csv(request: Request, label: str | None = None, model_name: str | None = Query(None, alias="model"),
+                    since: str | None = None, until: str | None = None):  # fmt: skip
         try:
-            where = filters(label, model_name, since, until)
+            rows = read(request, records.query, limit=None, **filters(label, model_name, since, until))
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
+        except RecordsDown as down:
+            return down.response
         out = io.StringIO()
-        records.write_csv(records.query(engine, limit=None, **where), out)
+        records.write_csv(rows, out)
         return StreamingResponse(
             iter([out.getvalue()]), media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="predictions.csv"'},
         )  # fmt: skip
 
-    return app
-
 
 class BadFilter(ValueError):
     pass
+
+
+class RecordsDown(RuntimeError):
+    """The records store cannot be read (down, or recording off); carries the 503 to answer."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,9 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.run_dir / "server.json").exists():
         raise SystemExit(f"no server recorded in {args.run_dir}: run `make serve` first")
     server = TorchServe.attach(args.run_dir)
-    store = server.records_url  # where its workers record
+    store = server.records_url  # where its workers record (None: recording is off)
     app = create_app(server.client, args.model, store)
-    print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {store})", flush=True)
+    history = records.shown(store) if store else "nowhere: recording is off"
+    print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {history})", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -189,7 +189,7 @@ def test_archive_is_self_contained(model_store):
     code = {n for n in names if n.endswith(".py")}
     packages = {n.split("/")[0] for n in code if "/" in n}
     assert packages == {"runtime", "handler"}, packages
-    assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py"}
+    assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py", "handler/spool.py"}
 
 
 def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):
