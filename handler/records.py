@@ -88,7 +88,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 STORE_FILE = "records.sqlite3"  # under the server's run folder by default
 SPOOL_FOLDER = "records-spool"  # under the server's run folder by default
-DEFAULT_SPOOL_MB = 256  # about 500,000 rows (~500 bytes each): hours of traffic at tens of requests/s
+DEFAULT_SPOOL_MB = 256  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
 OFF = ("off", "none", "false")
 
 metadata = MetaData()
@@ -534,10 +534,14 @@ class Recorder:
                            shown(self.url), first_line(exc), state["rows"], self.spool.path)  # fmt: skip
 
     def _prune_when_due(self) -> None:
-        if not self.keep_days or time.monotonic() < self._next_prune or not self._schema_ready:
+        """``keep_days``: once an hour, by the worker holding the replay lock (one per spool)."""
+        if not self.keep_days or time.monotonic() < self._next_prune or time.monotonic() < self._retry_at:
             return
         self._next_prune = time.monotonic() + 3600
         try:
+            if not self._schema_ready:
+                ensure_schema(self.engine)
+                self._schema_ready = True
             removed = prune(self.engine, _now() - timedelta(days=self.keep_days))
             if removed:
                 logger.info("prediction records: pruned %d rows older than %g days", removed, self.keep_days)
