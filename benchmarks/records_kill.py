@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         print(render(args.render))
         return
     images = [p.read_bytes() for p in sorted((ROOT / "examples").glob("*/*.jpg"))]
+    code = code_version()  # before the archive is built from the working tree
     store = Path(tempfile.mkdtemp(prefix="records-kill-"))
     try:
         url = args.records_url or f"sqlite:///{store / 'records.sqlite3'}"
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(store, ignore_errors=True)
     summary = {
         "command": " ".join(["python -m benchmarks.records_kill", *(sys.argv[1:] if argv is None else argv)]),
-        "code": code_version(), "backend": args.backend, "workers": args.workers, "users": args.users,
+        "code": code, "backend": args.backend, "workers": args.workers, "users": args.users,
         "before_s": args.before, "after_s": args.after, "store": "postgresql" if args.records_url else "sqlite",
         "host": platform.node(), "cores": os.cpu_count(), "rounds": rounds,
     }  # fmt: skip

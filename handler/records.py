@@ -490,6 +490,7 @@ class Recorder:
                             self._busy = True
                         self._replay()
                         self._prune_when_due()
+                self.spool.checkpoint()
             except Exception:  # the spool itself failed (e.g. its disk): try again next period
                 logger.exception("prediction records: the spool %s could not be read", self.spool.path)
             finally:

@@ -9,7 +9,7 @@ bytes of row data; ``append`` takes what fits and says how much.
 
 Why SQLite and not an append-only file: several worker processes append to one spool while one of
 them replays it. SQLite gives each append and each delete a transaction across processes, keeps the
-order (AUTOINCREMENT ids), and a process killed mid-write leaves no torn line to repair and no offset
+order (rising row ids), and a process killed mid-write leaves no torn line to repair and no offset
 file to keep in step. WAL with ``synchronous=NORMAL``: a commit is in the OS's hands when ``append``
 returns, so it survives the process being killed (not a power cut, which can take the last commits
 since the last checkpoint). Python's own ``sqlite3``: no dependency, and little overhead on the
@@ -25,9 +25,12 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
+# Ids are rowids: a new row gets one more than the largest in the table, and rows leave oldest
+# first, so ids rise in the order rows were appended, and a range ``oldest`` read is never joined by a
+# later row (AUTOINCREMENT would add a page write to every append for nothing more).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order rows are replayed in
+    id INTEGER PRIMARY KEY,                -- the order rows are replayed in (see below)
     payload TEXT NOT NULL,                 -- the row as JSON
     held INTEGER NOT NULL                  -- 1: kept back by a store outage (spooled)
 );
@@ -63,6 +66,8 @@ class Spool:
             connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            # no checkpoint (and its fsync) on the answer's path: the writer thread runs them (checkpoint)
+            connection.execute("PRAGMA wal_autocheckpoint=0")
             self._local.connection = connection
             self._connections.append(connection)
         return connection
@@ -126,6 +131,11 @@ class Spool:
             marked = db.execute("UPDATE spool SET held = 1 WHERE held = 0").rowcount
             db.execute("UPDATE state SET store_down = 1")
         return marked
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log back into the file (the writer thread, every period): appends
+        never do it, so the answer's path never waits for a checkpoint's fsync."""
+        self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def state(self) -> dict:
         rows, size, down, store = self._connection().execute("SELECT rows, bytes, store_down, store FROM state").fetchone()
