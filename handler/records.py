@@ -360,8 +360,11 @@ def prediction_row(
     }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def _encode(row: dict) -> str:
-    return json.dumps({**row, "created_at": row["created_at"].isoformat()}, separators=(",", ":"))
+    return _ENCODER.encode({**row, "created_at": row["created_at"].isoformat()})
 
 
 def _decode(payload: str) -> dict:
