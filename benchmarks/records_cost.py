@@ -197,24 +197,31 @@ def render(out: Path) -> Path:
         f"Records written by the recording model: {summary['records_written']}; counted lost: {summary['records_lost']:.0f}.", "",
         f"![requests/s per round, records off and on]({PLOT})", "",
         f"CPU per recorded request, measured in one process ({cpu['rows']} rows, batches of 4, {summary['store']}): "
-        f"{cpu['hot_path_us_per_row']} µs on the worker's hot path (build and queue the row), "
+        f"{cpu['hot_path_us_per_row']} µs on the worker's hot path (build the row and hand it over: queued in memory "
+        "before the journal, journalled since), "
         f"{cpu['total_cpu_us_per_row']} µs in all with the writer thread's inserts. At {mean['off']:.1f} req/s on "
         f"{summary['cores']} cores that is **{summary['cpu_share'] * 100:.2f} %** of the CPU the requests take: the "
         "upper bound of what recording can cost in throughput when the CPU is the limit.",
-        *([] if "journal_wall_us" not in cpu else [
-            "", f"Journalling before the answer (each batch's rows committed to the local spool before its answers leave "
-            f"the worker): the journal call took **p50 {cpu['journal_wall_us']['p50']} µs, p90 {cpu['journal_wall_us']['p90']} µs, "
-            f"p99 {cpu['journal_wall_us']['p99']} µs** per batch of {cpu['batch']} rows ({cpu.get('batches_per_s', 'back-to-back')} "
-            "batches/s, wall time, the writer delivering alongside): the latency it adds to that batch's answers.",
-            *([] if "in_memory_wall_us" not in cpu else [
-                f" Handing the same rows to an in-memory list instead (the recorder before the journal), timed between them in "
-                f"the same loop: p50 {cpu['in_memory_wall_us']['p50']} µs, p90 {cpu['in_memory_wall_us']['p90']} µs, "
-                f"p99 {cpu['in_memory_wall_us']['p99']} µs (the host's own tail)."])]),
+        *([] if "journal_wall_us" not in cpu else ["", journal_sentence(cpu)]),
         *(f"\nNote: {note}" for note in summary.get("notes", [])),
     ]  # fmt: skip
     plot_rounds(summary, out / PLOT)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
+
+
+def journal_sentence(cpu: dict) -> str:
+    """What the journal adds to a batch's latency, and beside it (when measured) the same rows handed
+    to an in-memory list in the same loop: the host's own tail."""
+    wall, memory = cpu["journal_wall_us"], cpu.get("in_memory_wall_us")
+    text = (f"Journalling before the answer (each batch's rows committed to the local spool before its answers leave "
+            f"the worker): the journal call took **p50 {wall['p50']} µs, p90 {wall['p90']} µs, p99 {wall['p99']} µs** per "
+            f"batch of {cpu['batch']} rows ({cpu.get('batches_per_s', 'back-to-back')} batches/s, wall time, the writer "
+            "delivering alongside): the latency it adds to that batch's answers.")
+    if memory:
+        text += (f" The same rows handed to an in-memory list instead (the recorder before the journal), timed between "
+                 f"them in the same loop: p50 {memory['p50']} µs, p90 {memory['p90']} µs, p99 {memory['p99']} µs.")
+    return text
 
 
 def plot_rounds(summary: dict, path: Path) -> None:

@@ -379,6 +379,7 @@ def _decode(payload: str) -> dict:
 # --- writing: journal on the answer's path, delivery off it ----------------------------------------
 
 COUNTS = ("written", "spooled", "replayed", "dropped_spool_full", "dropped_spool_error")
+CHECKPOINT_EVERY_S = 5.0  # the spool's write-ahead log folded back by the writer thread (SQLite's own default: every ~4 MB)
 
 
 class Recorder:
@@ -408,7 +409,7 @@ class Recorder:
         self._wake, self._closed = threading.Event(), threading.Event()
         self._schema_ready = False
         self._retry_at, self._backoff_s = 0.0, 0.0  # after a failed delivery: 1, 2, 4, then every 5 s
-        self._next_prune = 0.0
+        self._next_prune, self._next_checkpoint = 0.0, 0.0
         self._last_warning = {"store": 0.0, "dropped": 0.0}
         self._dropped_since_warning = 0
         self._thread = threading.Thread(target=self._run, name="records-writer", daemon=True)
@@ -493,7 +494,9 @@ class Recorder:
                             self._busy = True
                         self._replay()
                         self._prune_when_due()
-                self.spool.checkpoint()
+                if time.monotonic() >= self._next_checkpoint:  # a few MB of log at most, one fsync per period
+                    self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
+                    self.spool.checkpoint()
             except Exception:  # the spool itself failed (e.g. its disk): try again next period
                 logger.exception("prediction records: the spool %s could not be read", self.spool.path)
             finally:
