@@ -13,14 +13,11 @@ Settings (``RecordsSettings.resolve``, shared by the workers, the page, this CLI
 per key the archive's ``model-config.yaml`` (``handler:`` section, workers only), else the environment,
 else ``config.properties``, else the default:
 
-=============================  ===========================  =============================  =========================
-model-config ``handler:``       environment                  config.properties              default
-=============================  ===========================  =============================  =========================
-``records_url``                 ``DEEPFAKE_RECORDS_URL``     ``deepfake_records_url``       SQLite in the run folder
-``records_spool``               ``DEEPFAKE_RECORDS_SPOOL``   ``deepfake_records_spool``     ``<run folder>/records-spool``
-``records_spool_mb``            ``DEEPFAKE_RECORDS_SPOOL_MB``  ``deepfake_records_spool_mb``  256
-``records_keep_days``           ``DEEPFAKE_RECORDS_KEEP_DAYS``  ``deepfake_records_keep_days``  keep everything
-=============================  ===========================  =============================  =========================
+- the store: ``records_url``, ``DEEPFAKE_RECORDS_URL``, ``deepfake_records_url``; SQLite in the run folder
+- the spool's folder: ``records_spool``, ``DEEPFAKE_RECORDS_SPOOL``, ``deepfake_records_spool``;
+  ``<run folder>/records-spool``
+- its bound in MiB per store: ``records_spool_mb``, ``DEEPFAKE_RECORDS_SPOOL_MB``, ``deepfake_records_spool_mb``; 256
+- days to keep rows: ``records_keep_days``, ``DEEPFAKE_RECORDS_KEEP_DAYS``, ``deepfake_records_keep_days``; for ever
 
 ``handler/server.py`` resolves them for its run folder and hands them to its workers as the
 environment. ``off`` as the URL turns recording off; ``postgresql://`` uses the psycopg driver.
@@ -444,7 +441,7 @@ class Recorder:
             if time.monotonic() - self._last_warning["dropped"] < 10:
                 return
             self._last_warning["dropped"], dropped, self._dropped_since_warning = time.monotonic(), self._dropped_since_warning, 0
-        logger.error("prediction records DROPPED: %d rows lost (%s); the store at %s is not taking rows", dropped, why, shown(self.url))
+        logger.error("prediction records DROPPED: %d rows lost (%s); their store: %s", dropped, why, shown(self.url))
 
     # --- counts ---
 
