@@ -33,7 +33,8 @@ DEFAULT_MODEL_NAME = "deepfake-detector"
 
 # Code that travels inside the archive: the handler entry point at the root, the handler's worker-side
 # modules, and the whole runtime package. Nothing of training, export or benchmarks.
-HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py", "handler/provenance.py")
+HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py", "handler/spool.py",
+                   "handler/provenance.py")
 
 
 def code_files() -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ metadata) beside the verdict; reading it never changes the verdict and never fai
 
 Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
 handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``, ``handler/records.py``,
-``handler/provenance.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+``handler/spool.py``, ``handler/provenance.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
 ``handler:`` section picks backend, precision and artifact.
 """
 
@@ -136,8 +136,8 @@ class DeepfakeHandler(BaseHandler):
             "device": self.backend.device.type,  # where the model really runs (ONNX may fall back to CPU)
         }
         self.manifest = manifest
-        # prediction records (handler/records.py): queued here, written by a background thread
-        self.recorder = records.recorder_from_config(config.get("records_url"), os.environ)
+        # prediction records (handler/records.py): journalled before each answer, delivered by a thread
+        self.recorder = records.recorder_for_worker(config, os.environ)
         # C2PA and generator metadata beside the verdict, under a time budget (None: turned off)
         self.provenance = ProvenanceReader.from_config(config, model_dir)
         self.initialized = True
@@ -374,7 +374,8 @@ class DeepfakeHandler(BaseHandler):
         return {"error": error.code, "message": message}
 
     def _record(self, requests: list[Request], responses: list, elapsed_ms: float) -> None:
-        """Queue one record per answer (never blocks, never raises) and report the writer's counts."""
+        """Journal one record per answer before the answers leave (never raises), and report the
+        recorder's counts and spool depth."""
         if self.recorder is None:
             return
         try:
@@ -388,12 +389,13 @@ class DeepfakeHandler(BaseHandler):
                                                    request.byte_count, elapsed_ms, request.explain))  # fmt: skip
             self.recorder.record(rows)
             for key, n in self.recorder.drain_counts().items():
-                if n and key.startswith("lost_"):
-                    self._metric("RecordsLost", n, "count", MetricTypes.COUNTER, reason=key.removeprefix("lost_"))
-                elif n:
-                    self._metric("RecordsWritten", n, "count", MetricTypes.COUNTER)
+                if n and key.startswith("dropped_"):
+                    self._metric("RecordsDropped", n, "count", MetricTypes.COUNTER, reason=key.removeprefix("dropped_"))
+                elif n:  # RecordsWritten, RecordsSpooled, RecordsReplayed
+                    self._metric(f"Records{key.capitalize()}", n, "count", MetricTypes.COUNTER)
+            self._metric("RecordsSpoolDepth", self.recorder.depth, "count")
         except Exception:  # recording must never cost a prediction
-            logger.exception("could not queue the prediction records of this batch")
+            logger.exception("could not record the predictions of this batch")
 
     def _end_grpc_streams(self, count: int) -> None:
         """Mark each gRPC request's answer as the last of its stream. TorchServe 0.12's frontend

@@ -12,7 +12,8 @@ body and answer TorchServe's JSON with its status; ``POST /api/preview`` a JPEG 
 image for formats a browser cannot draw (HEIC), decoded by the handler's own guarded decoder;
 ``GET /api/limits`` the byte limits the page enforces; ``GET /api/history`` a page of records
 (newest first, filters ``label``, ``model``, ``since``, ``until``, ``declared``); ``GET
-/api/history.csv`` the same rows as CSV.
+/api/history.csv`` the same rows as CSV. While the records store is
+down both answer 503 ``records_unavailable`` (JSON, or a short HTML page for a browser), never a 500.
 
 An upload over its media's byte limit (the handler's defaults: an image 16 MiB, a video 64 MiB,
 TorchServe's request cap) is refused here, before it is forwarded; a video is told from an image by
@@ -22,15 +23,17 @@ its first bytes (``runtime.video``), as the handler tells them.
 from __future__ import annotations
 
 import argparse
+import html
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import requests
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from handler import records
@@ -47,10 +50,6 @@ HEAD = 64  # bytes that tell a video from an image (runtime.video.container_of r
 PREVIEW_SIDE = 1600  # longest side of a preview JPEG
 
 
-def refusal(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
-
-
 def preview_jpeg(data: bytes) -> bytes:
     """An upright JPEG of at most PREVIEW_SIDE pixels a side, through the handler's guarded decoder
     (the same pixel limits and refusals); raises ImageError."""
@@ -59,6 +58,10 @@ def preview_jpeg(data: bytes) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
+
+
+def refusal(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,18 @@ async def read_upload(request: Request, limits: UploadLimits) -> bytes | JSONRes
     return limits.refusal(bytes(body[:HEAD]), len(body)) or bytes(body)
 
 
-def create_app(client: TorchServeClient, model: str, store_url: str, limits: UploadLimits = UploadLimits()) -> FastAPI:
+def records_unavailable(request: Request, message: str) -> Response:
+    """503 ``records_unavailable``: JSON for the page's script and API clients, a short HTML page for a
+    browser following the CSV link."""
+    if "text/html" in request.headers.get("accept", ""):
+        body = f"<!doctype html><title>Records unavailable</title><h1>Records unavailable</h1><p>{html.escape(message)}</p>"
+        return HTMLResponse(body, status_code=503)
+    return refusal(503, "records_unavailable", message)
+
+
+def create_app(client: TorchServeClient, model: str, store_url: str | None, limits: UploadLimits = UploadLimits()) -> FastAPI:
+    """The page's server; ``store_url`` None: recording is off, and the history says so."""
     app = FastAPI(title="Deepfake detector", docs_url=None, redoc_url=None, openapi_url=None)
-    engine = records.open_engine(store_url)
-    try:  # a page opened before the first prediction still has an (empty) history
-        records.ensure_schema(engine)
-    except Exception as exc:
-        print(f"warning: the records store is not reachable yet ({exc}); the history fills once it is")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -148,6 +156,28 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
         except ImageError as error:
             return refusal(http_status(error), error.code, error.message)
 
+    add_history(app, store_url)
+    return app
+
+
+def add_history(app: FastAPI, store_url: str | None) -> None:
+    """``/api/history`` and ``/api/history.csv`` from the records store; a store that is down (or
+    recording off) is a 503 ``records_unavailable``, never a 500, and predictions go on."""
+    engine = records.open_engine(store_url) if store_url else None
+    try:  # a page opened before the first prediction still has an (empty) history
+        if engine is not None:
+            records.ensure_schema(engine)
+    except Exception as exc:
+        print(f"warning: the records store is not reachable yet ({records.shown(store_url)}: {exc}); the history fills once it is")
+
+    def read(request: Request, reader: Callable, **where):
+        if engine is None:
+            raise RecordsDown(records_unavailable(request, "recording is off for this server (records URL 'off')"))
+        try:
+            return reader(engine, **where)
+        except Exception as exc:
+            raise RecordsDown(records_unavailable(request, f"the records store is not answering: {records.first_line(exc)}")) from None
+
     def filters(label, model_name, since, until, declared=None) -> dict:
         try:
             return dict(label=label or None, model=model_name or None, since=records.parse_time(since), until=records.parse_time(until),
@@ -157,6 +187,7 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
 
     @app.get("/api/history")
     def history(
+        request: Request,
         page: int = Query(1, ge=1),
         per_page: int = Query(10, ge=1, le=200),
         label: str | None = None,
@@ -167,36 +198,43 @@ def create_app(client: TorchServeClient, model: str, store_url: str, limits: Upl
     ):
         try:
             where = filters(label, model_name, since, until, declared)
+            rows = read(request, records.query, limit=per_page, offset=(page - 1) * per_page, **where)
+            total = read(request, records.count, **where)
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
-        try:
-            rows = records.query(engine, limit=per_page, offset=(page - 1) * per_page, **where)
-            total = records.count(engine, **where)
-        except Exception as exc:  # a store that is down: the page says so, predictions go on
-            return refusal(503, "records_unavailable", f"the records store is not answering: {str(exc).splitlines()[0]}")
+        except RecordsDown as down:
+            return down.response
         for row in rows:
             row["created_at"] = row["created_at"].isoformat()
         return {"rows": rows, "total": total, "page": page, "per_page": per_page}
 
     @app.get("/api/history.csv")
-    def history_csv(label: str | None = None, model_name: str | None = Query(None, alias="model"), since: str | None = None,
-                    until: str | None = None, declared: str | None = None):  # fmt: skip
+    def history_csv(request: Request, label: str | None = None, model_name: str | None = Query(None, alias="model"),
+                    since: str | None = None, until: str | None = None, declared: str | None = None):  # fmt: skip
         try:
-            where = filters(label, model_name, since, until, declared)
+            rows = read(request, records.query, limit=None, **filters(label, model_name, since, until, declared))
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
+        except RecordsDown as down:
+            return down.response
         out = io.StringIO()
-        records.write_csv(records.query(engine, limit=None, **where), out)
+        records.write_csv(rows, out)
         return StreamingResponse(
             iter([out.getvalue()]), media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="predictions.csv"'},
         )  # fmt: skip
 
-    return app
-
 
 class BadFilter(ValueError):
     pass
+
+
+class RecordsDown(RuntimeError):
+    """The records store cannot be read (down, or recording off); carries the 503 to answer."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,9 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.run_dir / "server.json").exists():
         raise SystemExit(f"no server recorded in {args.run_dir}: run `make serve` first")
     server = TorchServe.attach(args.run_dir)
-    store = server.records_url  # where its workers record
+    store = server.records_url  # where its workers record (None: recording is off)
     app = create_app(server.client, args.model, store)
-    print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {store})", flush=True)
+    history = records.shown(store) if store else "nowhere: recording is off"
+    print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {history})", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -1,41 +1,58 @@
 """Prediction records: one row per answer the handler gives, kept in SQLite or PostgreSQL.
 
 Worker side (shipped inside the model archive): the handler hands each batch's rows to a
-``Recorder``, which buffers them (bounded, never blocking) for a background thread that inserts them
-in batches every half second. A slow or dead database costs rows, never predictions: rows it cannot take are dropped,
-logged and counted (``drain_counts``, which the handler reports as ``DeepfakeRecords*`` metrics), and
-writing resumes once the database answers again.
+``Recorder``, which journals them into a local spool (``handler/spool.py``, a SQLite file in the
+server's run folder) before the answers leave the worker; a background thread delivers the spool to
+the store every half second, oldest first. While the store does not answer, rows wait in the spool and
+are replayed in order when it does; each row carries its request id, unique in the store, and the
+insert skips an id already there, so a replay after a partial write adds no duplicate. The spool is
+bounded in bytes; only rows beyond the bound are dropped, counted and logged. Counts
+(``drain_counts``) become the handler's ``DeepfakeRecords*`` metrics.
 
-Where the rows go: ``records_url`` in the archive's ``model-config.yaml`` (``handler:`` section), else
-the ``DEEPFAKE_RECORDS_URL`` environment variable, which ``handler/server.py`` sets for its workers
-from ``deepfake_records_url`` in ``config.properties`` or, by default, to
-``sqlite:///<run folder>/records.sqlite3``. ``off`` turns recording off. A ``postgresql://`` URL
-uses the psycopg driver.
+Settings (``RecordsSettings.resolve``, shared by the workers, the page, this CLI and ``make status``),
+per key the archive's ``model-config.yaml`` (``handler:`` section, workers only), else the environment,
+else ``config.properties``, else the default:
+
+- the store: ``records_url``, ``DEEPFAKE_RECORDS_URL``, ``deepfake_records_url``; SQLite in the run folder
+- the spool's folder: ``records_spool``, ``DEEPFAKE_RECORDS_SPOOL``, ``deepfake_records_spool``;
+  ``<run folder>/records-spool``
+- its bound in MiB per store: ``records_spool_mb``, ``DEEPFAKE_RECORDS_SPOOL_MB``, ``deepfake_records_spool_mb``; 256
+- days to keep rows: ``records_keep_days``, ``DEEPFAKE_RECORDS_KEEP_DAYS``, ``deepfake_records_keep_days``; for ever
+
+``handler/server.py`` resolves them for its run folder and hands them to its workers as the
+environment. ``off`` as the URL turns recording off; ``postgresql://`` uses the psycopg driver.
 
 The schema is SQLAlchemy Core metadata (``predictions``) plus a ``schema_version`` table; opening a
-store creates what is missing, and refuses a store written by a newer schema.
+store creates what is missing, upgrades an older store step by step (``MIGRATIONS``), and refuses a
+store written by a newer schema.
 
-Reading::
+Reading and retention::
 
     python -m handler.records list --run-dir build/serve --since 7d --label fake
     python -m handler.records list --declared ai_generated       # what the uploads declared (provenance)
     python -m handler.records export verdicts.csv --url postgresql://user@host/db --model deepfake-detector
+    python -m handler.records prune --older-than 30d
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import csv
+import hashlib
+import json
 import logging
 import os
 import re
+import sqlite3
 import sys
+import tempfile
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable, Mapping
 
 from sqlalchemy import (
     Boolean,
@@ -47,21 +64,30 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    cast,
     create_engine,
+    delete,
     event,
     func,
     insert,
     select,
-    text,
+    update,
 )
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateColumn
+
+from handler.spool import Spool, read_state
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-ENV_URL = "DEEPFAKE_RECORDS_URL"
-PROPERTY_URL = "deepfake_records_url"  # config.properties key read by handler/server.py
+SCHEMA_VERSION = 3
 STORE_FILE = "records.sqlite3"  # under the server's run folder by default
+SPOOL_FOLDER = "records-spool"  # under the server's run folder by default
+DEFAULT_SPOOL_MB = 256  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
+OFF = ("off", "none", "false")
 
 metadata = MetaData()
 predictions = Table(
@@ -69,7 +95,7 @@ predictions = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),  # UTC, when answered
-    Column("request_id", String(64), index=True),  # TorchServe's request id
+    Column("request_id", String(64), index=True, unique=True),  # TorchServe's request id; a replay skips it
     Column("sha256", String(64)),  # of the input bytes; the image itself is never kept
     Column("byte_count", Integer),
     Column("image_width", Integer),
@@ -96,21 +122,120 @@ schema_version = Table(
     Column("version", Integer, primary_key=True),
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
-
-
-def _add_declared(connection) -> None:
-    """Version 2: the provenance summary beside each verdict (null in the rows written before it)."""
-    connection.execute(text("ALTER TABLE predictions ADD COLUMN declared VARCHAR(16)"))
-    connection.execute(text("CREATE INDEX ix_predictions_declared ON predictions (declared)"))
-
-
-# version -> function(connection) taking a store from version - 1 to version
-MIGRATIONS: dict[int, callable] = {2: _add_declared}
 COLUMNS = [c.name for c in predictions.columns if c.name != "id"]
 
 
 class RecordsError(RuntimeError):
-    """A store that cannot be used (e.g. written by a newer schema)."""
+    """A store that cannot be used (e.g. written by a newer schema), or settings that make no sense."""
+
+
+# --- schema changes -------------------------------------------------------------------------------
+# To change the schema: change the table above, bump SCHEMA_VERSION, and add the step that takes a
+# store of the previous version to it, e.g. a new indexed column:
+#     MIGRATIONS[4] = lambda connection: add_column(connection, predictions.c.<new column>, index=True)
+# then freeze the previous version's tables in tests/records_schemas.py: the upgrade test writes a
+# store of each frozen version (SQLite and PostgreSQL) and opens it with this code.
+
+
+def add_column(connection, column: Column, index: bool = False) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` as the store's dialect spells the column (SQLite and PostgreSQL),
+    and its index when it has one in the metadata."""
+    spec = CreateColumn(column).compile(dialect=connection.dialect)
+    connection.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {spec}")
+    for table_index in column.table.indexes if index else ():
+        if list(table_index.columns) == [column]:
+            table_index.create(connection)
+
+
+def _unique_request_ids(connection) -> None:
+    """v2: a request id is unique, so a row replayed after a partial write is skipped, not doubled.
+    A v1 store never wrote an id twice (TorchServe's are UUIDs); should one hold a repeat anyway, the
+    later rows keep it with their row id appended rather than being deleted."""
+    c = predictions.c
+    first = select(func.min(c.id)).where(c.request_id.is_not(None)).group_by(c.request_id)
+    renamed = c.request_id + "~" + cast(c.id, String)
+    connection.execute(update(predictions).where(c.request_id.is_not(None), c.id.not_in(first)).values(request_id=renamed))
+    connection.exec_driver_sql("DROP INDEX ix_predictions_request_id")
+    next(i for i in predictions.indexes if i.name == "ix_predictions_request_id").create(connection)
+
+
+# version -> function(connection) taking a store from version - 1 to version; v3: the provenance
+# summary beside each verdict (null in the rows written before it)
+MIGRATIONS: dict[int, Callable] = {2: _unique_request_ids, 3: lambda connection: add_column(connection, predictions.c.declared, index=True)}
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordsSettings:
+    """Where the records go and how the spool before the store is kept (the module's docstring has the
+    table of names). ``url`` None: recording is off."""
+
+    url: str | None
+    spool_dir: Path
+    spool_bytes: int = DEFAULT_SPOOL_MB * 2**20
+    keep_days: float | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str],
+        properties: Mapping[str, str] | None = None,
+        run_dir: str | Path | None = None,
+        model_config: Mapping | None = None,
+    ) -> "RecordsSettings":
+        def pick(key: str) -> str | None:
+            for source, name in ((model_config, f"records_{key}"), (environ, f"DEEPFAKE_RECORDS_{key.upper()}"),
+                                 (properties, f"deepfake_records_{key}")):  # fmt: skip
+                value = str((source or {}).get(name) or "").strip()
+                if value:
+                    return value
+            return None
+
+        run_dir = Path(run_dir).resolve() if run_dir else None
+        url = pick("url") or (f"sqlite:///{run_dir / STORE_FILE}" if run_dir else None)
+        spool = pick("spool") or (run_dir / SPOOL_FOLDER if run_dir else Path(tempfile.gettempdir()) / "deepfake-records-spool")
+        try:
+            spool_mb = float(pick("spool_mb") or DEFAULT_SPOOL_MB)
+            keep_days = float(pick("keep_days")) if pick("keep_days") else None
+        except ValueError as exc:
+            raise RecordsError(f"records settings: {exc}") from None
+        if spool_mb <= 0 or (keep_days is not None and keep_days <= 0):
+            raise RecordsError("records settings: the spool size and keep-days must be positive")
+        return cls(None if not url or url.lower() in OFF else url, Path(spool), int(spool_mb * 2**20), keep_days)
+
+    def _values(self) -> dict[str, str]:
+        values = {"url": self.url or "off", "spool": str(self.spool_dir), "spool_mb": f"{self.spool_bytes / 2**20:g}"}
+        return {**values, "keep_days": f"{self.keep_days:g}"} if self.keep_days else values
+
+    def environ(self) -> dict[str, str]:
+        """The settings as the environment a server hands its workers."""
+        return {f"DEEPFAKE_RECORDS_{key.upper()}": value for key, value in self._values().items()}
+
+    def properties(self) -> dict[str, str]:
+        """The settings as config.properties keys (a server keeps them in its state file)."""
+        return {f"deepfake_records_{key}": value for key, value in self._values().items()}
+
+
+def spool_file(spool_dir: str | Path, url: str) -> Path:
+    """One spool per store: rows of models recording to different stores never mix."""
+    digest = hashlib.sha256(normalise_url(url).encode()).hexdigest()[:12]
+    return Path(spool_dir) / f"records-spool-{digest}.sqlite3"
+
+
+def spool_report(settings: RecordsSettings) -> dict:
+    """What waits in a run's spools for their stores (``make status``; the CLI's notes)."""
+    states = []
+    for path in sorted(settings.spool_dir.glob("records-spool-*.sqlite3")):
+        try:
+            states.append(read_state(path))
+        except sqlite3.Error as exc:  # a spool being created, or a broken one: say so, count the rest
+            logger.warning("cannot read the spool %s: %s", path, exc)
+    states = [s for s in states if s]
+    return {"spool": str(settings.spool_dir), "rows": sum(s["rows"] for s in states), "bytes": sum(s["bytes"] for s in states),
+            "max_bytes_per_store": settings.spool_bytes, "store_down": any(s["store_down"] for s in states),
+            "stores": [s["store"] for s in states]}  # fmt: skip
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -124,10 +249,9 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def store_url(run_dir: str | Path, properties: dict | None = None) -> str:
-    """The store of a server's run folder: config.properties' URL, else SQLite in the folder."""
-    configured = (properties or {}).get(PROPERTY_URL, "").strip()
-    return configured or f"sqlite:///{Path(run_dir).resolve() / STORE_FILE}"
+def shown(url: str) -> str:
+    """A store URL fit for logs and pages: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -174,6 +298,26 @@ def ensure_schema(engine: Engine) -> int:
     return SCHEMA_VERSION
 
 
+def idempotent_insert(engine: Engine):
+    """INSERT that skips a row whose request id the store already has (the replay's guarantee)."""
+    dialects = {"postgresql": postgresql, "sqlite": sqlite_dialect}
+    if engine.dialect.name not in dialects:
+        raise RecordsError(f"records go to SQLite or PostgreSQL, not {engine.dialect.name}")
+    return dialects[engine.dialect.name].insert(predictions).on_conflict_do_nothing(index_elements=["request_id"])
+
+
+def prune(engine: Engine, older_than: datetime, chunk: int = 10_000) -> int:
+    """Delete the rows answered before ``older_than``, in chunks (short locks); returns how many."""
+    removed = 0
+    while True:
+        with engine.begin() as connection:
+            ids = select(predictions.c.id).where(predictions.c.created_at < older_than).limit(chunk)
+            n = connection.execute(delete(predictions).where(predictions.c.id.in_(ids.scalar_subquery()))).rowcount
+        removed += n
+        if n < chunk:
+            return removed
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -189,13 +333,14 @@ def prediction_row(
     explain: bool = False,
     created_at: datetime | None = None,
 ) -> dict:
-    """One record from the handler's answer (a verdict or a refusal) and what it knew besides."""
+    """One record from the handler's answer (a verdict or a refusal) and what it knew besides.
+    Without TorchServe's request id the row gets a fresh UUID: every row has an id, unique."""
     verdict = "error" not in answer
     video = answer.get("media") == "video"
     size = (answer.get("video", {}).get("size") if video else answer.get("image_size")) or (None, None)
     return {
         "created_at": created_at or _now(),
-        "request_id": request_id,
+        "request_id": request_id or str(uuid.uuid4()),
         "sha256": digest,
         "byte_count": byte_count,
         "image_width": size[0],
@@ -217,39 +362,93 @@ def prediction_row(
     }
 
 
-# --- writing, off the hot path --------------------------------------------------------------------
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
+def _encode(row: dict) -> str:
+    return _ENCODER.encode({**row, "created_at": row["created_at"].isoformat()})
+
+
+def _decode(payload: str) -> dict:
+    """A spooled row as this code's columns (a row spooled by another version keeps what both know)."""
+    row = json.loads(payload)
+    decoded = {name: row.get(name) for name in COLUMNS}
+    decoded["created_at"] = datetime.fromisoformat(row["created_at"])
+    decoded["explain"] = bool(row.get("explain"))
+    return decoded
+
+
+# --- writing: journal on the answer's path, delivery off it ----------------------------------------
+
+COUNTS = ("written", "spooled", "replayed", "dropped_spool_full", "dropped_spool_error")
+CHECKPOINT_EVERY_S = 5.0  # the spool's write-ahead log folded back by the writer thread (SQLite's own default: every ~4 MB)
 
 
 class Recorder:
-    """A bounded buffer and one writer thread. ``record`` never blocks and never raises.
+    """The spool in front of the store, and one writer thread delivering it. ``record`` journals rows
+    (one local SQLite transaction) and never raises.
 
     The writer wakes on a fixed period, not per row: a thread woken per request competes for the GIL
     with the model's thread on every request, and on a busy host each hand-over can wait for a CPU
     slot (measured: 18.6 % fewer requests/s with a queue woken per row, benchmarks/reports/*-records).
     """
 
-    def __init__(self, url: str, queue_size: int = 10_000, batch_rows: int = 500, interval_s: float = 0.5):
+    def __init__(self, url: str, spool_dir: str | Path | None = None, spool_bytes: int = DEFAULT_SPOOL_MB * 2**20,
+                 keep_days: float | None = None, batch_rows: int = 500, interval_s: float = 0.5):  # fmt: skip
         self.url = normalise_url(url)
         self.engine = open_engine(self.url)
-        self.queue_size = queue_size  # rows waiting at most; beyond it rows are dropped and counted
+        self._insert = idempotent_insert(self.engine)
+        spool_dir = spool_dir or RecordsSettings.resolve({}).spool_dir
+        self.spool = Spool(spool_file(spool_dir, self.url), spool_bytes, store=shown(self.url))
+        self.keep_days = keep_days  # rows older than this are pruned by the writer, hourly
         self.batch_rows = batch_rows  # rows per INSERT transaction
         self.interval_s = interval_s  # how often the writer looks for rows
+        self.depth = 0  # rows in the spool, as this process last saw it
         self._lock = threading.Lock()
-        self._pending: list[dict] = []
-        self._busy = False  # the writer holds rows it took but has not written yet
-        self._wake = threading.Event()
-        self._counts = {"written": 0, "lost_queue_full": 0, "lost_db_error": 0}
+        self._counts = dict.fromkeys(COUNTS, 0)
         self._reported = dict(self._counts)
+        self._busy = False  # the writer is delivering
+        self._wake, self._closed = threading.Event(), threading.Event()
         self._schema_ready = False
-        self._last_warning = 0.0
+        self._retry_at, self._backoff_s = 0.0, 0.0  # after a failed delivery: 1, 2, 4, then every 5 s
+        self._next_prune, self._next_checkpoint = 0.0, 0.0
+        self._last_warning = {"store": 0.0, "dropped": 0.0}
+        self._dropped_since_warning = 0
         self._thread = threading.Thread(target=self._run, name="records-writer", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def from_settings(cls, settings: RecordsSettings, **kwargs) -> "Recorder":
+        return cls(settings.url, settings.spool_dir, settings.spool_bytes, settings.keep_days, **kwargs)
+
+    # --- the answer's path ---
+
     def record(self, rows: list[dict]) -> None:
+        """Journal the rows before their answers leave; beyond the spool's bound they are dropped."""
+        if not rows:
+            return
+        try:
+            taken, spooled, depth = self.spool.append([_encode(row) for row in rows])
+        except sqlite3.Error as exc:
+            self._drop("spool_error", len(rows), f"the spool {self.spool.path} failed: {exc}")
+            return
         with self._lock:
-            room = max(0, self.queue_size - len(self._pending))
-            self._pending.extend(rows[:room])
-            self._counts["lost_queue_full"] += max(0, len(rows) - room)
+            self.depth = depth
+            self._counts["spooled"] += taken if spooled else 0
+        if taken < len(rows):
+            self._drop("spool_full", len(rows) - taken, f"the spool {self.spool.path} is full ({self.spool.max_bytes / 2**20:g} MiB)")
+
+    def _drop(self, reason: str, n: int, why: str) -> None:
+        """Count and log loudly: an error line at once, then one per 10 s while rows keep going."""
+        with self._lock:
+            self._counts[f"dropped_{reason}"] += n
+            self._dropped_since_warning += n
+            if time.monotonic() - self._last_warning["dropped"] < 10:
+                return
+            self._last_warning["dropped"], dropped, self._dropped_since_warning = time.monotonic(), self._dropped_since_warning, 0
+        logger.error("prediction records DROPPED: %d rows lost (%s); their store: %s", dropped, why, shown(self.url))
+
+    # --- counts ---
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -263,66 +462,120 @@ class Recorder:
         return delta
 
     def flush(self, timeout: float = 30) -> bool:
-        """Wait until every recorded row was written or counted lost (tests, shutdown)."""
+        """Wait until the spool is empty, every row delivered (tests, benchmarks); False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                if not self._pending and not self._busy:
-                    return True
             self._wake.set()
+            with self._lock:
+                busy = self._busy
+            if not busy and self.spool.state()["rows"] == 0:
+                return True
             time.sleep(0.02)
         return False
 
     def close(self, timeout: float = 10) -> None:
-        self.flush(timeout)
+        """Stop the writer (rows still spooled stay in the spool for the next recorder) and let go."""
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout)
         self.engine.dispose()
+        self.spool.close()
 
-    def _count(self, key: str, n: int) -> None:
-        with self._lock:
-            self._counts[key] += n
+    # --- the writer thread ---
 
     def _run(self) -> None:
-        while True:
+        while not self._closed.is_set():
             self._wake.wait(self.interval_s)
             self._wake.clear()
-            with self._lock:
-                rows, self._pending = self._pending, []
-                self._busy = bool(rows)
-            for start in range(0, len(rows), self.batch_rows):
-                self._write(rows[start : start + self.batch_rows])
-            with self._lock:
-                self._busy = False
+            if time.monotonic() < self._retry_at:
+                continue
+            try:
+                with self.spool.replaying() as mine:
+                    if mine:
+                        with self._lock:
+                            self._busy = True
+                        self._replay()
+                        self._prune_when_due()
+                if time.monotonic() >= self._next_checkpoint:  # a few MB of log at most, one fsync per period
+                    self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
+                    self.spool.checkpoint()
+            except Exception:  # the spool itself failed (e.g. its disk): try again next period
+                logger.exception("prediction records: the spool %s could not be read", self.spool.path)
+            finally:
+                with self._lock:
+                    self._busy = False
 
-    def _write(self, rows: list[dict]) -> None:
+    def _replay(self) -> None:
+        """Deliver the spool oldest first until it is empty or the store fails."""
+        while not self._closed.is_set():
+            entries = self.spool.oldest(self.batch_rows)
+            if not entries:
+                return
+            try:
+                if not self._schema_ready:
+                    ensure_schema(self.engine)
+                    self._schema_ready = True
+                with self.engine.begin() as connection:
+                    connection.execute(self._insert, [_decode(payload) for _, payload, _ in entries])
+            except Exception as exc:  # the writer must outlive any store failure: the rows stay spooled
+                self._store_failed(exc)
+                return
+            replayed = sum(held for *_, held in entries)
+            self.spool.delivered(entries)
+            with self._lock:
+                self._counts["written"] += len(entries) - replayed
+                self._counts["replayed"] += replayed
+                self.depth = max(0, self.depth - len(entries))
+            self._retry_at, self._backoff_s = 0.0, 0.0
+
+    def _store_failed(self, exc: Exception) -> None:
+        self._schema_ready = False  # a store recreated behind our back gets its tables again
+        marked = self.spool.hold()
+        state = self.spool.state()
+        with self._lock:
+            self._counts["spooled"] += marked
+            self.depth = state["rows"]
+        self._backoff_s = min(5.0, max(1.0, 2 * self._backoff_s))
+        self._retry_at = time.monotonic() + self._backoff_s
+        if time.monotonic() - self._last_warning["store"] > 60:  # one line a minute, not one per attempt
+            self._last_warning["store"] = time.monotonic()
+            logger.warning("prediction records: the store at %s failed (%s); %d rows wait in the spool %s and are replayed when it answers",
+                           shown(self.url), first_line(exc), state["rows"], self.spool.path)  # fmt: skip
+
+    def _prune_when_due(self) -> None:
+        """``keep_days``: once an hour, by the worker holding the replay lock (one per spool)."""
+        if not self.keep_days or time.monotonic() < self._next_prune or time.monotonic() < self._retry_at:
+            return
+        self._next_prune = time.monotonic() + 3600
         try:
             if not self._schema_ready:
                 ensure_schema(self.engine)
                 self._schema_ready = True
-            with self.engine.begin() as connection:
-                connection.execute(insert(predictions), rows)
-            self._count("written", len(rows))
-        except Exception as exc:  # the writer must outlive any database failure
-            self._schema_ready = False  # a store recreated behind our back gets its tables again
-            self._count("lost_db_error", len(rows))
-            if time.monotonic() - self._last_warning > 60:  # one line a minute, not one per batch
-                self._last_warning = time.monotonic()
-                logger.warning("prediction records: %d rows lost, the store at %s failed: %s",
-                               len(rows), make_url(self.url).render_as_string(), str(exc).splitlines()[0])  # fmt: skip
+            removed = prune(self.engine, _now() - timedelta(days=self.keep_days))
+            if removed:
+                logger.info("prediction records: pruned %d rows older than %g days", removed, self.keep_days)
+        except Exception as exc:
+            logger.warning("prediction records: pruning failed: %s", first_line(exc))
 
 
-def recorder_from_config(config_url: str | None, environ: dict) -> Recorder | None:
-    """The model config's URL, else the environment's; None (records off) for ``off`` or neither."""
-    url = (config_url or environ.get(ENV_URL) or "").strip()
-    if not url or url.lower() in ("off", "none", "false"):
-        logger.info("prediction records are off")
-        return None
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, first line (SQLAlchemy wraps it in its own text)."""
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def recorder_for_worker(model_config: Mapping, environ: Mapping[str, str]) -> Recorder | None:
+    """The worker's recorder from its archive's settings and environment; None (records off) for
+    ``off``, no URL, or a store it cannot open (it serves anyway and says why)."""
     try:
-        recorder = Recorder(url)
-    except Exception:  # a malformed URL or a missing driver: serve anyway, say why
-        logger.exception("prediction records are off: cannot open %s", url)
+        settings = RecordsSettings.resolve(environ, model_config=model_config)
+        if settings.url is None:
+            logger.info("prediction records are off")
+            return None
+        recorder = Recorder.from_settings(settings)
+    except Exception:  # a malformed URL or setting, a missing driver: serve anyway, say why
+        logger.exception("prediction records are off: cannot open the store or its spool")
         return None
-    atexit.register(recorder.flush, 5)  # a worker that exits normally writes what it queued
-    logger.info("prediction records go to %s", make_url(recorder.url).render_as_string())
+    logger.info("prediction records go to %s through the spool %s", shown(recorder.url), recorder.spool.path)
     return recorder
 
 
@@ -386,12 +639,49 @@ def write_csv(rows: Iterable[dict], out: IO[str]) -> int:
     return n
 
 
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+def run_settings(run_dir: Path, environ: Mapping[str, str]) -> RecordsSettings:
+    """A server's settings from its run folder: the environment, else what the server resolved at
+    its start (its state file), else its config.properties."""
+    from handler.server import STATE_FILE, TorchServe
+    from handler.tsconfig import read_properties
+
+    if (run_dir / STATE_FILE).exists():
+        return TorchServe.attach(run_dir).records_settings
+    config = run_dir / "config.properties"
+    return RecordsSettings.resolve(environ, read_properties(config) if config.exists() else {}, run_dir)
+
+
+def _list(engine: Engine, filters: dict, limit: int) -> None:
+    total = count(engine, **filters)
+    print(f"{'time (UTC)':19}  {'status':>6}  {'label':5}  {'P(fake)':>7}  {'faces':>5}  {'ms':>7}  {'declared':12}  model  sha256")
+    for row in query(engine, limit=limit, **filters):
+        p = "" if row["fake_probability"] is None else f"{row['fake_probability']:.3f}"
+        faces = "" if row["faces"] is None else row["faces"]
+        ms = "" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
+        print(f"{row['created_at']:%Y-%m-%d %H:%M:%S}  {row['status']:>6}  {row['label'] or row['error'] or '':5}  {p:>7}  "
+              f"{faces:>5}  {ms:>7}  {row['declared'] or '':12}  {row['model_name']}/{row['backend']}  {(row['sha256'] or '')[:12]}")  # fmt: skip
+    print(f"{min(total, limit)} of {total} records")
+
+
+def _export(engine: Engine, filters: dict, target: str) -> None:
+    rows = query(engine, limit=None, **filters)
+    if target == "-":
+        n = write_csv(rows, sys.stdout)
+    else:
+        with open(target, "w", newline="") as out:
+            n = write_csv(rows, out)
+    print(f"{n} records written to {target}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="List or export the prediction records.")
-    parser.add_argument("action", choices=["list", "export"])
+    parser = argparse.ArgumentParser(description="List, export or prune the prediction records.")
+    parser.add_argument("action", choices=["list", "export", "prune"])
     parser.add_argument("csv", nargs="?", default="-", help="export: the CSV file to write ('-': stdout)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help=f"the store's SQLAlchemy URL (sqlite:///..., postgresql://...); default ${ENV_URL}")
+    where.add_argument("--url", help="the store's SQLAlchemy URL (sqlite:///..., postgresql://...); default $DEEPFAKE_RECORDS_URL")
     where.add_argument("--run-dir", type=Path, default=Path("build/serve"), help="a server's run folder (its store)")
     parser.add_argument("--since", help="ISO time or an age: 30m, 24h, 7d")
     parser.add_argument("--until", help="ISO time or an age")
@@ -400,40 +690,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refused", action="store_true", help="only refused input (status != 200)")
     parser.add_argument("--declared", help="what the upload declared: ai_generated, ai_edited, edited, camera, none")
     parser.add_argument("--limit", type=int, default=50, help="list: rows to show (export writes all)")
+    parser.add_argument("--older-than", help="prune: delete rows answered before this age (30d) or ISO time")
     args = parser.parse_args(argv)
 
-    if args.url or os.environ.get(ENV_URL):  # the same precedence as handler/server.py
-        url = args.url or os.environ[ENV_URL]
-    else:
-        from handler.tsconfig import read_properties
-
-        config = args.run_dir / "config.properties"
-        url = store_url(args.run_dir, read_properties(config) if config.exists() else {})
-    parsed = make_url(normalise_url(url))
+    settings = RecordsSettings.resolve({"DEEPFAKE_RECORDS_URL": args.url}) if args.url else run_settings(args.run_dir, os.environ)
+    if settings.url is None:
+        sys.exit("prediction records are off for this server (records URL 'off')")
+    parsed = make_url(normalise_url(settings.url))
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         sys.exit(f"no records at {parsed.database} (nothing served from that run folder yet?)")
-    engine = open_engine(url)
-    filters = dict(since=parse_time(args.since), until=parse_time(args.until), label=args.label, model=args.model,
-                   refused=True if args.refused else None, declared=args.declared)  # fmt: skip
-    ensure_schema(engine)
-    if args.action == "export":
-        rows = query(engine, limit=None, **filters)
-        if args.csv == "-":
-            n = write_csv(rows, sys.stdout)
+    if args.action == "prune" and not args.older_than:
+        parser.error("prune needs --older-than (e.g. 30d)")
+    try:
+        filters = dict(since=parse_time(args.since), until=parse_time(args.until), label=args.label, model=args.model,
+                       refused=True if args.refused else None, declared=args.declared)  # fmt: skip
+        older_than = parse_time(args.older_than)
+    except ValueError as exc:
+        parser.error(str(exc))
+    engine = open_engine(settings.url)
+    try:
+        ensure_schema(engine)
+        if args.action == "prune":
+            print(f"{prune(engine, older_than)} records answered before {older_than:%Y-%m-%d %H:%M:%S} UTC deleted")
+        elif args.action == "export":
+            _export(engine, filters, args.csv)
         else:
-            with open(args.csv, "w", newline="") as out:
-                n = write_csv(rows, out)
-        print(f"{n} records written to {args.csv}", file=sys.stderr)
-        return
-    total = count(engine, **filters)
-    print(f"{'time (UTC)':19}  {'status':>6}  {'label':5}  {'P(fake)':>7}  {'faces':>5}  {'ms':>7}  {'declared':12}  model  sha256")
-    for row in query(engine, limit=args.limit, **filters):
-        p = "" if row["fake_probability"] is None else f"{row['fake_probability']:.3f}"
-        faces = "" if row["faces"] is None else row["faces"]
-        ms = "" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
-        print(f"{row['created_at']:%Y-%m-%d %H:%M:%S}  {row['status']:>6}  {row['label'] or row['error'] or '':5}  {p:>7}  "
-              f"{faces:>5}  {ms:>7}  {row['declared'] or '':12}  {row['model_name']}/{row['backend']}  {(row['sha256'] or '')[:12]}")  # fmt: skip
-    print(f"{min(total, args.limit)} of {total} records")
+            _list(engine, filters, args.limit)
+    except (SQLAlchemyError, RecordsError) as exc:
+        waiting = "" if args.url else f"; {spool_report(settings)['rows']} rows wait in the spool"
+        sys.exit(f"records store unavailable at {shown(settings.url)}: {first_line(exc)}{waiting}")
+    if not args.url and (waiting := spool_report(settings)["rows"]):
+        print(f"{waiting} more rows wait in the spool {settings.spool_dir} for the store", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -112,11 +112,17 @@ class TorchServe:
         return self.run_dir / WATCHDOG_STATE
 
     @property
-    def records_url(self) -> str:
-        """Where this server's workers record predictions (handler/records.py): the environment's
-        DEEPFAKE_RECORDS_URL, else config.properties' deepfake_records_url, else SQLite in the run folder."""
+    def records_settings(self) -> records.RecordsSettings:
+        """Where this server's workers record predictions and spool them (handler/records.py): per
+        key the environment (DEEPFAKE_RECORDS_*), else config.properties (deepfake_records_*), else
+        SQLite and its spool in the run folder."""
         configured = {**read_properties(self.config), **{k: str(v) for k, v in self.properties.items()}}
-        return self._base_env().get(records.ENV_URL) or records.store_url(self.run_dir, configured)
+        return records.RecordsSettings.resolve(self._base_env(), configured, self.run_dir)
+
+    @property
+    def records_url(self) -> str | None:
+        """The store's URL; None when recording is off."""
+        return self.records_settings.url
 
     @property
     def inference_url(self) -> str:
@@ -366,8 +372,20 @@ class TorchServe:
                 "last_recovery": seen.get("last_recovery"),
             }
         report["models"] = models
+        report["records"] = self.records_status()
         report["healthy"] = report["alive"] and report["watchdog"]["running"] and all(m["answering"] for m in models.values())
         return report
+
+    def records_status(self) -> dict:
+        """The store (password hidden) and what waits in the spool for it; not part of ``healthy``:
+        predictions go on while the store is down, and the rows wait."""
+        try:
+            settings = self.records_settings
+        except records.RecordsError as exc:
+            return {"error": str(exc)}
+        if settings.url is None:
+            return {"store": "off"}
+        return {"store": records.shown(settings.url), **records.spool_report(settings)}
 
     def __enter__(self) -> "TorchServe":
         return self.start()
@@ -387,6 +405,7 @@ class TorchServe:
         server = cls(state["model_store"], state["models"], run_dir, state["config"], Ports(**state["ports"]), state["token_auth"])
         server.pid = state["pid"]
         server.watchdog_pid = state.get("watchdog_pid")
+        server.properties.update(state.get("records", {}))  # the records settings it started with
         return server
 
     def log_tail(self, lines: int = 40) -> str:
@@ -403,7 +422,7 @@ class TorchServe:
 
     def _env(self) -> dict[str, str]:
         env = self._base_env()
-        env[records.ENV_URL] = self.records_url  # the workers inherit the frontend's environment
+        env.update(self.records_settings.environ())  # the workers inherit the frontend's environment
         # TEMP sets the JVM's java.io.tmpdir, where the worker sockets live: servers must not share it
         tmp = str(self.tmp_dir)
         env.update(TMPDIR=tmp, TEMP=tmp, LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir))
@@ -437,6 +456,7 @@ class TorchServe:
             "ports": asdict(self.ports),
             "token_auth": self.token_auth,
             "watchdog_pid": self.watchdog_pid,
+            "records": self.records_settings.properties(),
         }
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 

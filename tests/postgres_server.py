@@ -70,8 +70,13 @@ class PostgresServer:
     def init(self) -> "PostgresServer":
         self._run("initdb", "-D", str(self.data), "-U", self.USER, "-A", "trust", "--no-sync", "-E", "UTF8")
         self.start()
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, self.DATABASE)
+        self.createdb(self.DATABASE)
         return self
+
+    def createdb(self, name: str) -> str:
+        """Another empty database on this server; returns its URL."""
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, name)
+        return self.url.rsplit("/", 1)[0] + "/" + name
 
     def start(self) -> None:
         # loopback TCP only; the socket folder is ours, not /var/run/postgresql
@@ -79,6 +84,9 @@ class PostgresServer:
         result = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start", check=False)
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {result.stderr}\n{self.log.read_text() if self.log.exists() else ''}")
+
+    def running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0
 
     def kill(self) -> None:
         """Stop without a clean shutdown: clients see connections drop, as in a crash."""

@@ -117,7 +117,8 @@ def test_records_cost_renders_its_report_and_plot_from_the_summary(tmp_path, cap
         "cost": 0.0488, "records_written": 1170, "records_lost": 0,
         "windows": {"off": [{**window, "rps": 40.0, "p50_ms": 150.0, "p99_ms": 310.0}, {**window, "rps": 42.0, "p50_ms": 140.0, "p99_ms": 300.0}],
                     "on": [{**window, "rps": 38.0, "p50_ms": 160.0, "p99_ms": 330.0}, {**window, "rps": 40.0, "p50_ms": 150.0, "p99_ms": 320.0}]},
-        "recording_cpu": {"rows": 8000, "hot_path_us_per_row": 5.0, "total_cpu_us_per_row": 30.0, "written": 8000, "lost": 0},
+        "recording_cpu": {"rows": 8000, "hot_path_us_per_row": 5.0, "total_cpu_us_per_row": 30.0, "written": 8000, "lost": 0,
+                          "batch": 4, "journal_wall_us": {"p50": 180.5, "p90": 260.0, "p99": 910.2}},
         "cores": 2, "cpu_share": 0.00062, "notes": ["an older design of the writer"],
     }  # fmt: skip
     run = _run_dir(tmp_path, summary, "records")
@@ -125,8 +126,9 @@ def test_records_cost_renders_its_report_and_plot_from_the_summary(tmp_path, cap
     assert capsys.readouterr().out.strip() == str(run / "report.md")
     text = (run / "report.md").read_text()
     assert summary["command"] in text
-    assert "| 1 | 40.0 | 38.0 | 310.0 | 330.0 |" in text and "| 2 | 42.0 | 40.0 | 300.0 | 320.0 |" in text
+    assert "| 1 | 40.0 | 38.0 | 150.0 | 160.0 | 310.0 | 330.0 |" in text and "| 2 | 42.0 | 40.0 | 140.0 | 150.0 | 300.0 | 320.0 |" in text
     assert "cost +4.9 %" in text and "Note: an older design of the writer" in text
+    assert "145.0 ms off, 155.0 ms on" in text and "p50 180.5 µs, p90 260.0 µs, p99 910.2 µs** per batch of 4 rows" in text
     width, height = _png_size(run / records_cost.PLOT)
     assert width > 300 and height > 200
     assert f"]({records_cost.PLOT})" in text

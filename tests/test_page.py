@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -271,18 +272,19 @@ def test_page_server_refuses_oversized_bodies_and_bad_filters(page):
     assert len(history["rows"]) <= 2 and history["total"] >= len(history["rows"])
 
 
-def test_page_says_so_when_the_model_server_is_down(tmp_path):
-    """A run folder whose TorchServe is gone: the page still serves, and an upload gets a JSON 502."""
+@contextmanager
+def page_of_a_gone_server(run_dir: Path, records_properties: dict | None = None):
+    """``python -m handler.page`` for a run folder whose TorchServe is gone (its state file written
+    here, with the records settings a server keeps there); yields the page's URL."""
     import json
 
     from handler.tsconfig import Ports
 
-    ports = Ports.free()
-    state = {"pid": None, "model_store": str(tmp_path), "models": {MODEL: f"{MODEL}.mar"}, "config": str(ROOT / "config.properties"),
-             "ports": ports.__dict__, "token_auth": False, "watchdog_pid": None}  # fmt: skip
-    (tmp_path / "server.json").write_text(json.dumps(state))
+    state = {"pid": None, "model_store": str(run_dir), "models": {MODEL: f"{MODEL}.mar"}, "config": str(ROOT / "config.properties"),
+             "ports": Ports.free().__dict__, "token_auth": False, "watchdog_pid": None, "records": records_properties or {}}  # fmt: skip
+    (run_dir / "server.json").write_text(json.dumps(state))
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "handler.page", "--run-dir", str(tmp_path), "--port", str(port)], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "handler.page", "--run-dir", str(run_dir), "--port", str(port)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
@@ -293,12 +295,44 @@ def test_page_says_so_when_the_model_server_is_down(tmp_path):
                 break
             except requests.ConnectionError:
                 time.sleep(0.3)
-        response = requests.post(f"{url}/api/predict", data=FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=60)
-        assert response.status_code == 502 and response.json()["error"] == "server_unavailable"
-        assert requests.get(f"{url}/api/history", timeout=30).json()["total"] == 0
+        yield url
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_page_says_so_when_the_model_server_is_down(tmp_path):
+    """A run folder whose TorchServe is gone: the page still serves, and an upload gets a JSON 502."""
+    with page_of_a_gone_server(tmp_path) as url:
+        response = requests.post(f"{url}/api/predict", data=FAKE.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert response.status_code == 502 and response.json()["error"] == "server_unavailable"
+        assert requests.get(f"{url}/api/history", timeout=30).json()["total"] == 0
+
+
+def test_history_says_so_while_the_records_store_is_down(tmp_path):
+    """The history and its CSV from a PostgreSQL store that goes down and comes back: 503
+    ``records_unavailable`` while it is down (JSON, or HTML for a browser), never a 500."""
+    from postgres_server import PostgresServer, skip_reason
+
+    if reason := skip_reason():
+        pytest.skip(reason)
+    postgres = PostgresServer().init()
+    try:
+        with page_of_a_gone_server(tmp_path, {"deepfake_records_url": postgres.url}) as url:
+            assert requests.get(f"{url}/api/history", timeout=30).json()["total"] == 0
+            postgres.kill()
+            for path, accept, kind in [("/api/history", "application/json", "json"), ("/api/history.csv", "application/json", "json"),
+                                       ("/api/history.csv", "text/html,application/xhtml+xml,*/*;q=0.8", "html")]:  # fmt: skip
+                response = requests.get(url + path, headers={"Accept": accept}, timeout=60)
+                assert response.status_code == 503, (path, response.status_code, response.text)
+                if kind == "json":
+                    assert response.json()["error"] == "records_unavailable" and "not answering" in response.json()["message"]
+                else:
+                    assert response.headers["content-type"].startswith("text/html") and "Records unavailable" in response.text
+            postgres.start()
+            assert requests.get(f"{url}/api/history.csv", timeout=60).text.startswith("id,created_at")
+    finally:
+        postgres.destroy()
 
 
 def test_a_video_on_the_page(page, browser, torchserve, tmp_path):
