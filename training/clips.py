@@ -35,6 +35,7 @@ from runtime.verdict import aggregate
 from runtime.video import VideoLimits, open_video
 from runtime.weights import Calibration, load_weights
 from training.config import resolve_device
+from training.evaluate import parse_settings, with_preprocessing
 from training.metrics import binary_metrics, bootstrap_auc_interval
 from training.sampling import as_roots, split_samples
 
@@ -84,10 +85,11 @@ def score(model, calibration: Calibration, preprocessor: FacePreprocessor, image
 
 
 def evaluate_clips(weights: Path, root: Path, out: Path, clips: int, face_px: int, frame: tuple[int, int], seconds: float,
-                   crf: int, frames: int, threads: int, seed: int = 0) -> dict:
+                   crf: int, frames: int, threads: int, seed: int = 0, preprocessing: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     device = resolve_device("cpu")
     model, meta = load_weights(weights, map_location=device)
+    meta = with_preprocessing(meta, preprocessing)
     calibration = Calibration.from_metadata(meta)
     preprocessor = FacePreprocessor.from_settings(PreprocessSettings.from_metadata(meta), threads=threads)
     (name, samples), = split_samples(meta, [root], "test").items()
@@ -106,7 +108,8 @@ def evaluate_clips(weights: Path, root: Path, out: Path, clips: int, face_px: in
         rows.append({"path": str(sample.path), "label": sample.label, "still": still, "clip": verdict, "rule": rule,
                      "frames": p, "frames_with_face": sum(f is not None for f in faces), "bytes": len(video)})
     return write_report(rows, out, {"weights": str(weights), "data": name, "clips": len(rows), "face_px": face_px,
-                                    "frame": list(frame), "seconds": seconds, "crf": crf, "frames_sampled": frames})
+                                    "frame": list(frame), "seconds": seconds, "crf": crf, "frames_sampled": frames,
+                                    "preprocessing": PreprocessSettings.from_metadata(meta).to_metadata()})
 
 
 def write_report(rows: list[dict], out: Path, setup: dict) -> dict:
@@ -147,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crf", type=int, default=28, help="H.264 quality (23 is FFmpeg's default; higher is lossier)")
     parser.add_argument("--frames", type=int, default=16, help="frames sampled per clip, as serving's video_frames")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--preprocessing", nargs="+", default=[], metavar="KEY=YAML",
+                        help="score as if served with these preprocessing settings (e.g. min_face=176)")
     args = parser.parse_args(argv)
     frame = tuple(int(v) for v in args.frame.lower().split("x"))
     (root,) = as_roots(args.data)
     report = evaluate_clips(args.weights, root, args.out, args.clips, args.face_px, frame, args.seconds, args.crf,
-                            args.frames, args.threads)
+                            args.frames, args.threads, preprocessing=parse_settings(args.preprocessing))
     print((args.out / "report.md").read_text())
     return 0 if report else 1
 

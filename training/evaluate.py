@@ -93,6 +93,23 @@ def score_roots(model, meta: dict, roots: list[Path], split: str, cache_dir: str
     return scored
 
 
+def with_preprocessing(meta: dict, overrides: dict | None) -> dict:
+    """The weights' metadata as if served with other preprocessing settings (e.g. ``max_side`` 128,
+    the face detector's input, or ``min_face``); crops made with them are cached apart."""
+    if not overrides:
+        return meta
+    settings = PreprocessSettings.from_metadata(meta).to_metadata()
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise SystemExit(f"unknown preprocessing setting(s) {unknown}; known: {sorted(settings)}")
+    return {**meta, "preprocessing": {**settings, **overrides}}
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``KEY=YAML`` items as a dict."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def pooled_scores(scored: dict[str, Scored]) -> tuple[np.ndarray, np.ndarray]:
     """Labels and P(fake) over all roots, each image once (a real photo that two roots share, such
     as the FFHQ photos paired with the diffusion fakes, is counted once)."""
@@ -217,12 +234,7 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
     torch.set_num_threads(threads)
     device = resolve_device(device)
     model, meta = load_weights(weights, map_location=device)
-    if preprocessing:  # e.g. another detector input size: the crops are made (and cached) anew
-        settings = PreprocessSettings.from_metadata(meta).to_metadata()
-        unknown = sorted(set(preprocessing) - set(settings))
-        if unknown:
-            raise SystemExit(f"unknown preprocessing setting(s) {unknown}; known: {sorted(settings)}")
-        meta = {**meta, "preprocessing": {**settings, **preprocessing}}
+    meta = with_preprocessing(meta, preprocessing)
     roots = as_roots(data)
     scored = score_roots(model, meta, roots, split, cache_dir, threads, batch_size, device, real_from)
     y, p = pooled_scores(scored)
@@ -338,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = args.data if len(args.data) > 1 else args.data[0]
     real_from = dict(item.split("=", 1) for item in args.real_from)
-    preprocessing = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.preprocessing)}
+    preprocessing = parse_settings(args.preprocessing)
     if args.cross:
         out = args.out or Path("build/eval/cross-kind")
         weights = dict(item.split("=", 1) for item in args.cross)
