@@ -75,7 +75,8 @@ class LoadSettings:
     layouts: list[dict] = field(default_factory=list)  # [{workers, threads}]; empty: `workers` x 1 thread
     users: list[int] = field(default_factory=lambda: [1, 4, 16])
     workers: int = 1
-    plain: bool = True  # also measure benchmarks/plain_server.py (FastAPI, eager, one image per request)
+    plain: bool = True  # also measure benchmarks/plain_server.py (FastAPI, one image per request)
+    plain_variants: list[str] = field(default_factory=lambda: ["naive", "tuned"])  # see benchmarks/load.py: plain_variants
     warmup_s: float = 5.0
     window_s: float = 5.0
     min_windows: int = 2

@@ -44,12 +44,19 @@ GPU_TARGETS = {
 # --- derived numbers ------------------------------------------------------------------------------
 
 
-PLAIN_LABEL = "plain FastAPI (eager, 1 image/request)"
+PLAIN_VARIANTS = ("tuned", "naive")  # the tuned peer first: the headline's comparison
+
+
+def plain_variant(row: dict) -> str:
+    """``naive`` or ``tuned`` (summaries from before the tuned peer had one plain row: naive)."""
+    return row.get("variant", "naive")
 
 
 def config_label(row: dict) -> str:
     if is_plain(row):
-        return PLAIN_LABEL
+        if plain_variant(row) == "naive":
+            return "plain FastAPI naive (eager, 1 process, default threads)"
+        return f"plain FastAPI tuned ({row['backend']}, {row['workers']} processes x {row['threads']} thread)"
     label = f"{row['backend']} b{row['batch_size']}/d{row['max_batch_delay']}"
     if "threads" in row:  # reports before the worker x thread sweep had one layout
         label += f" {row['workers']}w x {row['threads']}t"
@@ -74,10 +81,10 @@ def torchserve_rows(summary: dict) -> list[dict]:
     return [r for r in load_rows(summary) if not is_plain(r)]
 
 
-def against_plain(summary: dict) -> list[dict]:
+def against_plain(summary: dict, variant: str = "naive") -> list[dict]:
     """At each user level: the best TorchServe configuration (no failures) against the plain server
-    measured in the same run with the same weights and images."""
-    plain = {r["users"]: r for r in load_rows(summary) if is_plain(r)}
+    ``variant`` measured in the same run with the same model and images."""
+    plain = {r["users"]: r for r in load_rows(summary) if is_plain(r) and plain_variant(r) == variant}
     out = []
     for users, p in sorted(plain.items()):
         best = best_load(summary, users)
@@ -85,12 +92,18 @@ def against_plain(summary: dict) -> list[dict]:
             continue
         p99, plain_p99 = best["latency_ms"].get("p99"), p["latency_ms"].get("p99")
         out.append({
-            "users": users, "config": config_label(best), "rps": best["rps"], "plain_rps": p["rps"],
-            "rps_ratio": best["rps"] / p["rps"], "p99_ms": p99, "plain_p99_ms": plain_p99,
-            "p99_ratio": plain_p99 / p99 if p99 and plain_p99 else None,
+            "variant": variant, "users": users, "config": config_label(best), "plain_config": config_label(p),
+            "rps": best["rps"], "plain_rps": p["rps"], "rps_ratio": best["rps"] / p["rps"], "p99_ms": p99,
+            "plain_p99_ms": plain_p99, "p99_ratio": plain_p99 / p99 if p99 and plain_p99 else None,
             "plain_failures": p["failures"],
         })
     return out
+
+
+def where_torchserve_loses(summary: dict) -> list[dict]:
+    """User levels where a plain server beat the best TorchServe configuration on requests/s or p99."""
+    return [c for variant in PLAIN_VARIANTS for c in against_plain(summary, variant)
+            if c["rps_ratio"] < 1 or (c["p99_ratio"] is not None and c["p99_ratio"] < 1)]
 
 
 def speedups(summary: dict) -> list[dict]:
@@ -130,6 +143,17 @@ def best_load(summary: dict, users: int | None = None) -> dict | None:
     rows = [r for r in torchserve_rows(summary) if users is None or r["users"] == users]
     rows = [r for r in rows if r["failures"] == 0] or rows
     return max(rows, key=lambda r: r["rps"], default=None)
+
+
+PLAIN_TEXT = {
+    "naive": ("The naive plain server is `benchmarks/plain_server.py` as most people would first run it: FastAPI under "
+              "one uvicorn process, the eager PyTorch model with torch's default threads (every core), the same face "
+              "preprocessing, one image per request. It ran after TorchServe had stopped."),
+    "tuned": ("The tuned plain peer is the same app as a good engineer would run it: `uvicorn --workers <usable cores>`, "
+              "each process serving the artifact of the served archive (what `make serve` serves) with one intra-op "
+              "thread, like one TorchServe worker; the same preprocessing, one image per request. It ran after "
+              "TorchServe had stopped."),
+}
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -208,13 +232,21 @@ def headline(summary: dict) -> list[str]:
         lines.append(f"- The host was shared: processes other than TorchServe and Locust used {sum(others) / len(others):.0f} % "
                      "CPU on average during the load phase (100 % = one core), so every number here is lower than this "
                      "machine gives when quiet.")
-    plain = against_plain(summary)
-    if plain:
-        top_plain = max(plain, key=lambda s: s["users"])
-        lines.append(f"- Against the plain server (FastAPI + uvicorn, eager, one image per request, same weights and "
-                     f"preprocessing) in the same run, at {top_plain['users']} users: {top_plain['rps_ratio']:.2f}x requests/s "
-                     f"({top_plain['config']}: {top_plain['rps']:.1f} vs {top_plain['plain_rps']:.1f}), p99 "
-                     f"{fmt(top_plain['p99_ms'], 0)} vs {fmt(top_plain['plain_p99_ms'], 0)} ms.")
+    for variant in PLAIN_VARIANTS:
+        plain = against_plain(summary, variant)
+        if not plain:
+            continue
+        top = max(plain, key=lambda c: c["users"])
+        peer = "the tuned plain peer" if variant == "tuned" else "the naive plain server"
+        lines.append(f"- Against {peer} ({top['plain_config']}; same model, preprocessing and images) in the same run, "
+                     f"at {top['users']} users: **{top['rps_ratio']:.2f}x** requests/s ({top['config']}: {top['rps']:.1f} vs "
+                     f"{top['plain_rps']:.1f}), p99 {fmt(top['p99_ms'], 0)} vs {fmt(top['plain_p99_ms'], 0)} ms.")
+    losses = where_torchserve_loses(summary)
+    if losses:
+        lines.append("- Where TorchServe loses: " + "; ".join(
+            f"{c['users']} user{'s' if c['users'] != 1 else ''} against the {c['variant']} plain server "
+            f"({c['rps']:.1f} vs {c['plain_rps']:.1f} requests/s, p99 {fmt(c['p99_ms'], 0)} vs {fmt(c['plain_p99_ms'], 0)} ms)"
+            for c in losses) + ".")
     ups = [s for s in speedups(summary) if s["rps_ratio"]]
     if ups:
         best_up = max(ups, key=lambda s: s["rps_ratio"])
@@ -323,7 +355,8 @@ def write_csvs(summary: dict, out: Path) -> list[str]:
         for r in (summary.get("model") or {}).get("results", [])
     ]
     load = [
-        {"server": "plain" if is_plain(r) else "torchserve", "backend": r["backend"], "batch_size": r["batch_size"],
+        {"server": "plain" if is_plain(r) else "torchserve", "variant": plain_variant(r) if is_plain(r) else "",
+         "backend": r["backend"], "batch_size": r["batch_size"],
          "max_batch_delay": r["max_batch_delay"], "workers": r["workers"], "threads": r.get("threads", ""),
          "baseline": r.get("baseline", False), "users": r["users"], "rps": r["rps"],
          **{f"latency_{k}_ms": v for k, v in r["latency_ms"].items()},
@@ -387,9 +420,10 @@ def plot_throughput(summary: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, runs in groups.items():
-        style = ":" if is_plain(runs[0]) else "--" if runs[0].get("baseline") else "-"
+        plain = is_plain(runs[0])
+        style = (":" if plain_variant(runs[0]) == "naive" else "-.") if plain else "--" if runs[0].get("baseline") else "-"
         ax.plot([r["users"] for r in runs], [r["rps"] for r in runs], style, marker="o",
-                color="black" if is_plain(runs[0]) else None,
+                color="black" if plain else None,
                 label=label + (" (baseline)" if runs[0].get("baseline") else ""))
     users = sorted({r["users"] for r in load_rows(summary)})
     _finish_log2_plot(fig, ax, users, "concurrent users", "requests/s",
@@ -598,16 +632,16 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                             [[u["config"], u["users"], u["rps"], u["baseline_rps"], u["rps_ratio"] and f"{u['rps_ratio']:.2f}x",
                               u["p99_ms"], u["baseline_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in ups]))
             md += ["", "p99 ratio = baseline p99 / config p99 (above 1: the config is faster).", ""]
-        plain = against_plain(summary)
-        if plain:
-            md += ["### TorchServe against the plain server (same run, same weights, same users)", "",
-                   "The plain server is `benchmarks/plain_server.py`: what a user would write instead of TorchServe — "
-                   "FastAPI under one uvicorn process, the same weights and face preprocessing, eager PyTorch with its "
-                   "default threads (every core), one image per request. It ran after TorchServe had stopped.", ""]
+        for variant in PLAIN_VARIANTS:
+            plain = against_plain(summary, variant)
+            if not plain:
+                continue
+            md += [f"### TorchServe against the {variant} plain server (same run, same model, same users)", "",
+                   PLAIN_TEXT[variant], ""]
             md.append(table(["users", "best TorchServe config", "req/s", "plain req/s", "req/s ratio", "p99 ms", "plain p99 ms", "p99 ratio"],
                             [[u["users"], u["config"], u["rps"], u["plain_rps"], f"{u['rps_ratio']:.2f}x", u["p99_ms"],
                               u["plain_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in plain]))
-            md += ["", "The throughput plot below draws the plain server as a dotted black line.", ""]
+            md += ["", "The throughput plot below draws the plain servers as black lines (dotted: naive, dash-dot: tuned).", ""]
         keys = _server_keys(rows)
         if keys:
             md += ["### Server-side split (TorchServe metrics, mean per window)", "",
