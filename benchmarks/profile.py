@@ -32,6 +32,9 @@ class ModelSettings:
 class PreprocessSettings:
     images: int = 8
     repeats: int = 2
+    batch: int = 4  # images per detector call in the batched-detection row (the served batchSize)
+    photos: int = 8  # 12 MP phone photos made from the images (benchmarks/photos.py); 0: none
+    detector_sides: list[int] = field(default_factory=list)  # the detector alone at these max_side values too
 
 
 @dataclass(frozen=True)
