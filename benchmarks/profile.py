@@ -133,6 +133,25 @@ class VideoSettings:
     video_workers: int = 1  # that registration's workers
     warmup_s: float = 3.0
     seconds: float = 20.0  # measured window per level
+    clip_size: list[int] = field(default_factory=list)  # [width, height]: faces upscaled into frames this size; []: the faces' own
+    gop: int = 0  # keyframe interval of the clip (phones: about one second); 0: the encoder's default
+
+
+@dataclass
+class PhotoSettings:
+    """Full-size photos beside the shipped 256 px faces (benchmarks/photo_bench.py): make serve's
+    layout, sets the harness makes, 1 user for latency and many for throughput, side by side."""
+
+    backend: str = "onnx"
+    batch_size: int = 4
+    max_batch_delay: int = 10  # ms
+    workers: int = 2
+    threads: int = 1
+    sets: list[str] = field(default_factory=lambda: ["256px", "12mp-jpeg", "12mp-heic"])  # HEIC only where pillow-heif is installed
+    users: list[int] = field(default_factory=lambda: [1, 16])
+    rounds: int = 2  # each set measured this many times per user level, in turn
+    warmup_s: float = 3.0
+    seconds: float = 15.0
 
 
 @dataclass
@@ -146,12 +165,14 @@ class Profile:
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     load: LoadSettings = field(default_factory=LoadSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
+    photos: PhotoSettings = field(default_factory=PhotoSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings, "video": VideoSettings}
+_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings, "video": VideoSettings,
+             "photos": PhotoSettings}
 
 
 def _apply(data: dict, dotted: str, value) -> None:

@@ -304,14 +304,14 @@ class FaceDetector:
 def size_buckets(shapes: list[tuple[int, int]], max_padding: float = MAX_PADDING) -> list[list[int]]:
     """Indices of ``shapes`` (height, width) grouped for one padded detector call each: largest
     first, an image joins the first group whose canvas (its largest height x largest width) would
-    still be at least 1 - ``max_padding`` real pixels."""
+    still be less than ``max_padding`` padding."""
     order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1], reverse=True)
     groups: list[tuple[list[int], int, int, int]] = []  # indices, canvas height, canvas width, real pixels
     for i in order:
         height, width = shapes[i]
         for k, (members, canvas_h, canvas_w, real) in enumerate(groups):
             canvas_h, canvas_w, real = max(canvas_h, height), max(canvas_w, width), real + height * width
-            if real >= (1 - max_padding) * canvas_h * canvas_w * (len(members) + 1):
+            if real > (1 - max_padding) * canvas_h * canvas_w * (len(members) + 1):
                 groups[k] = (members + [i], canvas_h, canvas_w, real)
                 break
         else:

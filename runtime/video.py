@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import av
 from PIL import Image
 
 from runtime.preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError
@@ -204,6 +203,8 @@ def open_video(data: bytes, limits: VideoLimits = VideoLimits(), threads: int = 
 
 def _open(data: bytes, container_name: str):
     """The container opened with the demuxer its magic bytes name (no probing of other formats)."""
+    import av  # here, not at the top: a host serving only images needs no FFmpeg (the GPU bundle has none)
+
     demuxer = "matroska" if container_name in ("webm", "mkv") else "mov"
     return av.open(io.BytesIO(data), mode="r", format=demuxer)
 
@@ -226,7 +227,7 @@ def _declared_seconds(container, stream) -> float | None:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration and len(container.streams) == 1:
-        return container.duration / av.time_base
+        return container.duration / 1_000_000  # FFmpeg's AV_TIME_BASE
     return None
 
 
