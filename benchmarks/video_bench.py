@@ -87,7 +87,7 @@ def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmu
             models: dict[str, str] | None = None) -> dict:
     """Closed-loop threads per kind ({kind: (bodies, users)}) for warm-up + window, posting to
     ``model`` (or ``models[kind]``); per kind: rate, latency percentiles, failures, and for videos
-    the frames sampled per second."""
+    the frames sampled per second, over the answers that arrived inside the window."""
     start = time.monotonic()
     window = (start + warmup_s, start + warmup_s + seconds)
     records: dict[str, list] = {kind: [] for kind in kinds}
@@ -106,7 +106,9 @@ def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmu
             except Exception:  # a transport failure counts as a failed request
                 ok, frames = False, 0
             ended = time.monotonic()
-            if window[0] <= began and ended <= window[1]:
+            # answers that arrive inside the window count, whenever they were sent: counting only
+            # requests sent and answered inside it undercounts requests as long as a window
+            if window[0] <= ended <= window[1]:
                 with lock:
                     records[kind].append(((ended - began) * 1000, ok, frames))
 

@@ -18,6 +18,7 @@ from benchmarks.photos import PHONE_12MP, PHONE_24MP, jpeg_bytes, phone_photo
 from runtime.photo import Photo, crop_scale, detection_scale
 from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image, decode_photo, to_tensor_batch
 from runtime.weights import Calibration, load_weights
+from test_handler import model_dir  # noqa: F401  (fixture: the session archive, extracted)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").rglob("*.jpg"))
@@ -172,3 +173,31 @@ def test_photo_whole_is_the_image_itself():
     image = Image.new("RGB", (64, 48))
     photo = Photo.whole(image)
     assert photo.preview == (image, 1) and photo.view(4) == (image, 1) and photo.size == (64, 48)
+
+
+def test_the_handler_decodes_for_the_weights_detector_size(model_dir, tmp_path):
+    """max_side is the weights' setting (``preprocessing`` in their metadata) and the whole request
+    path follows it: weights saying 128 get a 128 px detector and a 1/8 decode of a 12 MP photo, and
+    the verdict keeps the photo's own pixels for its size and box."""
+    import json
+    import shutil
+
+    from handler.deepfake_handler import DeepfakeHandler
+    from test_handler import FakeContext
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["preprocessing"]["max_side"] = 128
+    (folder / "model.json").write_text(json.dumps(meta))
+    handler = DeepfakeHandler()
+    handler.initialize(FakeContext(folder, {"handler": {"backend": "eager", "threads": 1}}))
+    assert handler.preprocessor.detector.max_side == 128 and handler.max_side == 128
+
+    body = jpeg_bytes(phone_photo(Image.open(EXAMPLES[0]), PHONE_12MP, 1200))
+    context = FakeContext(folder, {}, {0: {"Content-Type": "image/jpeg"}})
+    answer = handler.handle([{"body": bytearray(body)}], context)[0]
+    assert answer["image_size"] == [4032, 3024] and answer["face"] is not None
+    x1, y1, x2, y2 = answer["face"]["box"]
+    assert 700 < x2 - x1 < 1600 and abs((x1 + x2) / 2 - 2016) < 200  # the face, in the photo's pixels
+    assert decode_photo(body, max_side=128).preview[1] == 8
