@@ -669,6 +669,25 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
     elif pre.get("skipped"):
         md += ["## Preprocessing per image", "", f"Skipped: {pre['skipped']}", ""]
 
+    md += load_section(summary, plots)
+    md += limit_section(summary)
+    md += photo_section(summary, plots)
+    md += video_section(summary, plots)
+    skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
+    if skipped:
+        md += ["## Not measured", ""]
+        md += [f"- {s.get('backend', '?')} {s.get('precision', s.get('setting', ''))}"
+               + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
+               + f": {s['reason']}" for s in skipped]
+        md.append("")
+    files = ["`summary.json` (everything above, machine-readable)", *(f"`{c}`" for c in summary.get("_csvs", []))]
+    md += ["## Files", "", ", ".join(files) + (", and the plots." if any(plots.values()) else "."), ""]
+    return "\n".join(md)
+
+
+def load_section(summary: dict, plots: dict[str, bool]) -> list[str]:
+    """TorchServe and the plain servers end to end: tables, ratios, server split, host resources, plots."""
+    md: list[str] = []
     rows = load_rows(summary)
     if rows:
         load = summary["load"]
@@ -734,19 +753,7 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
         if failed:
             md.append("")
 
-    md += limit_section(summary)
-    md += photo_section(summary, plots)
-    md += video_section(summary, plots)
-    skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
-    if skipped:
-        md += ["## Not measured", ""]
-        md += [f"- {s.get('backend', '?')} {s.get('precision', s.get('setting', ''))}"
-               + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
-               + f": {s['reason']}" for s in skipped]
-        md.append("")
-    files = ["`summary.json` (everything above, machine-readable)", *(f"`{c}`" for c in summary.get("_csvs", []))]
-    md += ["## Files", "", ", ".join(files) + (", and the plots." if any(plots.values()) else "."), ""]
-    return "\n".join(md)
+    return md
 
 
 def preprocess_sets_section(pre: dict) -> list[str]:
