@@ -36,7 +36,7 @@ from benchmarks.generators import REPORT_INTERVAL_S, Generators  # noqa: E402
 from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
 from benchmarks.profile import LoadSettings, Profile, load_profile  # noqa: E402
 from benchmarks.serverstats import GpuSampler, HostSampler, generator_summary, model_values, parse_prometheus, server_split  # noqa: E402
-from export.archive import archive_backend, repack  # noqa: E402
+from export.archive import archive_backend, extract_served_model, repack  # noqa: E402
 from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
 from handler.tsconfig import Ports  # noqa: E402
 
@@ -200,7 +200,7 @@ def _mean_dicts(rows: list[dict]) -> dict:
 
 def sweep_progress(profile: Profile, log=print) -> Progress:
     s = profile.load
-    return Progress(s, (len(s.plan()) + s.plain) * len(s.users), log)
+    return Progress(s, (len(s.plan()) + s.plain * len(s.plain_variants)) * len(s.users), log)
 
 
 def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, store: Path, progress: Progress,
@@ -271,29 +271,70 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
     }
 
 
+def plain_variants(profile: Profile, server_dir: Path) -> list[dict]:
+    """The plain servers to measure (``load.plain_variants``): ``naive``, the eager weights in one
+    uvicorn process with torch's default threads; ``tuned``, the artifact of the served archive
+    (``model_store/deepfake-detector.mar``: what `make serve` serves) in one uvicorn worker per
+    usable core, one intra-op thread each. A variant that cannot run says why."""
+    from export.serving import usable_cores
+
+    weights = Path(profile.weights).resolve()
+    variants = []
+    for name in profile.load.plain_variants:
+        if name == "naive":
+            variants.append({"variant": "naive", "backend": "eager", "artifact": weights, "weights": weights,
+                             "workers": 1, "threads": 0})
+        elif name == "tuned":
+            served = Path(profile.model_store) / f"{MODEL}.mar"
+            if not served.exists():
+                variants.append({"variant": "tuned", "skip": f"no served archive {served} (run `make archive`)"})
+                continue
+            backend, artifact = extract_served_model(served, server_dir / "plain-tuned")
+            variants.append({"variant": "tuned", "backend": backend, "artifact": artifact,
+                             "weights": artifact.with_name("model.safetensors"), "workers": usable_cores(), "threads": 1})
+        else:
+            raise ValueError(f"unknown plain variant {name!r}; known: naive, tuned")
+    return variants
+
+
 def run_plain(profile: Profile, result: dict, server_dir: Path, progress: Progress) -> None:
-    """Measure benchmarks/plain_server.py (uvicorn, one process) at the same user levels, with the same
-    weights and images, after TorchServe has stopped; its rows join ``result["results"]``."""
+    """Measure benchmarks/plain_server.py in each of its variants at the same user levels, with the
+    same images, after TorchServe has stopped; its rows (``"server": "plain"``, ``variant``) join
+    ``result["results"]``."""
+    server_dir.mkdir(parents=True, exist_ok=True)
+    for variant in plain_variants(profile, server_dir):
+        if "skip" in variant:
+            result["skipped"].append({"backend": f"plain {variant['variant']}", "setting": "", "reason": variant["skip"]})
+            progress.done += len(profile.load.users)
+            continue
+        _run_plain_variant(profile, variant, result, server_dir, progress)
+
+
+def _run_plain_variant(profile: Profile, variant: dict, result: dict, server_dir: Path, progress: Progress) -> None:
     s = profile.load
     images = load_images(profile.images)
     port = Ports.free().inference
-    server_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PLAIN_WEIGHTS": str(Path(profile.weights).resolve())}
+    env = {**os.environ, "PLAIN_WEIGHTS": str(variant["weights"]), "PLAIN_BACKEND": variant["backend"],
+           "PLAIN_ARTIFACT": str(variant["artifact"]), "PLAIN_THREADS": str(variant["threads"])}
     command = [sys.executable, "-m", "uvicorn", "benchmarks.plain_server:app", "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning"]
-    progress(f"starting the plain server (FastAPI + uvicorn, eager) on port {port}")
-    with open(server_dir / "plain_server.log", "w") as out:
+               "--port", str(port), "--log-level", "warning", "--workers", str(variant["workers"])]
+    label = f"{variant['variant']}: {variant['backend']}, {variant['workers']} process(es) x {variant['threads'] or 'default'} thread(s)"
+    progress(f"starting the plain server ({label}) on port {port}")
+    with open(server_dir / f"plain_server_{variant['variant']}.log", "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     client = TorchServeClient(f"http://127.0.0.1:{port}")  # inference only: no metrics endpoint
     try:
-        deadline = time.monotonic() + 120
-        while True:  # up when it answers a real image
+        deadline = time.monotonic() + 300  # a loaded host takes a while to start N processes
+        answered = 0
+        while answered < 2 * variant["workers"]:  # up when it answers real images (each worker, likely)
             try:
-                first_prediction(client, MODEL, images[0][1], timeout=30)
-                break
+                first_prediction(client, MODEL, images[answered % len(images)][1], timeout=30)
+                answered += 1
             except (RuntimeError, requests.RequestException) as exc:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    result["skipped"].append({"backend": "plain", "setting": "", "reason": f"the plain server did not answer: {exc}"})
+                    result["skipped"].append({"backend": f"plain {variant['variant']}", "setting": "",
+                                              "reason": f"the plain server did not answer: {exc}"})
+                    progress.done += len(s.users)
                     return
                 time.sleep(0.5)
         DetectorUser.configure(images, MODEL, "", profile.images)
@@ -301,8 +342,9 @@ def run_plain(profile: Profile, result: dict, server_dir: Path, progress: Progre
             level = measure_level(client, process.pid, MODEL, users, s, progress)
             progress.done += 1
             result["results"].append({
-                "server": "plain", "backend": "eager", "batch_size": 1, "max_batch_delay": 0, "workers": 1,
-                "threads": os.cpu_count(), "baseline": False, **level,
+                "server": "plain", "variant": variant["variant"], "backend": variant["backend"], "batch_size": 1,
+                "max_batch_delay": 0, "workers": variant["workers"], "threads": variant["threads"] or os.cpu_count(),
+                "baseline": False, **level,
             })
     finally:
         process.terminate()

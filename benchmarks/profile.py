@@ -32,6 +32,9 @@ class ModelSettings:
 class PreprocessSettings:
     images: int = 8
     repeats: int = 2
+    batch: int = 4  # images per detector call in the batched-detection row (the served batchSize)
+    photos: int = 8  # 12 MP phone photos made from the images (benchmarks/photos.py); 0: none
+    detector_sides: list[int] = field(default_factory=list)  # the detector alone at these max_side values too
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class LoadSettings:
     layouts: list[dict] = field(default_factory=list)  # [{workers, threads}]; empty: `workers` x 1 thread
     users: list[int] = field(default_factory=lambda: [1, 4, 16])
     workers: int = 1
-    plain: bool = True  # also measure benchmarks/plain_server.py (FastAPI, eager, one image per request)
+    plain: bool = True  # also measure benchmarks/plain_server.py (FastAPI, one image per request)
+    plain_variants: list[str] = field(default_factory=lambda: ["naive", "tuned"])  # see benchmarks/load.py: plain_variants
     warmup_s: float = 5.0
     window_s: float = 5.0
     min_windows: int = 2
@@ -129,6 +133,25 @@ class VideoSettings:
     video_workers: int = 1  # that registration's workers
     warmup_s: float = 3.0
     seconds: float = 20.0  # measured window per level
+    clip_size: list[int] = field(default_factory=list)  # [width, height]: faces upscaled into frames this size; []: the faces' own
+    gop: int = 0  # keyframe interval of the clip (phones: about one second); 0: the encoder's default
+
+
+@dataclass
+class PhotoSettings:
+    """Full-size photos beside the shipped 256 px faces (benchmarks/photo_bench.py): make serve's
+    layout, sets the harness makes, 1 user for latency and many for throughput, side by side."""
+
+    backend: str = "onnx"
+    batch_size: int = 4
+    max_batch_delay: int = 10  # ms
+    workers: int = 2
+    threads: int = 1
+    sets: list[str] = field(default_factory=lambda: ["256px", "12mp-jpeg", "12mp-heic"])  # HEIC only where pillow-heif is installed
+    users: list[int] = field(default_factory=lambda: [1, 16])
+    rounds: int = 2  # each set measured this many times per user level, in turn
+    warmup_s: float = 3.0
+    seconds: float = 15.0
 
 
 @dataclass
@@ -142,12 +165,14 @@ class Profile:
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     load: LoadSettings = field(default_factory=LoadSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
+    photos: PhotoSettings = field(default_factory=PhotoSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings, "video": VideoSettings}
+_SECTIONS = {"model": ModelSettings, "preprocess": PreprocessSettings, "load": LoadSettings, "video": VideoSettings,
+             "photos": PhotoSettings}
 
 
 def _apply(data: dict, dotted: str, value) -> None:

@@ -28,6 +28,7 @@ PLOTS = {
     "model": "model_images_per_s.png",
     "preprocess": "preprocessing.png",
 }
+PHOTO_PLOT = "photos.png"
 VIDEO_PLOTS = {
     "video_rates": "video_rates.png",
     "video_image_latency": "video_image_latency.png",
@@ -44,12 +45,19 @@ GPU_TARGETS = {
 # --- derived numbers ------------------------------------------------------------------------------
 
 
-PLAIN_LABEL = "plain FastAPI (eager, 1 image/request)"
+PLAIN_VARIANTS = ("tuned", "naive")  # the tuned peer first: the headline's comparison
+
+
+def plain_variant(row: dict) -> str:
+    """``naive`` or ``tuned`` (summaries from before the tuned peer had one plain row: naive)."""
+    return row.get("variant", "naive")
 
 
 def config_label(row: dict) -> str:
     if is_plain(row):
-        return PLAIN_LABEL
+        if plain_variant(row) == "naive":
+            return "plain FastAPI naive (eager, 1 process, default threads)"
+        return f"plain FastAPI tuned ({row['backend']}, {row['workers']} processes x {row['threads']} thread)"
     label = f"{row['backend']} b{row['batch_size']}/d{row['max_batch_delay']}"
     if "threads" in row:  # reports before the worker x thread sweep had one layout
         label += f" {row['workers']}w x {row['threads']}t"
@@ -74,10 +82,10 @@ def torchserve_rows(summary: dict) -> list[dict]:
     return [r for r in load_rows(summary) if not is_plain(r)]
 
 
-def against_plain(summary: dict) -> list[dict]:
+def against_plain(summary: dict, variant: str = "naive") -> list[dict]:
     """At each user level: the best TorchServe configuration (no failures) against the plain server
-    measured in the same run with the same weights and images."""
-    plain = {r["users"]: r for r in load_rows(summary) if is_plain(r)}
+    ``variant`` measured in the same run with the same model and images."""
+    plain = {r["users"]: r for r in load_rows(summary) if is_plain(r) and plain_variant(r) == variant}
     out = []
     for users, p in sorted(plain.items()):
         best = best_load(summary, users)
@@ -85,12 +93,18 @@ def against_plain(summary: dict) -> list[dict]:
             continue
         p99, plain_p99 = best["latency_ms"].get("p99"), p["latency_ms"].get("p99")
         out.append({
-            "users": users, "config": config_label(best), "rps": best["rps"], "plain_rps": p["rps"],
-            "rps_ratio": best["rps"] / p["rps"], "p99_ms": p99, "plain_p99_ms": plain_p99,
-            "p99_ratio": plain_p99 / p99 if p99 and plain_p99 else None,
+            "variant": variant, "users": users, "config": config_label(best), "plain_config": config_label(p),
+            "rps": best["rps"], "plain_rps": p["rps"], "rps_ratio": best["rps"] / p["rps"], "p99_ms": p99,
+            "plain_p99_ms": plain_p99, "p99_ratio": plain_p99 / p99 if p99 and plain_p99 else None,
             "plain_failures": p["failures"],
         })
     return out
+
+
+def where_torchserve_loses(summary: dict) -> list[dict]:
+    """User levels where a plain server beat the best TorchServe configuration on requests/s or p99."""
+    return [c for variant in PLAIN_VARIANTS for c in against_plain(summary, variant)
+            if c["rps_ratio"] < 1 or (c["p99_ratio"] is not None and c["p99_ratio"] < 1)]
 
 
 def speedups(summary: dict) -> list[dict]:
@@ -130,6 +144,67 @@ def best_load(summary: dict, users: int | None = None) -> dict | None:
     rows = [r for r in torchserve_rows(summary) if users is None or r["users"] == users]
     rows = [r for r in rows if r["failures"] == 0] or rows
     return max(rows, key=lambda r: r["rps"], default=None)
+
+
+def box_limit(summary: dict) -> dict | None:
+    """The box's end-to-end limit for the served model, from stage timings alone: core-ms per request
+    = preprocessing of one image on one thread + the model per image at the best configuration's
+    batch size (model benchmark, same backend); the limit is the host's cores divided by that. The
+    fraction reached is the best TorchServe rate over it. TorchServe's frontend and the load
+    generator also take CPU on this box: their measured core-ms per request give a second limit."""
+    pre = (summary.get("preprocess") or {}).get("stages_ms")
+    top = best_load(summary)
+    cores = (summary.get("machine") or {}).get("cpu_count")
+    if not pre or not top or not cores:
+        return None
+    rows = [r for r in (summary.get("model") or {}).get("results", []) if r["backend"] == top["backend"]]
+    model = min(rows, key=lambda r: (abs(r["batch"] - top["batch_size"]), r["batch"]), default=None)
+    if model is None:
+        return None
+    core_ms = pre["total"]["mean"] + 1000 / model["images_per_s"]
+    host = top.get("host", {})
+    around = sum(host.get(k, 0.0) for k in ("frontend_cpu_percent", "client_cpu_percent")) * 10 / top["rps"]  # % of a core -> ms per request
+    limit = cores * 1000 / core_ms
+    return {
+        "cores": cores, "preprocess_ms": pre["total"]["mean"], "model_ms": 1000 / model["images_per_s"],
+        "model_batch": model["batch"], "backend": top["backend"], "core_ms": core_ms, "limit_rps": limit,
+        "best_rps": top["rps"], "config": config_label(top), "users": top["users"], "fraction": top["rps"] / limit,
+        "frontend_and_client_ms": around, "limit_with_frontend_rps": cores * 1000 / (core_ms + around),
+        "fraction_with_frontend": top["rps"] / (cores * 1000 / (core_ms + around)),
+    }
+
+
+def photo_ratios(summary: dict) -> dict | None:
+    """12 MP against 256 px from the photo phase (same run, same server): p50 at one user and
+    requests/s at the most users, per full-size set."""
+    rows = (summary.get("photos") or {}).get("results", [])
+    by = {(r["set"], r["users"]): r for r in rows}
+    users = sorted({r["users"] for r in rows})
+    if not users or ("256px", users[0]) not in by:
+        return None
+    low, high = users[0], users[-1]
+    out = {"low_users": low, "high_users": high, "sets": {}}
+    for name in sorted({r["set"] for r in rows} - {"256px"}):
+        if (name, low) not in by or (name, high) not in by or ("256px", high) not in by:
+            continue
+        out["sets"][name] = {
+            "p50_ms": by[(name, low)]["latency_ms"]["p50"], "p50_256px_ms": by[("256px", low)]["latency_ms"]["p50"],
+            "p50_ratio": by[(name, low)]["latency_ms"]["p50"] / by[("256px", low)]["latency_ms"]["p50"],
+            "rps": by[(name, high)]["per_s"], "rps_256px": by[("256px", high)]["per_s"],
+            "rps_ratio": by[(name, high)]["per_s"] / by[("256px", high)]["per_s"],
+        }
+    return out
+
+
+PLAIN_TEXT = {
+    "naive": ("The naive plain server is `benchmarks/plain_server.py` as most people would first run it: FastAPI under "
+              "one uvicorn process, the eager PyTorch model with torch's default threads (every core), the same face "
+              "preprocessing, one image per request. It ran after TorchServe had stopped."),
+    "tuned": ("The tuned plain peer is the same app as a good engineer would run it: `uvicorn --workers <usable cores>`, "
+              "each process serving the artifact of the served archive (what `make serve` serves) with one intra-op "
+              "thread, like one TorchServe worker; the same preprocessing, one image per request. It ran after "
+              "TorchServe had stopped."),
+}
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -208,13 +283,32 @@ def headline(summary: dict) -> list[str]:
         lines.append(f"- The host was shared: processes other than TorchServe and Locust used {sum(others) / len(others):.0f} % "
                      "CPU on average during the load phase (100 % = one core), so every number here is lower than this "
                      "machine gives when quiet.")
-    plain = against_plain(summary)
-    if plain:
-        top_plain = max(plain, key=lambda s: s["users"])
-        lines.append(f"- Against the plain server (FastAPI + uvicorn, eager, one image per request, same weights and "
-                     f"preprocessing) in the same run, at {top_plain['users']} users: {top_plain['rps_ratio']:.2f}x requests/s "
-                     f"({top_plain['config']}: {top_plain['rps']:.1f} vs {top_plain['plain_rps']:.1f}), p99 "
-                     f"{fmt(top_plain['p99_ms'], 0)} vs {fmt(top_plain['plain_p99_ms'], 0)} ms.")
+    for variant in PLAIN_VARIANTS:
+        plain = against_plain(summary, variant)
+        if not plain:
+            continue
+        top = max(plain, key=lambda c: c["users"])
+        peer = "the tuned plain peer" if variant == "tuned" else "the naive plain server"
+        lines.append(f"- Against {peer} ({top['plain_config']}; same model, preprocessing and images) in the same run, "
+                     f"at {top['users']} users: **{top['rps_ratio']:.2f}x** requests/s ({top['config']}: {top['rps']:.1f} vs "
+                     f"{top['plain_rps']:.1f}), p99 {fmt(top['p99_ms'], 0)} vs {fmt(top['plain_p99_ms'], 0)} ms.")
+    losses = where_torchserve_loses(summary)
+    if losses:
+        lines.append("- Where TorchServe loses: " + "; ".join(
+            f"{c['users']} user{'s' if c['users'] != 1 else ''} against the {c['variant']} plain server "
+            f"({c['rps']:.1f} vs {c['plain_rps']:.1f} requests/s, p99 {fmt(c['p99_ms'], 0)} vs {fmt(c['plain_p99_ms'], 0)} ms)"
+            for c in losses) + ".")
+    limit = box_limit(summary)
+    if limit:
+        lines.append(f"- The box's limit for this model: {limit['core_ms']:.1f} core-ms per request (preprocessing "
+                     f"{limit['preprocess_ms']:.1f} + model {limit['model_ms']:.1f}) x {limit['cores']} cores = "
+                     f"{limit['limit_rps']:.0f} requests/s; the best configuration reached **{100 * limit['fraction']:.0f} %** "
+                     f"({limit['best_rps']:.1f} requests/s).")
+    ratios = photo_ratios(summary)
+    for name, r in (ratios or {}).get("sets", {}).items():
+        lines.append(f"- Full-size photos ({name}) against 256 px faces, same server, same run: p50 at {ratios['low_users']} "
+                     f"user **{r['p50_ratio']:.2f}x** ({r['p50_ms']:.0f} vs {r['p50_256px_ms']:.0f} ms; target <= 2x), "
+                     f"requests/s at {ratios['high_users']} users {r['rps_ratio']:.2f}x ({r['rps']:.1f} vs {r['rps_256px']:.1f}).")
     ups = [s for s in speedups(summary) if s["rps_ratio"]]
     if ups:
         best_up = max(ups, key=lambda s: s["rps_ratio"])
@@ -323,7 +417,8 @@ def write_csvs(summary: dict, out: Path) -> list[str]:
         for r in (summary.get("model") or {}).get("results", [])
     ]
     load = [
-        {"server": "plain" if is_plain(r) else "torchserve", "backend": r["backend"], "batch_size": r["batch_size"],
+        {"server": "plain" if is_plain(r) else "torchserve", "variant": plain_variant(r) if is_plain(r) else "",
+         "backend": r["backend"], "batch_size": r["batch_size"],
          "max_batch_delay": r["max_batch_delay"], "workers": r["workers"], "threads": r.get("threads", ""),
          "baseline": r.get("baseline", False), "users": r["users"], "rps": r["rps"],
          **{f"latency_{k}_ms": v for k, v in r["latency_ms"].items()},
@@ -387,9 +482,10 @@ def plot_throughput(summary: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, runs in groups.items():
-        style = ":" if is_plain(runs[0]) else "--" if runs[0].get("baseline") else "-"
+        plain = is_plain(runs[0])
+        style = (":" if plain_variant(runs[0]) == "naive" else "-.") if plain else "--" if runs[0].get("baseline") else "-"
         ax.plot([r["users"] for r in runs], [r["rps"] for r in runs], style, marker="o",
-                color="black" if is_plain(runs[0]) else None,
+                color="black" if plain else None,
                 label=label + (" (baseline)" if runs[0].get("baseline") else ""))
     users = sorted({r["users"] for r in load_rows(summary)})
     _finish_log2_plot(fig, ax, users, "concurrent users", "requests/s",
@@ -567,11 +663,31 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
         md.append(table(["stage", "mean ms", "p50 ms", "p90 ms", "p99 ms"],
                         [[s, v["mean"], v["p50"], v["p90"], v["p99"]] for s, v in pre["stages_ms"].items()]))
         md.append("")
+        md += preprocess_sets_section(pre)
         if plots.get("preprocess"):
             md += [f"![preprocessing]({PLOTS['preprocess']})", ""]
     elif pre.get("skipped"):
         md += ["## Preprocessing per image", "", f"Skipped: {pre['skipped']}", ""]
 
+    md += load_section(summary, plots)
+    md += limit_section(summary)
+    md += photo_section(summary, plots)
+    md += video_section(summary, plots)
+    skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
+    if skipped:
+        md += ["## Not measured", ""]
+        md += [f"- {s.get('backend', '?')} {s.get('precision', s.get('setting', ''))}"
+               + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
+               + f": {s['reason']}" for s in skipped]
+        md.append("")
+    files = ["`summary.json` (everything above, machine-readable)", *(f"`{c}`" for c in summary.get("_csvs", []))]
+    md += ["## Files", "", ", ".join(files) + (", and the plots." if any(plots.values()) else "."), ""]
+    return "\n".join(md)
+
+
+def load_section(summary: dict, plots: dict[str, bool]) -> list[str]:
+    """TorchServe and the plain servers end to end: tables, ratios, server split, host resources, plots."""
+    md: list[str] = []
     rows = load_rows(summary)
     if rows:
         load = summary["load"]
@@ -598,16 +714,16 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                             [[u["config"], u["users"], u["rps"], u["baseline_rps"], u["rps_ratio"] and f"{u['rps_ratio']:.2f}x",
                               u["p99_ms"], u["baseline_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in ups]))
             md += ["", "p99 ratio = baseline p99 / config p99 (above 1: the config is faster).", ""]
-        plain = against_plain(summary)
-        if plain:
-            md += ["### TorchServe against the plain server (same run, same weights, same users)", "",
-                   "The plain server is `benchmarks/plain_server.py`: what a user would write instead of TorchServe — "
-                   "FastAPI under one uvicorn process, the same weights and face preprocessing, eager PyTorch with its "
-                   "default threads (every core), one image per request. It ran after TorchServe had stopped.", ""]
+        for variant in PLAIN_VARIANTS:
+            plain = against_plain(summary, variant)
+            if not plain:
+                continue
+            md += [f"### TorchServe against the {variant} plain server (same run, same model, same users)", "",
+                   PLAIN_TEXT[variant], ""]
             md.append(table(["users", "best TorchServe config", "req/s", "plain req/s", "req/s ratio", "p99 ms", "plain p99 ms", "p99 ratio"],
                             [[u["users"], u["config"], u["rps"], u["plain_rps"], f"{u['rps_ratio']:.2f}x", u["p99_ms"],
                               u["plain_p99_ms"], u["p99_ratio"] and f"{u['p99_ratio']:.2f}x"] for u in plain]))
-            md += ["", "The throughput plot below draws the plain server as a dotted black line.", ""]
+            md += ["", "The throughput plot below draws the plain servers as black lines (dotted: naive, dash-dot: tuned).", ""]
         keys = _server_keys(rows)
         if keys:
             md += ["### Server-side split (TorchServe metrics, mean per window)", "",
@@ -637,17 +753,98 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
         if failed:
             md.append("")
 
-    md += video_section(summary, plots)
-    skipped = [*(model.get("skipped") or []), *((summary.get("load") or {}).get("skipped") or [])]
-    if skipped:
-        md += ["## Not measured", ""]
-        md += [f"- {s.get('backend', '?')} {s.get('precision', s.get('setting', ''))}"
-               + (f" batch {s['batch']}" if "batch" in s else "") + (f" {s['users']} users" if "users" in s else "")
-               + f": {s['reason']}" for s in skipped]
+    return md
+
+
+def preprocess_sets_section(pre: dict) -> list[str]:
+    """Each image set and decode path stage by stage, the detector batched, other detector sizes."""
+    md = []
+    sets = pre.get("sets") or {}
+    rows = [[name, path, f"{data['mean_megapixels']:.2f}", *(v["mean"] for v in stages.values()), stages["total"]["p99"]]
+            for name, data in sets.items() for path, stages in data["paths"].items()]
+    if rows:
+        md += ["Every set and decode path (mean ms per image, one thread; `crop` includes the tensor and, for "
+               "`decode_photo`, any finer decode the crop needed):", ""]
+        md.append(table(["set", "decode path", "MP", "decode", "detect", "crop", "total", "total p99"], rows))
         md.append("")
-    files = ["`summary.json` (everything above, machine-readable)", *(f"`{c}`" for c in summary.get("_csvs", []))]
-    md += ["## Files", "", ", ".join(files) + (", and the plots." if any(plots.values()) else "."), ""]
-    return "\n".join(md)
+    batches = (sets.get("256px") or {}).get("detector_batches")
+    if batches:
+        md += [f"Face detection, 256 px images: one image per call {batches['single_ms']['p50']:.2f} ms per image, "
+               f"{batches['batch']} images per call {batches['batched_ms']['p50']:.2f} ms per image (medians of "
+               "interleaved passes).", ""]
+    for side, stats in (pre.get("detector_sides_ms") or {}).items():
+        md += [f"Detector alone at max_side {side} (weights must be trained with it): {stats['p50']:.2f} ms per image "
+               f"(p50), against the served max_side {pre.get('max_side')}.", ""]
+    return md
+
+
+def limit_section(summary: dict) -> list[str]:
+    limit = box_limit(summary)
+    if not limit:
+        return []
+    return ["## The box's end-to-end limit", "",
+            f"From the stage timings of this run: preprocessing {limit['preprocess_ms']:.2f} ms per image on one thread, "
+            f"the {limit['backend']} model {limit['model_ms']:.2f} ms per image at batch {limit['model_batch']} on one "
+            f"thread: **{limit['core_ms']:.2f} core-ms per request**, so {limit['cores']} cores can answer at most "
+            f"**{limit['limit_rps']:.0f} requests/s**. The best configuration ({limit['config']}, {limit['users']} users) "
+            f"reached {limit['best_rps']:.1f}: **{100 * limit['fraction']:.0f} %** of it. TorchServe's frontend and "
+            f"Locust ran on the same cores, {limit['frontend_and_client_ms']:.2f} core-ms per request as measured; "
+            f"counting them the limit is {limit['limit_with_frontend_rps']:.0f} requests/s "
+            f"({100 * limit['fraction_with_frontend']:.0f} % reached).", ""]
+
+
+def photo_section(summary: dict, plots: dict[str, bool] | None = None) -> list[str]:
+    photos = summary.get("photos") or {}
+    if not photos.get("results"):
+        return []
+    s = photos["settings"]
+    md = ["## Full-size photos (benchmarks/photo_bench.py)", "",
+          f"Sets made by the harness from the examples: 256 px faces, and the same faces upscaled into 12 MP phone JPEGs "
+          f"(faces 500-1500 px across); {photos['backend']}, batchSize {s['batch_size']}, maxBatchDelay {s['max_batch_delay']} "
+          f"ms, {s['workers']} workers x {s['threads']} thread. Closed-loop client threads; every set measured "
+          f"{s['rounds']} times per user level in turn ({s['warmup_s']:g} s warm-up, {s['seconds']:g} s window): rates "
+          "are means, latencies medians over the rounds.", ""]
+    md.append(table(["set", "users", "req/s", "p50 ms", "p90 ms", "p99 ms", "failures"],
+                    [[r["set"], r["users"], r["per_s"], r["latency_ms"].get("p50"), r["latency_ms"].get("p90"),
+                      r["latency_ms"].get("p99"), r["failures"]] for r in photos["results"]]))
+    md.append("")
+    ratios = photo_ratios(summary)
+    for name, r in (ratios or {}).get("sets", {}).items():
+        md += [f"- {name}: p50 at {ratios['low_users']} user {r['p50_ratio']:.2f}x the 256 px p50 (target <= 2x); "
+               f"requests/s at {ratios['high_users']} users {r['rps_ratio']:.2f}x.", ""]
+    for name, why in (photos.get("skipped") or {}).items():
+        md += [f"- {name} not measured: {why}.", ""]
+    v = photos.get("verdicts")
+    if v:
+        md += ["Verdicts, full decode against the reduced decode, each 12 MP photo (the served weights): "
+               f"max |ΔP(fake)| {v['max_abs_dp']:.4f} over all, {fmt(v['max_abs_dp_same_box'], 4)} over the "
+               f"{v['same_box']} of {len(v['photos'])} photos where the detector returned the same box; boxes moved by at "
+               f"most {100 * v['max_box_moved_share']:.2f} % of the image size. The full decode's own change when the "
+               f"photo shifts by one pixel of the detector's input ({v['photos'][0]['shift_px']} px): max |ΔP| "
+               f"{v['max_abs_dp_full_shifted']:.4f}.", ""]
+    if (plots or {}).get("photos"):
+        md += [f"![full-size photos]({PHOTO_PLOT})", ""]
+    return md
+
+
+def plot_photos(summary: dict, path: Path) -> bool:
+    """p50 at the fewest users and requests/s at the most, per set."""
+    rows = (summary.get("photos") or {}).get("results", [])
+    if not rows:
+        return False
+    users = sorted({r["users"] for r in rows})
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    by = {(r["set"], r["users"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (u, key, label) in zip(axes, ((users[0], "p50", f"p50 ms at {users[0]} user(s)"), (users[-1], "rps", f"requests/s at {users[-1]} users"))):
+        values = [(by[(n, u)]["latency_ms"].get("p50", 0) if key == "p50" else by[(n, u)]["per_s"]) if (n, u) in by else 0 for n in sets]
+        bars = ax.bar(sets, values, color=["#4c72b0", "#dd8452", "#55a868"][: len(sets)])
+        ax.bar_label(bars, fmt="%.1f")
+        ax.set_title(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"Full-size photos beside 256 px faces ({summary.get('device', '')})")
+    save_figure(fig, path)
+    return True
 
 
 def video_section(summary: dict, plots: dict[str, bool] | None = None) -> list[str]:
@@ -690,6 +887,7 @@ def build(run_dir: str | Path) -> Path:
         "preprocess": plot_preprocess(summary, run_dir / PLOTS["preprocess"]),
         "video_rates": plot_video_rates(summary, run_dir / VIDEO_PLOTS["video_rates"]),
         "video_image_latency": plot_video_image_latency(summary, run_dir / VIDEO_PLOTS["video_image_latency"]),
+        "photos": plot_photos(summary, run_dir / PHOTO_PLOT),
     }
     summary["_csvs"] = write_csvs(summary, run_dir)
     report = run_dir / "report.md"

@@ -4,6 +4,7 @@
     python -m benchmarks.run --profile full                   # `make bench-full`
     python -m benchmarks.run --profile quick --only model --set model.backends=[eager,onnx]
     python -m benchmarks.run --profile quick --only video    # videos/s, frames/s, images beside videos
+    python -m benchmarks.run --profile quick --only photos   # 12 MP photos beside 256 px faces, side by side
 
 Writes ``benchmarks/reports/<UTC time>-<device>-<profile>/`` (or --out): summary.json, report.md,
 CSVs and plots. The load phase runs in its own process (Locust's gevent patches the standard library),
@@ -21,11 +22,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import machine, model_bench, preprocess_bench, report, video_bench
+from benchmarks import machine, model_bench, photo_bench, preprocess_bench, report, video_bench
 from benchmarks.profile import load_profile, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("preprocess", "model", "load", "video")
+PHASES = ("preprocess", "model", "load", "video", "photos")
 
 
 def device_label(device: str) -> str:
@@ -98,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     if "video" in args.only:
         summary["video"] = video_bench.run(profile, ROOT / "build" / "bench-video-server" / out.name, log=lambda m: print(m, flush=True))
         save()
+    if "photos" in args.only:
+        summary["photos"] = photo_bench.run(profile, ROOT / "build" / "bench-photo-server" / out.name, log=lambda m: print(m, flush=True))
+        save()
     path = report.build(out)
     print(f"[bench] done in {(time.monotonic() - began) / 60:.1f} min: {path}", flush=True)
     loaded = "load" not in args.only or summary["load"].get("results")
-    return 0 if loaded and ("video" not in args.only or summary["video"].get("results")) else 1
+    videos = "video" not in args.only or summary["video"].get("results")
+    photos = "photos" not in args.only or summary["photos"].get("results")
+    return 0 if loaded and videos and photos else 1
 
 
 if __name__ == "__main__":

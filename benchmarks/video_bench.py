@@ -25,10 +25,10 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
+from benchmarks.photos import phone_photo
 from benchmarks.profile import Profile, load_profile
 from export.archive import DEFAULT_MODEL_NAME, ServingConfig, archive_backend, build_archive, repack
 
@@ -55,9 +55,15 @@ def served_archive(store: Path, backend: str) -> Path | None:
     return served if served.exists() and archive_backend(served) == backend else None
 
 
-def make_clip(images: list[bytes], seconds: float, fps: int) -> bytes:
-    """An H.264 MP4 of the example faces in turn, each held for an equal stretch of the clip."""
+def make_clip(images: list[bytes], seconds: float, fps: int, size: tuple[int, int] | None = None, gop: int = 0) -> bytes:
+    """An H.264 MP4 of the example faces in turn, each held for an equal stretch of the clip; with
+    ``size``, each face upscaled into a frame of that size (``benchmarks/photos.py``, the face a
+    third of the frame's height); ``gop``: a keyframe every that many frames (0: x264's default)."""
+    import av  # only this phase needs FFmpeg
+
     faces = [Image.open(io.BytesIO(body)).convert("RGB") for body in images]
+    if size:
+        faces = [phone_photo(face, size, face_px=size[1] // 3, seed=k) for k, face in enumerate(faces)]
     size = faces[0].size
     faces = [face.resize(size) for face in faces]
     count = max(1, round(seconds * fps))
@@ -66,6 +72,8 @@ def make_clip(images: list[bytes], seconds: float, fps: int) -> bytes:
         stream = output.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
+        if gop:
+            stream.options = {"g": str(gop)}
         for k in range(count):
             frame = av.VideoFrame.from_image(faces[k * len(faces) // count])
             for packet in stream.encode(frame):
@@ -79,7 +87,7 @@ def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmu
             models: dict[str, str] | None = None) -> dict:
     """Closed-loop threads per kind ({kind: (bodies, users)}) for warm-up + window, posting to
     ``model`` (or ``models[kind]``); per kind: rate, latency percentiles, failures, and for videos
-    the frames sampled per second."""
+    the frames sampled per second, over the answers that arrived inside the window."""
     start = time.monotonic()
     window = (start + warmup_s, start + warmup_s + seconds)
     records: dict[str, list] = {kind: [] for kind in kinds}
@@ -98,7 +106,9 @@ def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmu
             except Exception:  # a transport failure counts as a failed request
                 ok, frames = False, 0
             ended = time.monotonic()
-            if window[0] <= began and ended <= window[1]:
+            # answers that arrive inside the window count, whenever they were sent: counting only
+            # requests sent and answered inside it undercounts requests as long as a window
+            if window[0] <= ended <= window[1]:
                 with lock:
                     records[kind].append(((ended - began) * 1000, ok, frames))
 
@@ -142,7 +152,7 @@ def run(profile: Profile, server_dir: Path, log=print) -> dict:
 
     s = profile.video
     images = [p.read_bytes() for p in sorted((ROOT / profile.images).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-    clip = make_clip(images, s.clip_seconds, s.fps)
+    clip = make_clip(images, s.clip_seconds, s.fps, tuple(s.clip_size) or None, s.gop)
     store = server_dir / "store"
     store.mkdir(parents=True, exist_ok=True)
     mar, backend = archive(profile, store, MODEL, s.batch_size, s.max_batch_delay, s.workers)
@@ -161,6 +171,8 @@ def run(profile: Profile, server_dir: Path, log=print) -> dict:
                                                                    {"video": s.mixed_video_users, "image": s.image_users}]
         for level in plan:
             kinds = {kind: (([clip] if kind == "video" else images), users) for kind, users in level.items() if users}
+            if not kinds:  # e.g. image_users 0: a videos-only profile
+                continue
             measured = measure(server.client, MODEL, kinds, s.warmup_s, s.seconds, routes)
             levels.append({"video_users": level["video"], "image_users": level["image"], **measured})
             log(f"[video] {level}: " + "; ".join(f"{k} {v['per_s']}/s p50 {v['latency_ms'].get('p50')} ms" for k, v in measured.items()))

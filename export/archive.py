@@ -171,6 +171,20 @@ def archive_backend(mar: Path) -> str:
     return (config.get("handler") or {}).get("backend", "eager")
 
 
+def extract_served_model(mar: Path, dest: Path) -> tuple[str, Path]:
+    """(backend, artifact) of an archive, with its artifact and ``model.json`` copied into ``dest``:
+    the very file it serves, for a server other than TorchServe (benchmarks/plain_server.py)."""
+    with zipfile.ZipFile(mar) as archive:
+        _, _, config = _model_config(archive)
+        handler = config.get("handler") or {}
+        backend = handler.get("backend", "eager")
+        artifact = handler.get("artifact", ARTIFACTS[backend])
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (artifact, "model.json"):
+            (dest / name).write_bytes(archive.read(name))
+    return backend, dest / artifact
+
+
 def repack(source: Path, dest: Path, **model_config) -> Path:
     """Copy an archive with keys of its model-config.yaml replaced (e.g. ``batchSize=8, minWorkers=2``;
     a dict merges into the section of that name, e.g. ``handler={"threads": 2}``): the same code and

@@ -48,7 +48,7 @@ from runtime.preprocessing import (  # noqa: E402
     FacePreprocessor,
     ImageError,
     PreprocessSettings,
-    decode_image,
+    decode_photo,
     register_image_formats,
     to_tensor_batch,
 )
@@ -98,6 +98,7 @@ class DeepfakeHandler(BaseHandler):
 
         settings = PreprocessSettings.from_metadata(self.metadata)
         self.input_size = settings.input_size
+        self.max_side = settings.max_side  # the detector's input: large JPEGs are decoded no finer than it needs
         providers = None  # the detector follows the model onto the GPU when onnxruntime can
         if self.device.type == "cuda":
             import onnxruntime
@@ -107,7 +108,7 @@ class DeepfakeHandler(BaseHandler):
         self.preprocessor = FacePreprocessor.from_settings(
             settings, max_faces=int(config.get("max_faces", 5)), threads=threads, providers=providers
         )
-        # PIL refuses bigger images itself (decompression bombs); decode_image checks the same limit.
+        # PIL refuses bigger images itself (decompression bombs); decoding checks the same limit.
         self.max_pixels = int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.min_side = int(config.get("min_side", DEFAULT_MIN_SIDE))
         Image.MAX_IMAGE_PIXELS = self.max_pixels
@@ -204,7 +205,7 @@ class DeepfakeHandler(BaseHandler):
                 else:
                     if len(data_bytes) > self.max_image_bytes:
                         raise ImageError("image_too_large", f"{len(data_bytes)} bytes exceeds the image limit of {self.max_image_bytes} bytes")
-                    images.append(decode_image(data_bytes, self.max_pixels, self.min_side))
+                    images.append(decode_photo(data_bytes, self.max_pixels, self.min_side, self.max_side))
                     image_requests.append(request)
                 provenance_start = time.perf_counter()
                 request.provenance = self._provenance(data_bytes, request.clip.container if request.clip else None)

@@ -22,6 +22,8 @@ import numpy as np
 import pillow_heif
 from PIL import AvifImagePlugin, Image, ImageOps
 
+from runtime.photo import Photo, crop_scale, detection_scale
+
 # Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused. HEIF is HEIC
 # (pillow-heif's plugin, registered below); AVIF is Pillow's own.
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF"})
@@ -40,6 +42,10 @@ CROP_MODES = ("resize", "native")
 # in a 192 px window.
 NATIVE_FACE_LIMIT = 1.25
 DEFAULT_MARGIN = 0.3  # face box growth for the crop, as a fraction of its longer side
+EXIF_ORIENTATION = 0x0112
+# One detector call pads its images to a common canvas; an image joins a call only while padding
+# stays under this share of the canvas (a 256 px upload beside a photo's 640 px view would pay 6x).
+MAX_PADDING = 0.25
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ def decode_image(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
+    reduce: int = 1,
 ) -> Image.Image:
     """Bytes -> upright 8-bit RGB PIL image, or ImageError.
 
@@ -124,6 +131,8 @@ def decode_image(
     bomb costs nothing. Animated images give their first frame, HEIF files their primary image;
     EXIF orientation is applied (HEIF's and AVIF's rotation and mirror boxes too);
     every colour mode and bit depth becomes 8-bit RGB (transparency composited on white).
+    ``reduce`` (2, 4 or 8) decodes a JPEG at that fraction of its size (DCT scaling; the limits
+    still apply to the full size); other formats ignore it. ``decode_photo`` chooses it.
     """
     if not data:
         raise ImageError("empty_body", "the request carried no image bytes")
@@ -153,6 +162,8 @@ def decode_image(
 
     try:
         image.seek(0)  # first frame of an animation
+        if reduce > 1 and image.format in ("JPEG", "MPO"):
+            image.draft(None, (width // reduce, height // reduce))
         image.load()
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
@@ -206,6 +217,38 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def decode_photo(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_side: int = 640,
+) -> Photo:
+    """``decode_image`` for the face preprocessor: a JPEG far larger than the detector's input
+    (``max_side``, the weights' setting) is decoded at 1/2, 1/4 or 1/8 of its size, and finer only
+    where a crop needs it (runtime/photo.py). Anything else is decoded whole, exactly as
+    ``decode_image`` does; its checks and refusals apply either way."""
+
+    def decode(scale: int) -> Image.Image:
+        return decode_image(data, max_pixels, min_side, reduce=scale)
+
+    scale = 1
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as header:
+            warnings.simplefilter("ignore")
+            if header.format in ("JPEG", "MPO"):
+                scale = detection_scale(header.size, max_side)
+                orientation = header.getexif().get(EXIF_ORIENTATION, 1)
+                size = header.size[::-1] if orientation in (5, 6, 7, 8) else header.size
+    except Exception:  # decode_image refuses what is wrong, with the right code
+        scale = 1
+    if scale == 1:
+        return Photo.whole(decode(1))
+    photo = Photo.scaled(decode, size, scale, orientation)
+    if photo.preview[0].size != (-(-size[0] // scale), -(-size[1] // scale)):  # not libjpeg's scaled size
+        return Photo.whole(decode(1))
+    return photo
+
+
 @dataclass(frozen=True)
 class Face:
     """A detected face in original-image pixels."""
@@ -229,8 +272,8 @@ class FaceDetector:
     """RetinaFace-MobileNet0.25 on onnxruntime.
 
     Images are shrunk so the longer side is at most ``max_side`` before detection (the detector's
-    cost grows with pixels and faces in uploads are large), then boxes are scaled back. Several
-    images are detected in one onnxruntime call by padding them to a common canvas.
+    cost grows with pixels and faces in uploads are large), then boxes are scaled back. Images of
+    about the same size share one onnxruntime call, padded to a common canvas (``size_buckets``).
     """
 
     def __init__(
@@ -254,21 +297,29 @@ class FaceDetector:
         self.session = ort.InferenceSession(WEIGHTS, options, providers=providers or ["CPUExecutionProvider"])
 
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
-        """One list of faces per image, largest first."""
-        if not images:
-            return []
+        """One list of faces per image, largest first. Images of about the same size after the
+        shrink share one onnxruntime call (``size_buckets``); the others get their own."""
+        shrunk = [self._shrink(image) for image in images]
+        results: list[list[Face]] = [[] for _ in images]
+        for bucket in size_buckets([array.shape[:2] for array, _ in shrunk]):
+            detections = self._run([shrunk[i][0] for i in bucket])
+            for i, faces in zip(bucket, detections):
+                results[i] = self._faces(faces, shrunk[i][1], images[i].size)
+        return results
+
+    def _shrink(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        """The detector's input: longer side at most ``max_side``; and the scale applied."""
+        scale = min(1.0, self.max_side / max(image.size))
+        if scale < 1.0:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.BILINEAR)
+        return np.asarray(image), scale
+
+    def _run(self, arrays: list[np.ndarray]) -> list:
+        """One onnxruntime call over images padded to one canvas (bottom/right, black)."""
         from retinaface.postprocess import postprocess
         from retinaface.preprocess import preprocess
 
-        scales, arrays = [], []
-        for image in images:
-            scale = min(1.0, self.max_side / max(image.size))
-            if scale < 1.0:
-                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-                image = image.resize(size, Image.BILINEAR)
-            scales.append(scale)
-            arrays.append(np.asarray(image))
-        # pad to one canvas (bottom/right, black) so the batch is a single tensor
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
         canvas = np.zeros((len(arrays), height, width, 3), dtype=np.uint8)
@@ -276,22 +327,41 @@ class FaceDetector:
             canvas[i, : a.shape[0], : a.shape[1]] = a
         batch = preprocess(canvas)
         outputs = self.session.run(None, {"input": batch})
-        detections = postprocess(
-            list(outputs), *batch.shape, score_threshold=self.score_threshold, nms_threshold=self.nms_threshold
-        )
-        results = []
-        for faces, scale, image in zip(detections, scales, images):
-            found = []
-            for f in faces:
-                x1 = min(max(f.x / scale, 0.0), image.width)
-                y1 = min(max(f.y / scale, 0.0), image.height)
-                x2 = min(max((f.x + f.width) / scale, 0.0), image.width)
-                y2 = min(max((f.y + f.height) / scale, 0.0), image.height)
-                if x2 > x1 and y2 > y1:
-                    points = tuple((p.x / scale, p.y / scale) for p in f.landmarks)
-                    found.append(Face((x1, y1, x2, y2), float(f.score), points))
-            results.append(sorted(found, key=lambda face: face.area, reverse=True))
-        return results
+        return postprocess(list(outputs), *batch.shape, score_threshold=self.score_threshold,
+                           nms_threshold=self.nms_threshold)
+
+    @staticmethod
+    def _faces(faces, scale: float, size: tuple[int, int]) -> list[Face]:
+        """The detector's faces in the image's own pixels, largest first."""
+        width, height = size
+        found = []
+        for f in faces:
+            x1 = min(max(f.x / scale, 0.0), width)
+            y1 = min(max(f.y / scale, 0.0), height)
+            x2 = min(max((f.x + f.width) / scale, 0.0), width)
+            y2 = min(max((f.y + f.height) / scale, 0.0), height)
+            if x2 > x1 and y2 > y1:
+                points = tuple((p.x / scale, p.y / scale) for p in f.landmarks)
+                found.append(Face((x1, y1, x2, y2), float(f.score), points))
+        return sorted(found, key=lambda face: face.area, reverse=True)
+
+
+def size_buckets(shapes: list[tuple[int, int]], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices of ``shapes`` (height, width) grouped for one padded detector call each: largest
+    first, an image joins the first group whose canvas (its largest height x largest width) would
+    still be less than ``max_padding`` padding."""
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1], reverse=True)
+    groups: list[tuple[list[int], int, int, int]] = []  # indices, canvas height, canvas width, real pixels
+    for i in order:
+        height, width = shapes[i]
+        for k, (members, canvas_h, canvas_w, real) in enumerate(groups):
+            canvas_h, canvas_w, real = max(canvas_h, height), max(canvas_w, width), real + height * width
+            if real > (1 - max_padding) * canvas_h * canvas_w * (len(members) + 1):
+                groups[k] = (members + [i], canvas_h, canvas_w, real)
+                break
+        else:
+            groups.append(([i], height, width, height * width))
+    return [members for members, *_ in groups]
 
 
 @dataclass
@@ -375,41 +445,72 @@ class FacePreprocessor:
         return (self.crop_mode == "native" and box is not None
                 and max(box[2] - box[0], box[3] - box[1]) <= NATIVE_FACE_LIMIT * self.input_size)
 
-    def crop(self, image: Image.Image, box: tuple[float, float, float, float] | None) -> tuple[Image.Image, tuple]:
+    def detect(self, photos: list[Photo]) -> list[list[Face]]:
+        """Faces of each photo (at most ``max_faces``, largest first) in full-resolution upright
+        pixels; the detector sees each photo's coarsest view."""
+        previews = [photo.preview for photo in photos]
+        found = self.detector.detect([view for view, _ in previews])
+        return [[_in_full(face, photo, scale) for face in faces[: self.max_faces]]
+                for faces, photo, (_, scale) in zip(found, photos, previews)]
+
+    def crop(self, image: Image.Image | Photo, box: tuple[float, float, float, float] | None) -> tuple[Image.Image, tuple]:
+        """The model's input for one face (``box`` in full-resolution pixels; None: the centre) and
+        the window it was cut from. Native crops come from the full decode; a resized crop from the
+        coarsest view that keeps OVERSAMPLE pixels per input pixel (runtime/photo.py)."""
+        photo = image if isinstance(image, Photo) else Photo.whole(image)
         if self.is_native(box):
+            pixels, _ = photo.view(1)
             side = max(box[2] - box[0], box[3] - box[1])
             if side >= self.min_face:
                 window = native_window(box, self.input_size * self.context)
-                return image.crop(window), window
+                return pixels.crop(window), window
             # a small face: a narrower window, upsampled (the context window is the same multiple of it)
             served = max(2, 2 * round(self.input_size * side / self.min_face / 2))  # even: centres align
             window = native_window(box, served * self.context)
             size = (self.input_size * self.context,) * 2
-            return image.crop(window).resize(size, Image.BICUBIC), window
-        square = square_box(box, image.width, image.height, self.margin)
+            return pixels.crop(window).resize(size, Image.BICUBIC), window
+        square = square_box(box, photo.size[0], photo.size[1], self.margin)
+        pixels, scale = photo.view(crop_scale(square[2] - square[0], self.input_size))
         size = (self.input_size, self.input_size)
-        return image.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square
+        return pixels.resize(size, Image.BICUBIC, box=photo.from_full(square, scale), reducing_gap=None), square
 
-    def prepare_many(self, images: list[Image.Image]) -> list[Prepared]:
-        """Detection runs once over all images (one batched detector call)."""
+    def prepare_many(self, images: list[Image.Image | Photo]) -> list[Prepared]:
+        """Detection runs once over all images (batched by size: ``FaceDetector.detect``)."""
+        photos = [image if isinstance(image, Photo) else Photo.whole(image) for image in images]
         results = []
-        for image, faces in zip(images, self.detector.detect(images)):
-            faces = faces[: self.max_faces]
+        for photo, faces in zip(photos, self.detect(photos)):
             crops, squares = [], []
             for box in [f.box for f in faces] or [None]:
-                crop, square = self.crop(image, box)
+                crop, square = self.crop(photo, box)
                 crops.append(crop)
                 squares.append(square)
-            results.append(Prepared(crops, faces, image.size, squares))
+            results.append(Prepared(crops, faces, photo.size, squares))
         return results
 
-    def prepare(self, image: Image.Image) -> Prepared:
+    def prepare(self, image: Image.Image | Photo) -> Prepared:
         return self.prepare_many([image])[0]
 
 
+def _in_full(face: Face, photo: Photo, scale: int) -> Face:
+    """A face found in the view at 1/``scale`` -> full-resolution upright pixels."""
+    if scale == 1:
+        return face
+    (x1, y1), (x2, y2) = photo.to_full([face.box[:2], face.box[2:]], scale)
+    width, height = photo.size
+    box = (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+    return Face(box, face.score, tuple(photo.to_full(list(face.landmarks), scale)))
+
+
 def to_tensor_batch(crops: list[Image.Image]):
-    """PIL crops -> float32 torch tensor (N, 3, S, S) in [0, 1]: the model's whole input contract."""
+    """PIL crops -> float32 torch tensor (N, 3, S, S) in [0, 1]: the model's whole input contract.
+
+    One contiguous pass in numpy: the values are exactly torch's ``.float().div_(255)`` (one
+    correctly rounded division per value), without waking torch's intra-op thread pool for a few
+    hundred kilobytes (that wake-up, and the first call's kernel set-up, were most of what the
+    crop stage used to cost; benchmarks/README.md)."""
     import torch
 
     array = np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
-    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
+    out = np.empty((array.shape[0], 3, array.shape[1], array.shape[2]), dtype=np.float32)
+    np.divide(array.transpose(0, 3, 1, 2), np.float32(255.0), out=out)
+    return torch.from_numpy(out)

@@ -4,20 +4,22 @@ MP4 and MOV (ISO base media: an ``ftyp``/``moov``/``mdat`` box first) and MKV an
 header) are told apart from images by their first bytes, never by a file name or Content-Type, and
 opened with that one demuxer of PyAV (FFmpeg inside the wheel, nothing downloaded at run time).
 
-Two passes over the bytes: demuxing alone (no decoding, cheap) counts the frames and catches a
-truncated or over-long stream; decoding then keeps only the sampled frames as RGB images. Like
+Two passes over the bytes: demuxing alone (no decoding, cheap) counts the frames, notes their
+timestamps and keyframes, and catches a truncated or over-long stream; decoding then seeks to the
+keyframe before each sampled frame where that skips a keyframe interval, and keeps only the sampled
+frames as RGB images. Like
 ``runtime/preprocessing.py`` this module travels inside the model archive and must not import
 TorchServe. Bad input raises ``ImageError`` with a machine-readable code, as images do.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import av
 from PIL import Image
 
 from runtime.preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ISO_IMAGE_BRANDS, ImageError
@@ -77,32 +79,58 @@ class Clip:
     rate: float  # frames per second, for frames without a timestamp
     limits: VideoLimits
     threads: int = 1
+    timestamps: list[int] = field(default_factory=list, repr=False)  # every frame's pts in presentation order; [] when some lack one
+    keyframes: list[int] = field(default_factory=list, repr=False)  # pts of the keyframes
 
     def frames(self) -> Iterator[tuple[float, Image.Image]]:
         """(time in seconds from the first frame, RGB image) of each sampled frame, in order.
-        Frames are decoded one by one, so a caller that consumes them in chunks holds only a chunk."""
-        wanted = set(self.sample)
-        last = max(wanted)
-        first_time = None
+        Frames are decoded one by one, so a caller that consumes them in chunks holds only a chunk.
+        Where the container gave every frame a timestamp, the decoder jumps to the keyframe before a
+        sampled frame whenever a whole keyframe interval or more lies between (``_decoded``):
+        frames between keyframes still have to be decoded, the ones in skipped intervals do not."""
         try:
             with _open(self.data, self.container) as container:
                 stream = container.streams.video[0]
                 stream.codec_context.thread_count = self.threads
-                for index, frame in enumerate(container.decode(stream)):
-                    time_s = frame.time
-                    if first_time is None:
-                        first_time = time_s or 0.0
-                    # every frame: a stream may change its frame size after the header was checked
-                    _check_pixels(frame.width, frame.height, self.limits.max_pixels, self.limits.min_side)
-                    if index in wanted:
-                        seconds = (time_s - first_time) if time_s is not None else index / self.rate
-                        yield round(max(0.0, seconds), 3), upright(frame.to_image().convert("RGB"), frame.rotation)
-                    if index >= last:
-                        return
+                for index, frame in self._decoded(container, stream):
+                    if self.timestamps and frame.pts is not None:
+                        seconds = float((frame.pts - self.timestamps[0]) * stream.time_base)
+                    else:
+                        seconds = index / self.rate
+                    yield round(max(0.0, seconds), 3), upright(frame.to_image().convert("RGB"), frame.rotation)
         except ImageError:
             raise
         except Exception as exc:  # FFmpegError mostly; anything a hostile stream provokes in PyAV or PIL
             raise ImageError("corrupt_video", f"the video could not be decoded: {_reason(exc)}") from None
+
+    def _decoded(self, container, stream) -> Iterator[tuple[int, object]]:
+        """(index, decoded frame) of each sampled frame; every decoded frame's size is checked (a
+        stream may change its frame size after the header was checked)."""
+        if not self.timestamps:  # no timestamps to seek by: decode up to the last sampled frame
+            wanted, last = set(self.sample), max(self.sample)
+            for index, frame in enumerate(container.decode(stream)):
+                _check_pixels(frame.width, frame.height, self.limits.max_pixels, self.limits.min_side)
+                if index in wanted:
+                    yield index, frame
+                if index >= last:
+                    return
+            return
+        frames, position = None, None
+        for index in self.sample:
+            target = self.timestamps[index]
+            before = bisect.bisect_right(self.keyframes, target)
+            keyframe = self.keyframes[before - 1] if before else self.timestamps[0]
+            if frames is None or position is None or keyframe > position:
+                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+            for frame in frames:
+                _check_pixels(frame.width, frame.height, self.limits.max_pixels, self.limits.min_side)
+                position = frame.pts if frame.pts is not None else position
+                if frame.pts is None or frame.pts >= target:
+                    yield index, frame
+                    break
+            else:
+                return  # the stream ended early
 
 
 # The display matrix's rotation (FFmpeg's av_display_rotation_get: degrees counter-clockwise, as
@@ -152,7 +180,7 @@ def open_video(data: bytes, limits: VideoLimits = VideoLimits(), threads: int = 
             declared = _declared_seconds(container, stream)
             if declared is not None and declared > limits.max_seconds:
                 raise ImageError("video_too_long", f"{declared:.1f} s exceeds the limit of {limits.max_seconds:g} s")
-            frame_count, covered = _demux(container, stream, limits.max_seconds)
+            frame_count, covered, timestamps, keyframes = _demux(container, stream, limits.max_seconds)
     except ImageError:
         raise
     except Exception as exc:  # FFmpegError mostly; anything a hostile container provokes in PyAV
@@ -168,11 +196,13 @@ def open_video(data: bytes, limits: VideoLimits = VideoLimits(), threads: int = 
     rate = float(stream.average_rate) if stream.average_rate else frame_count / max(covered, 1e-3)
     duration = declared if declared is not None else covered
     return Clip(data, container_name, (width, height), frame_count, round(duration, 3),
-                sample_indices(frame_count, limits.sampled), rate, limits, threads)
+                sample_indices(frame_count, limits.sampled), rate, limits, threads, timestamps, keyframes)
 
 
 def _open(data: bytes, container_name: str):
     """The container opened with the demuxer its magic bytes name (no probing of other formats)."""
+    import av  # here, not at the top: a host serving only images needs no FFmpeg (the GPU bundle has none)
+
     demuxer = "matroska" if container_name in ("webm", "mkv") else "mov"
     return av.open(io.BytesIO(data), mode="r", format=demuxer)
 
@@ -195,24 +225,33 @@ def _declared_seconds(container, stream) -> float | None:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration and len(container.streams) == 1:
-        return container.duration / av.time_base
+        return container.duration / 1_000_000  # FFmpeg's AV_TIME_BASE
     return None
 
 
-def _demux(container, stream, max_seconds: float) -> tuple[int, float]:
-    """(frames, seconds from the first frame to the end of the last) by reading packets only; stops
-    with video_too_long as soon as the stream runs past the limit, whatever its header said."""
+def _demux(container, stream, max_seconds: float) -> tuple[int, float, list[int], list[int]]:
+    """(frames, seconds from the first frame to the end of the last, every frame's pts in
+    presentation order ([] when a packet has none), the keyframes' pts) by reading packets only;
+    stops with video_too_long as soon as the stream runs past the limit, whatever its header said."""
     count, first, end = 0, None, 0.0
+    timestamps, keyframes, complete = [], [], True
     max_count = math.ceil(max_seconds * MAX_FRAME_RATE)
     time_base = float(stream.time_base) if stream.time_base else None
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
         count += 1
+        if packet.pts is None:
+            complete = False
+        else:
+            timestamps.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
         if packet.pts is not None and time_base:
             start = packet.pts * time_base
             first = start if first is None else min(first, start)
             end = max(end, start + (packet.duration or 0) * time_base)
         if count > max_count or (first is not None and end - first > max_seconds):
             raise ImageError("video_too_long", f"the video runs past the limit of {max_seconds:g} s")
-    return count, (end - first) if first is not None else 0.0
+    seekable = complete and bool(keyframes) and len(set(timestamps)) == len(timestamps)
+    return count, (end - first) if first is not None else 0.0, sorted(timestamps) if seekable else [], sorted(keyframes) if seekable else []

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from export.archive import archive_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
@@ -56,9 +59,15 @@ def test_short_locust_run_gives_a_well_formed_summary_without_failures(torchserv
     assert rows[(1, 0)]["baseline"] and not rows[(4, 50)]["baseline"]
     # each configuration ran with the workers it asked for
     assert [rows[k]["served_workers"] for k in ((1, 0), (4, 50))] == [1, 2]
-    # the plain server ran at the same user level, with the same images, and answered every request
-    assert len(plain) == 1 and plain[0]["users"] == 3
-    assert plain[0]["failures"] == 0 and plain[0]["requests"] > 0 and plain[0]["metrics"] == {}
+    # both plain servers ran at the same user level, with the same images, and answered every request:
+    # the naive one (eager, one process) and the tuned peer (the served archive's artifact, a process
+    # per usable core, one thread each)
+    variants = {r["variant"]: r for r in plain}
+    assert len(plain) == 2 and set(variants) == {"naive", "tuned"}
+    assert (variants["naive"]["workers"], variants["tuned"]["workers"]) == (1, len(os.sched_getaffinity(0)))
+    assert variants["tuned"]["threads"] == 1 and variants["tuned"]["backend"] == archive_backend(server.model_store / "deepfake-detector.mar")
+    for r in plain:
+        assert r["users"] == 3 and r["failures"] == 0 and r["requests"] > 0 and r["metrics"] == {}
     for (batch, delay), r in rows.items():
         assert r["users"] == 3
         assert r["failures"] == 0, r["failure_examples"]
@@ -76,7 +85,8 @@ def test_short_locust_run_gives_a_well_formed_summary_without_failures(torchserv
     # the run rendered its report, with the naive baseline side by side
     text = (out / "report.md").read_text()
     assert "### Speed-up over the naive baseline" in text
-    assert "### TorchServe against the plain server" in text
+    assert "### TorchServe against the tuned plain server" in text and "### TorchServe against the naive plain server" in text
+    assert "Against the tuned plain peer" in text
     assert (out / "throughput_vs_users.png").stat().st_size > 0
 
     # the benchmark left the server as it found it: its variant models unregistered, their archives gone

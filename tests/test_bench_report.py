@@ -175,3 +175,37 @@ def test_compare_cli_rejects_a_single_run(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         compare.main([str(run)])
     assert exit_info.value.code == 2
+
+
+def test_report_states_the_tuned_peer_the_limit_and_full_size_photos(tmp_path):
+    """Plain rows of both variants, a photos phase: the headline compares with the tuned peer, says
+    where TorchServe loses, states the box's limit from the stage timings and the 12 MP ratio."""
+    summary = json.loads(RECORDED.read_text())
+    best16 = report.best_load(summary, 16)
+    for variant, rps_1, rps_16 in (("naive", 5.0, 9.0), ("tuned", 30.0, 24.0)):  # the tuned peer wins at 1 user
+        for users, rps in ((1, rps_1), (16, rps_16)):
+            row = copy.deepcopy(best16)
+            row.update({"server": "plain", "variant": variant, "users": users, "rps": rps, "backend": "onnx" if variant == "tuned" else "eager",
+                        "workers": 2 if variant == "tuned" else 1, "threads": 1 if variant == "tuned" else 2, "metrics": {}})
+            summary["load"]["results"].append(row)
+    level = lambda s, u, rps, p50: {"set": s, "users": u, "per_s": rps, "latency_ms": {"p50": p50, "p90": p50, "p99": p50}, "failures": 0, "rounds": 2}  # noqa: E731
+    summary["photos"] = {"backend": "onnx", "settings": {"batch_size": 4, "max_batch_delay": 10, "workers": 2, "threads": 1,
+                                                         "rounds": 2, "warmup_s": 3, "seconds": 15},
+                         "skipped": {"12mp-heic": "pillow-heif is not installed here"}, "verdicts": None,
+                         "results": [level("256px", 1, 40.0, 25.0), level("12mp-jpeg", 1, 20.0, 45.0),
+                                     level("256px", 16, 150.0, 100.0), level("12mp-jpeg", 16, 60.0, 250.0)]}
+    text = report.build(_run_dir(tmp_path, summary, "run")).read_text()
+
+    best1 = report.best_load(summary, 1)
+    assert f"Against the tuned plain peer (plain FastAPI tuned (onnx, 2 processes x 1 thread)" in text
+    assert f"**{best16['rps'] / 24.0:.2f}x** requests/s" in text
+    assert "Where TorchServe loses: 1 user against the tuned plain server" in text and f"{best1['rps']:.1f} vs 30.0" in text
+    # the limit is built from this run's own stage timings: preprocessing, and the served backend's
+    # model time at the batch size nearest the best configuration's (onnx b8 -> the batch-4 row)
+    onnx4 = next(r for r in summary["model"]["results"] if (r["backend"], r["batch"]) == ("onnx", 4))
+    assert "## The box's end-to-end limit" in text
+    assert (f"preprocessing {summary['preprocess']['stages_ms']['total']['mean']:.2f} ms per image on one thread, the onnx "
+            f"model {1000 / onnx4['images_per_s']:.2f} ms per image at batch 4") in text
+    assert "p50 at 1 user **1.80x** (45 vs 25 ms; target <= 2x), requests/s at 16 users 0.40x" in text
+    assert "12mp-heic not measured: pillow-heif is not installed here" in text
+    assert _png_size(tmp_path / "run" / report.PHOTO_PLOT)[0] > 300

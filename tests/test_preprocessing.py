@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data as skdata
 
@@ -81,3 +82,30 @@ def test_tensor_batch_is_the_model_input(preprocessor, astronaut):
     batch = to_tensor_batch(preprocessor.prepare(astronaut).crops)
     assert batch.shape == (1, 3, 192, 192)
     assert batch.dtype.is_floating_point and 0.0 <= batch.min() and batch.max() <= 1.0
+
+
+def test_detector_calls_group_images_of_about_one_size():
+    """One onnxruntime call per group of similar sizes: a 640 x 480 photo view does not make three
+    256 px uploads pay for its canvas (largest first)."""
+    from runtime.preprocessing import size_buckets
+
+    assert size_buckets([(256, 256), (256, 256), (480, 640), (250, 256)]) == [[2], [0, 1, 3]]
+    assert size_buckets([(480, 640), (640, 480)]) == [[0], [1]]  # a 640 x 640 canvas would be 25 % padding each
+    assert size_buckets([]) == []
+
+
+def test_mixed_sizes_detect_exactly_as_one_at_a_time(preprocessor, astronaut):
+    small, wide = astronaut.resize((256, 256)), astronaut.resize((640, 400))
+    together = preprocessor.detector.detect([small, wide, small])
+    alone = [preprocessor.detector.detect([image])[0] for image in (small, wide, small)]
+    assert together == alone
+
+
+def test_tensor_batch_is_exactly_what_training_feeds_the_model(preprocessor, astronaut):
+    from training.data import pil_to_tensor
+
+    crops = preprocessor.prepare(astronaut).crops + [Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)).resize((192, 192))]
+    batch = to_tensor_batch(crops)
+    for k, crop in enumerate(crops):
+        assert torch.equal(batch[k], pil_to_tensor(crop))
+    assert batch.is_contiguous()

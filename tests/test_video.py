@@ -239,3 +239,60 @@ def test_clip_evaluation_scores_each_test_image_as_a_small_face_in_a_compressed_
         assert len(row["frames"]) == 4 and row["frames_with_face"] == 4
         assert row["clip"] == pytest.approx(aggregate(row["frames"], [True] * 4)[0])
     assert {"still", "frame", "clip"} <= set(report) and "| the clip's verdict |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_decoding_seeks_past_keyframe_intervals_and_gives_the_same_frames(monkeypatch):
+    """H.264 with a keyframe every 5 frames and B-frames, 6 of 60 frames sampled: the decoder jumps
+    to the keyframe before each sampled frame (a whole interval lies between them), and the frames
+    and times are exactly those of decoding every frame in order."""
+    import dataclasses
+    from fractions import Fraction
+
+    import av
+
+    import runtime.video as video
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as output:
+        stream = output.add_stream("libx264", rate=Fraction(10))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.options = {"crf": "10", "g": "5", "bf": "2"}
+        for frame in grey_frames(60, step=4, size=64):
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    clip = open_video(buffer.getvalue(), VideoLimits(frames=6))
+    assert len(clip.timestamps) == 60 and len(clip.keyframes) == 12
+
+    seeks = []
+    opened = video._open
+
+    class Counting:  # the real container, with its seeks counted
+        def __init__(self, container):
+            self.container = container
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.container.__exit__(*exc)
+
+        def seek(self, offset, **kwargs):
+            seeks.append(offset)
+            return self.container.seek(offset, **kwargs)
+
+    def counting(data, name):
+        return Counting(opened(data, name))
+
+    monkeypatch.setattr(video, "_open", counting)
+    jumped = [(t, np.asarray(image)) for t, image in clip.frames()]
+    monkeypatch.setattr(video, "_open", opened)
+    in_order = [(t, np.asarray(image)) for t, image in dataclasses.replace(clip, timestamps=[], keyframes=[]).frames()]
+    assert len(seeks) == 6  # one jump per sampled frame: each lies in its own keyframe interval
+    assert [t for t, _ in jumped] == [t for t, _ in in_order] == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(jumped, in_order))
+    assert [int(a[0, 0, 0]) for _, a in jumped] == pytest.approx([4 * i for i in clip.sample], abs=3)

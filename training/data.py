@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image
+from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_photo
 from training.regions import target_mask
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class CropCache:
         images, keep = [], []
         for sample, digest in batch:
             try:
-                images.append(decode_image(sample.path.read_bytes()))
+                images.append(decode_photo(sample.path.read_bytes(), max_side=self.settings.max_side))  # as serving decodes
                 keep.append(digest)
             except ImageError as exc:
                 self.index[digest] = {"error": exc.code, "message": exc.message}

@@ -1,0 +1,103 @@
+"""A photo decoded at the resolution each stage needs, not at the resolution it was taken.
+
+The face detector looks at no more than ``max_side`` pixels (640 by default) and a phone photo has
+12 MP: decoding all of it and shrinking it again costs more than the rest of a request. A JPEG can be
+decoded at 1/2, 1/4 or 1/8 of its size for little more than its entropy decoding (libjpeg's DCT
+scaling, PIL's ``draft``). So the detector gets the coarsest such decode that still has ``max_side``
+pixels on its longer side, and the model's crop is cut from pixels as fine as it needs: the full
+resolution for a native crop (original pixels are the point of it), and for a resized crop a decode
+that still has ``OVERSAMPLE`` times the model's input across the crop window, so that the final
+bicubic resize, not the DCT scaling, shapes the pixels the model sees. A finer decode is made only
+when a crop asks for it.
+
+Coordinates: faces and crop windows are in full-resolution upright pixels everywhere; a view decoded
+at 1/s maps to them by ``s`` and, along an axis that EXIF orientation flips, an offset (libjpeg rounds
+a scaled size up, so the partial last block lands on the far edge once flipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from PIL import Image
+
+JPEG_SCALES = (8, 4, 2, 1)  # what libjpeg's DCT scaling gives through PIL's draft
+# A resized crop is cut from a view with at least this many view pixels per model input pixel
+# across its window (tests/test_photo.py measures the verdict against the full decode).
+OVERSAMPLE = 2
+# EXIF orientation -> (upright x runs against the stored axis, upright y does): the flips of the
+# transposition exif_transpose applies
+FLIPS = {2: (True, False), 3: (True, True), 4: (False, True), 6: (True, False), 7: (True, True), 8: (False, True)}
+
+
+def detection_scale(size: tuple[int, int], max_side: int) -> int:
+    """The coarsest JPEG scale whose decode still has ``max_side`` pixels on the longer side (1 when
+    the image is not that large): the detector shrinks to ``max_side`` anyway."""
+    return next(s for s in JPEG_SCALES if s == 1 or max(size) / s >= max_side)
+
+
+def crop_scale(window_side: float, input_size: int) -> int:
+    """The coarsest JPEG scale that keeps OVERSAMPLE view pixels per input pixel across a resized
+    crop's window."""
+    return next(s for s in JPEG_SCALES if s == 1 or window_side / s >= OVERSAMPLE * input_size)
+
+
+@dataclass
+class Photo:
+    """Upright RGB views of one image at 1/scale (``views[1]`` is the full decode), with the means to
+    decode more. ``Photo.whole(image)`` wraps an image that is already decoded (video frames,
+    training, anything not a large JPEG): every stage then sees exactly that image."""
+
+    size: tuple[int, int]  # full-resolution upright width, height
+    views: dict[int, Image.Image] = field(default_factory=dict)
+    decode: Callable[[int], Image.Image] | None = field(default=None, repr=False)
+    flips: tuple[bool, bool] = (False, False)
+
+    @classmethod
+    def whole(cls, image: Image.Image) -> "Photo":
+        return cls(image.size, {1: image})
+
+    @classmethod
+    def scaled(cls, decode: Callable[[int], Image.Image], size: tuple[int, int], scale: int, orientation: int = 1) -> "Photo":
+        """A photo of upright ``size`` whose first view is decoded at 1/``scale``; ``decode(s)``
+        gives the upright view at 1/s."""
+        photo = cls(size, {}, decode, FLIPS.get(orientation, (False, False)))
+        photo.views[scale] = decode(scale)
+        return photo
+
+    @property
+    def preview(self) -> tuple[Image.Image, int]:
+        """The coarsest view decoded so far, and its scale: what the detector gets."""
+        scale = max(self.views)
+        return self.views[scale], scale
+
+    def view(self, finest: int) -> tuple[Image.Image, int]:
+        """The coarsest view at most 1/``finest`` of full size, decoded now if no such view exists."""
+        have = [s for s in self.views if s <= finest]
+        if have:
+            return self.views[max(have)], max(have)
+        if self.decode is None:  # only the full image exists (Photo.whole)
+            return self.views[1], 1
+        self.views[finest] = self.decode(finest)
+        return self.views[finest], finest
+
+    def _offsets(self, scale: int) -> tuple[int, int]:
+        width, height = self.views[scale].size
+        return ((width * scale - self.size[0]) if self.flips[0] else 0,
+                (height * scale - self.size[1]) if self.flips[1] else 0)
+
+    def to_full(self, points: list[tuple[float, float]], scale: int) -> list[tuple[float, float]]:
+        """View pixels at 1/``scale`` -> full-resolution upright pixels."""
+        if scale == 1:
+            return list(points)
+        dx, dy = self._offsets(scale)
+        return [(x * scale - dx, y * scale - dy) for x, y in points]
+
+    def from_full(self, box: tuple[float, float, float, float], scale: int) -> tuple[float, float, float, float]:
+        """A full-resolution box -> the same region in the view at 1/``scale``."""
+        if scale == 1:
+            return box
+        dx, dy = self._offsets(scale)
+        x1, y1, x2, y2 = box
+        return ((x1 + dx) / scale, (y1 + dy) / scale, (x2 + dx) / scale, (y2 + dy) / scale)
