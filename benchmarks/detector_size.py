@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from runtime.preprocessing import FaceDetector, decode_image
 
@@ -66,16 +67,56 @@ def measure(files: list[Path], sizes: list[int]) -> list[dict]:
     return rows
 
 
+FRAME = (854, 480)
+
+
+def embed(images: list[Image.Image], boxes: list, face_px: int, seed: int = 0) -> tuple[list[Image.Image], list]:
+    """Each image shrunk so its face box is ``face_px`` wide, pasted into a 480p frame; the pasted boxes."""
+    rng = np.random.default_rng(seed)
+    frames, pasted = [], []
+    for image, box in zip(images, boxes):
+        if box is None:
+            continue
+        scale = face_px / (box[2] - box[0])
+        small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+        small = small.crop((0, 0, min(small.width, FRAME[0]), min(small.height, FRAME[1])))
+        x, y = int(rng.integers(0, FRAME[0] - small.width + 1)), int(rng.integers(0, FRAME[1] - small.height + 1))
+        frame = Image.new("RGB", FRAME, tuple(int(c) for c in np.asarray(image).reshape(-1, 3).mean(0)))
+        frame.paste(small, (x, y))
+        frames.append(frame)
+        pasted.append(tuple(v * scale + offset for v, offset in zip(box, (x, y, x, y))))
+    return frames, pasted
+
+
+def recall(frames: list[Image.Image], pasted: list, sizes: list[int], face_px: int) -> list[dict]:
+    rows = []
+    for side in sizes:
+        detector = FaceDetector(max_side=side, threads=1)
+        found = sum(any(iou(face.box, box) >= 0.3 for face in detector.detect([frame])[0])
+                    for frame, box in zip(frames, pasted))
+        rows.append({"face_px": face_px, "frame": list(FRAME), "max_side": side, "faces": len(frames), "found": found})
+        print(f"{face_px} px faces in {FRAME[0]}x{FRAME[1]}, max_side {side}: {found}/{len(frames)} found", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders searched recursively for images")
     parser.add_argument("--sizes", type=int, nargs="+", default=[640, 192, 128, 96], help="max_side values; the first is the reference")
+    parser.add_argument("--embed", type=int, nargs="+", metavar="FACE_PX",
+                        help="instead: recall of faces this many pixels wide pasted into 480p frames")
+    parser.add_argument("--limit", type=int, help="the first N images only (file-name order)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    files = sorted(p for root in args.data for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for root in args.data for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
     if not files:
         parser.error("no images found")
-    rows = measure(files, args.sizes)
+    if args.embed:
+        images = [decode_image(f.read_bytes()) for f in files]
+        boxes = [largest(faces) for faces in FaceDetector(max_side=640, threads=1).detect(images)]
+        rows = [row for px in args.embed for row in recall(*embed(images, boxes, px), args.sizes, px)]
+    else:
+        rows = measure(files, args.sizes)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

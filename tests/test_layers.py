@@ -76,3 +76,43 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    from training.train import main\n    import export.cli\n")
     assert project_imports(module) == {"training", "export"}
+
+
+# What ships inside the .mar (export/archive.py's code_files) against what runs only on the host
+# (server launcher, watchdog, page, client, records CLI, TorchServe config). Archive code may import
+# the runtime and other archive modules, never a host tool, which the worker would not find.
+HOST_ONLY_THIRD_PARTY = {"locust", "fastapi", "uvicorn", "matplotlib", "selenium", "training", "export", "benchmarks"}
+
+
+def archive_modules() -> dict[str, Path]:
+    from export.archive import code_files
+
+    return {target.removesuffix(".py").replace("/", "."): ROOT / source for source, target in code_files()}
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_archive_code_imports_no_host_module():
+    shipped = archive_modules()
+    handler_host = {f"handler.{p.stem}" for p in (ROOT / "handler").glob("*.py")} - set(shipped) - {"handler.__init__"}
+    offenders = {}
+    for name, path in shipped.items():
+        bad = {m for m in imported_modules(path) if m in handler_host or m.split(".")[0] in HOST_ONLY_THIRD_PARTY}
+        if bad:
+            offenders[name] = sorted(bad)
+    assert not offenders, f"archive code imports host-only modules: {offenders}"
+    assert {"handler.server", "handler.watchdog", "handler.page", "handler.client"} <= handler_host
+
+
+def test_the_archive_check_sees_a_host_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from handler.tsconfig import read\nimport fastapi\n")
+    assert {"handler.tsconfig", "handler.tsconfig.read", "fastapi"} <= imported_modules(module)
