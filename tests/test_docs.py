@@ -150,9 +150,9 @@ def test_structure_differences_catch_keys_types_and_claims():
     real = {"label": "fake", "p": 0.9, "face": {"box": [1.0, 2.0], "score": 0.9}, "faces": [], "kind": {}}
     assert structure_differences({"label": "fake", "p": 0.1, "face": {"box": [3.0, 4.0], "score": 1}, "faces": []}, real) == []
     assert structure_differences({"label": "real", "p": 0.9, "face": None, "faces": [], "extra": 1}, real) == [
-        "$.label: the example says 'real', the real answer 'fake'",
-        "$.face: the example has null, the real answer object",
         "$.extra: in the example, not in the real answer",
+        "$.face: the example has null, the real answer object",
+        "$.label: the example says 'real', the real answer 'fake'",
     ]
     assert structure_differences({"label": "fake", "face": {"box": ["x"], "score": 1}, "faces": []}, real) == [
         "$.p: in the real answer, not in the example",
