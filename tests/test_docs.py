@@ -186,7 +186,6 @@ def kind_answer(model_dir, tmp_path_factory):  # noqa: F811
     instance.initialize(FakeContext(folder, {"handler": {"backend": "eager", "threads": 1}}))
     (answer,) = instance.handle([{"body": (ROOT / "examples/fake/00MZYXAT77.jpg").read_bytes()}], FakeContext(folder, {}))
     assert "kind" in answer
-    print("KIND_DUMP", __import__("json").dumps(answer["kind"]))
     return answer
 
 
