@@ -6,7 +6,7 @@ a clip made by ``video_clips`` with its timeline and frame heatmap, a corrupt cl
 A HEIC upload (shown through the page's preview) and files that declare their origin: the
 provenance under the verdict, hostile metadata shown as text, the history filtered by it.
 
-``DEEPFAKE_PAGE_SCREENSHOT=docs/page.png`` keeps the screenshot (the README's is made that way)."""
+``DEEPFAKE_PAGE_SCREENSHOT=docs/page.png`` keeps the screenshot (docs/RECORDS.md shows one made that way)."""
 
 from __future__ import annotations
 
