@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from runtime.artifacts import ARTIFACTS  # file names inside an archive, as the handler looks for them
+from runtime.handler_settings import checked_section  # the handler: section's schema, shipped in the archive
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_NAME = "deepfake-detector"
@@ -63,7 +64,10 @@ class ServingConfig:
     response_timeout: int = 120  # s
     device_type: str | None = None  # "cpu" or "gpu"; None lets TorchServe decide
     batch_range: tuple[int, int] | None = None  # batch sizes the artifact was exported for
-    handler: dict = field(default_factory=dict)  # threads, max_faces, max_pixels, ...
+    handler: dict = field(default_factory=dict)  # threads, max_faces, max_pixels, ... (runtime/handler_settings.py)
+
+    def __post_init__(self):
+        self.handler = checked_section(self.handler)  # a misspelt key fails here, not in the first worker
 
     def to_yaml(self, backend: str, precision: str, artifact: str) -> str:
         config = {
@@ -80,6 +84,7 @@ class ServingConfig:
             # the handler splits its forward pass (all faces of all requests) into chunks in range
             config["handler"]["min_batch"], config["handler"]["max_batch"] = map(int, self.batch_range)
         config["handler"].update(self.handler)
+        config["handler"] = checked_section(config["handler"], "model-config.yaml, handler section")
         return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -193,6 +198,8 @@ def repack(source: Path, dest: Path, **model_config) -> Path:
         manifest, config_name, config = _model_config(src)
         for key, value in model_config.items():
             config[key] = {**(config.get(key) or {}), **value} if isinstance(value, dict) else value
+        if "handler" in config:  # the handler's section, checked as the worker will check it
+            config["handler"] = checked_section(config["handler"], f"{Path(dest).name}: model-config.yaml, handler section")
         manifest["model"]["configFile"] = config_name
         dest.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(dest, "w") as out:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Mapping
 
 from runtime.artifacts import Artifact
+from runtime.handler_settings import checked_section
 
 MODEL_NAME = "deepfake-detector"
 
@@ -30,10 +32,14 @@ def device_type(artifact: Artifact) -> str | None:
     return None
 
 
-def pack(artifacts: list[Artifact], export_dir: Path, weights: Path, model_store: Path, log=print) -> list[Path]:
-    """One archive per artifact; returns the .mar paths. Raises on the first failure."""
+def pack(artifacts: list[Artifact], export_dir: Path, weights: Path, model_store: Path, log=print,
+         handler: Mapping | None = None) -> list[Path]:
+    """One archive per artifact; returns the .mar paths. Raises on the first failure. ``handler``: the
+    archives' ``handler:`` settings (``runtime/handler_settings.py``), checked before anything is built:
+    a misspelt key raises ``SettingsError`` naming it and the nearest valid key."""
     from export.archive import ServingConfig, build_archive
 
+    settings = checked_section(handler, "handler settings to pack")
     archives = []
     for artifact in artifacts:
         name = archive_name(artifact)
@@ -41,7 +47,7 @@ def pack(artifacts: list[Artifact], export_dir: Path, weights: Path, model_store
         start = time.perf_counter()
         defaults = ServingConfig()
         serving = ServingConfig(batch_size=min(defaults.batch_size, artifact.max_batch), device_type=device_type(artifact),
-                                batch_range=(artifact.min_batch, artifact.max_batch))
+                                batch_range=(artifact.min_batch, artifact.max_batch), handler=dict(settings))
         mar = build_archive(
             weights,
             backend=artifact.backend,

@@ -11,7 +11,8 @@ metadata) beside the verdict; reading it never changes the verdict and never fai
 Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
 handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``, ``handler/records.py``,
 ``handler/spool.py``, ``handler/provenance.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
-``handler:`` section picks backend, precision and artifact.
+``handler:`` section (``runtime/handler_settings.py``: every key, its type and default) picks backend,
+precision, artifact, limits, provenance and records.
 """
 
 from __future__ import annotations
@@ -41,10 +42,8 @@ from handler.payload import PROBE_HEADER, Request, http_status, image_bytes  # n
 from handler.provenance import ProvenanceReader, beside_verdict  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
+from runtime.handler_settings import HandlerSettings  # noqa: E402
 from runtime.preprocessing import (  # noqa: E402
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIDE,
     FacePreprocessor,
     ImageError,
     PreprocessSettings,
@@ -52,7 +51,7 @@ from runtime.preprocessing import (  # noqa: E402
     register_image_formats,
     to_tensor_batch,
 )
-from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS, VideoLimits, is_video, open_video  # noqa: E402
+from runtime.video import VideoLimits, is_video, open_video  # noqa: E402
 from runtime.weights import Calibration  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -60,45 +59,57 @@ logger = logging.getLogger(__name__)
 NO_FACE_WARNING = "no face detected: the verdict is for the centre crop of the image"
 KIND_NOTE = ("the model's guess of which kind of fake this looks like, from the four kinds it was trained on; "
              "not evidence of how the image was made")
-# Crops per forward pass: a video's frames are split into passes of this size (bounded memory; an
-# image batch alone, 8 requests x 5 faces, fits in one and goes first).
-DEFAULT_MAX_CROPS_PER_PASS = 64
 
 
 class DeepfakeHandler(BaseHandler):
     def initialize(self, context):
-        properties = context.system_properties
-        model_dir = Path(properties["model_dir"])
-        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        """Worker start, step by step: the settings (refused on a misspelt key), the device, the model,
+        the face detector, the input limits, the model's decision rule, then records and provenance."""
+        model_dir = Path(context.system_properties["model_dir"])
+        self.settings = self._load_settings(context)
+        self._load_device(context.system_properties)
+        self.metadata = json.loads((model_dir / "model.json").read_text())
+        self._load_backend(model_dir)
+        self._load_detector()
+        self._load_limits()
+        self._load_decision()
+        self._load_model_info(context)
+        self._load_records()
+        self._load_provenance(model_dir)
+        self.initialized = True
+        logger.info("deepfake handler ready: %s", self.model_info)
 
+    # --- worker start -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_settings(context) -> HandlerSettings:
+        """The archive's ``handler:`` section, typed (``runtime/handler_settings.py``); an unknown key
+        or a wrong type stops the worker with one line naming it."""
+        return HandlerSettings.from_model_config(getattr(context, "model_yaml_config", None))
+
+    def _load_device(self, properties: dict) -> None:
         gpu = properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
-        threads = int(config.get("threads", 1))
+        self.threads = self.settings.threads
         if self.device.type == "cpu":
-            torch.set_num_threads(threads)
-        register_image_formats(threads)  # HEIC and AVIF decoders: the worker's threads, not every core
+            torch.set_num_threads(self.threads)
+        register_image_formats(self.threads)  # HEIC and AVIF decoders: the worker's threads, not every core
 
-        self.metadata = json.loads((model_dir / "model.json").read_text())
-        self.backend_kind = config.get("backend") or detect_backend(model_dir)
-        self.precision = config.get("precision", "fp32")
-        artifact = model_dir / config.get("artifact", ARTIFACTS[self.backend_kind])
-        max_batch = config.get("max_batch")
-        self.backend = load_backend(
-            self.backend_kind,
-            artifact,
-            self.device,
-            self.precision,
-            threads,
-            min_batch=int(config.get("min_batch", 1)),
-            max_batch=int(max_batch) if max_batch else None,
-        )
+    def _load_backend(self, model_dir: Path) -> None:
+        settings = self.settings
+        self.backend_kind = settings.backend or detect_backend(model_dir)
+        self.precision = settings.precision
+        artifact = model_dir / (settings.artifact or ARTIFACTS[self.backend_kind])
+        self.backend = load_backend(self.backend_kind, artifact, self.device, self.precision, self.threads,
+                                    min_batch=settings.min_batch, max_batch=settings.max_batch or None)  # fmt: skip
         # Grad-CAM differentiates the eager model; compiled archives carry its weights for that.
         self.eager_weights = model_dir / ARTIFACTS["eager"]
         self._explainer = self.backend.model if (self.backend_kind, self.precision) == ("eager", "fp32") else None
 
-        settings = PreprocessSettings.from_metadata(self.metadata)
-        self.input_size = settings.input_size
-        self.max_side = settings.max_side  # the detector's input: large JPEGs are decoded no finer than it needs
+    def _load_detector(self) -> None:
+        preprocessing = PreprocessSettings.from_metadata(self.metadata)
+        self.input_size = preprocessing.input_size
+        self.max_side = preprocessing.max_side  # the detector's input: large JPEGs are decoded no finer than it needs
         providers = None  # the detector follows the model onto the GPU when onnxruntime can
         if self.device.type == "cuda":
             import onnxruntime
@@ -106,43 +117,45 @@ class DeepfakeHandler(BaseHandler):
             if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
                 providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
         self.preprocessor = FacePreprocessor.from_settings(
-            settings, max_faces=int(config.get("max_faces", 5)), threads=threads, providers=providers
+            preprocessing, max_faces=self.settings.max_faces, threads=self.threads, providers=providers
         )
-        # PIL refuses bigger images itself (decompression bombs); decoding checks the same limit.
-        self.max_pixels = int(config.get("max_pixels", DEFAULT_MAX_PIXELS))
-        self.min_side = int(config.get("min_side", DEFAULT_MIN_SIDE))
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
-        self.max_image_bytes = int(config.get("max_image_bytes", DEFAULT_MAX_IMAGE_BYTES))
-        self.video_limits = VideoLimits(
-            frames=int(config.get("video_frames", DEFAULT_FRAMES)),
-            max_seconds=float(config.get("max_video_seconds", DEFAULT_MAX_SECONDS)),
-            max_bytes=int(config.get("max_video_bytes", DEFAULT_MAX_BYTES)),
-            max_pixels=self.max_pixels,
-            min_side=self.min_side,
-        )
-        self.max_crops_per_pass = max(1, int(config.get("max_crops_per_pass", DEFAULT_MAX_CROPS_PER_PASS)))
-        self.threads = threads
 
+    def _load_limits(self) -> None:
+        settings = self.settings
+        # PIL refuses bigger images itself (decompression bombs); decoding checks the same limit.
+        self.max_pixels = settings.max_pixels
+        self.min_side = settings.min_side
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        self.max_image_bytes = settings.max_image_bytes
+        self.video_limits = VideoLimits(frames=settings.video_frames, max_seconds=settings.max_video_seconds,
+                                        max_bytes=settings.max_video_bytes, max_pixels=self.max_pixels, min_side=self.min_side)  # fmt: skip
+        self.max_crops_per_pass = max(1, settings.max_crops_per_pass)
+
+    def _load_decision(self) -> None:
+        """The threshold, the calibration (P(fake) as fitted on validation), the labels and the kinds."""
         self.threshold = float(self.metadata.get("threshold", 0.5))
-        self.calibration = Calibration.from_metadata(self.metadata)  # P(fake) as fitted on validation
+        self.calibration = Calibration.from_metadata(self.metadata)
         self.labels = {int(k): v for k, v in self.metadata.get("labels", {"0": "real", "1": "fake"}).items()}
         self.kinds = self.metadata.get("kinds")  # the kind head's classes, where the model has one
-        manifest = context.manifest or {}
+
+    def _load_model_info(self, context) -> None:
+        self.manifest = context.manifest or {}
         self.model_info = {
             "name": context.model_name,
-            "version": manifest.get("model", {}).get("modelVersion"),
+            "version": self.manifest.get("model", {}).get("modelVersion"),
             "backend": self.backend_kind,
             "precision": self.precision,
             "architecture": self.metadata["architecture"].get("size"),
             "device": self.backend.device.type,  # where the model really runs (ONNX may fall back to CPU)
         }
-        self.manifest = manifest
-        # prediction records (handler/records.py): journalled before each answer, delivered by a thread
-        self.recorder = records.recorder_for_worker(config, os.environ)
-        # C2PA and generator metadata beside the verdict, under a time budget (None: turned off)
-        self.provenance = ProvenanceReader.from_config(config, model_dir)
-        self.initialized = True
-        logger.info("deepfake handler ready: %s", self.model_info)
+
+    def _load_records(self) -> None:
+        """Prediction records (handler/records.py): journalled before each answer, delivered by a thread."""
+        self.recorder = records.recorder_for_worker(self.settings.records_config(), os.environ)
+
+    def _load_provenance(self, model_dir: Path) -> None:
+        """C2PA and generator metadata beside the verdict, under a time budget (None: turned off)."""
+        self.provenance = ProvenanceReader.from_settings(self.settings, model_dir)
 
     # --- TorchServe entry point -------------------------------------------------------------------
 

@@ -35,8 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from PIL import Image
+
+from runtime.handler_settings import DEFAULT_PROVENANCE_BUDGET_S, HandlerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ MAX_XMP_BYTES = 1 << 20
 MAX_CHUNK_READ = MAX_XMP_BYTES + 1024  # bytes of one text chunk looked at (an XMP packet fits)
 MAX_ACTIONS = 16
 MAX_TAGS = 32  # video container tags
-DEFAULT_BUDGET_S = 0.5
+DEFAULT_BUDGET_S = DEFAULT_PROVENANCE_BUDGET_S
 
 
 class OverBudget(Exception):
@@ -507,14 +510,18 @@ class ProvenanceReader:
             logger.exception("C2PA reading is off")
 
     @classmethod
-    def from_config(cls, config: dict, model_dir: Path) -> "ProvenanceReader | None":
-        """From the archive's ``handler:`` section: ``provenance`` (false: off), ``provenance_budget_ms``,
+    def from_settings(cls, settings: HandlerSettings, model_dir: Path) -> "ProvenanceReader | None":
+        """From the archive's ``handler:`` settings: ``provenance`` (false: off), ``provenance_budget_ms``,
         ``c2pa_trust_anchors`` (a PEM file, relative to the model folder or absolute), ``c2pa_trust_list``."""
-        if str(config.get("provenance", True)).lower() in ("false", "off", "0", "no"):
+        if not settings.provenance:
             return None
-        anchors = config.get("c2pa_trust_anchors")
-        return cls(float(config.get("provenance_budget_ms", DEFAULT_BUDGET_S * 1000)) / 1000,
-                   model_dir / anchors if anchors else None, config.get("c2pa_trust_list"))  # fmt: skip
+        anchors = settings.c2pa_trust_anchors
+        return cls(settings.provenance_budget_ms / 1000, model_dir / anchors if anchors else None, settings.c2pa_trust_list)
+
+    @classmethod
+    def from_config(cls, config: Mapping, model_dir: Path) -> "ProvenanceReader | None":
+        """From a ``handler:`` section as a plain mapping, checked by the settings schema."""
+        return cls.from_settings(HandlerSettings.from_mapping(config), model_dir)
 
     @property
     def trust_list(self) -> str | None:

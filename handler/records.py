@@ -9,8 +9,8 @@ insert skips an id already there, so a replay after a partial write adds no dupl
 bounded in bytes; only rows beyond the bound are dropped, counted and logged. Counts
 (``drain_counts``) become the handler's ``DeepfakeRecords*`` metrics.
 
-Settings (``RecordsSettings.resolve``, shared by the workers, the page, this CLI and ``make status``),
-per key the archive's ``model-config.yaml`` (``handler:`` section, workers only), else the environment,
+Settings (``RecordsSettings.resolve``, shared by the workers, the page, this CLI and ``make status``;
+the store's URL by ``records_url``), per key the archive's ``model-config.yaml`` (``handler:`` section, workers only), else the environment,
 else ``config.properties``, else the default:
 
 - the store: ``records_url``, ``DEEPFAKE_RECORDS_URL``, ``deepfake_records_url``; SQLite in the run folder
@@ -80,13 +80,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateColumn
 
 from handler.spool import Spool, read_state
+from runtime.handler_settings import DEFAULT_RECORDS_SPOOL_MB
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 STORE_FILE = "records.sqlite3"  # under the server's run folder by default
 SPOOL_FOLDER = "records-spool"  # under the server's run folder by default
-DEFAULT_SPOOL_MB = 256  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
+DEFAULT_SPOOL_MB = DEFAULT_RECORDS_SPOOL_MB  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
 OFF = ("off", "none", "false")
 
 metadata = MetaData()
@@ -167,6 +168,42 @@ MIGRATIONS: dict[int, Callable] = {2: _unique_request_ids, 3: lambda connection:
 # --- settings -------------------------------------------------------------------------------------
 
 
+def setting(key: str, environ: Mapping[str, str] | None, properties: Mapping[str, str] | None = None,
+            model_config: Mapping | None = None) -> str | None:
+    """One records setting (``url``, ``spool``, ``spool_mb``, ``keep_days``), the first one set of: the
+    archive's ``handler:`` section (``records_<key>``; workers only), the environment
+    (``DEEPFAKE_RECORDS_<KEY>``), config.properties (``deepfake_records_<key>``); None if none is."""
+    for source, name in ((model_config, f"records_{key}"), (environ, f"DEEPFAKE_RECORDS_{key.upper()}"),
+                         (properties, f"deepfake_records_{key}")):  # fmt: skip
+        value = str((source or {}).get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def records_url(
+    environ: Mapping[str, str] | None,
+    properties: Mapping[str, str] | None = None,
+    run_dir: str | Path | None = None,
+    model_config: Mapping | None = None,
+) -> str | None:
+    """The records store's URL, the one place it is worked out (the workers' recorder, the server and
+    its ``make status``, the page and this module's CLI all come here through ``RecordsSettings.resolve``).
+
+    Precedence, the first one set wins:
+
+    1. ``records_url`` in the archive's ``handler:`` section (``model_config``; workers only),
+    2. the environment variable ``DEEPFAKE_RECORDS_URL``,
+    3. ``deepfake_records_url`` in config.properties (``properties``),
+    4. the default: SQLite ``records.sqlite3`` in the run folder (no run folder: None).
+
+    ``off`` (or ``none``, ``false``) turns recording off: None."""
+    url = setting("url", environ, properties, model_config)
+    if url is None and run_dir:
+        url = f"sqlite:///{Path(run_dir).resolve() / STORE_FILE}"
+    return None if not url or url.lower() in OFF else url
+
+
 @dataclass(frozen=True)
 class RecordsSettings:
     """Where the records go and how the spool before the store is kept (the module's docstring has the
@@ -185,25 +222,19 @@ class RecordsSettings:
         run_dir: str | Path | None = None,
         model_config: Mapping | None = None,
     ) -> "RecordsSettings":
-        def pick(key: str) -> str | None:
-            for source, name in ((model_config, f"records_{key}"), (environ, f"DEEPFAKE_RECORDS_{key.upper()}"),
-                                 (properties, f"deepfake_records_{key}")):  # fmt: skip
-                value = str((source or {}).get(name) or "").strip()
-                if value:
-                    return value
-            return None
-
+        """Every records setting, each by ``setting``'s precedence; the URL by ``records_url``."""
+        sources = (environ, properties, model_config)
         run_dir = Path(run_dir).resolve() if run_dir else None
-        url = pick("url") or (f"sqlite:///{run_dir / STORE_FILE}" if run_dir else None)
-        spool = pick("spool") or (run_dir / SPOOL_FOLDER if run_dir else Path(tempfile.gettempdir()) / "deepfake-records-spool")
+        url = records_url(environ, properties, run_dir, model_config)
+        spool = setting("spool", *sources) or (run_dir / SPOOL_FOLDER if run_dir else Path(tempfile.gettempdir()) / "deepfake-records-spool")
         try:
-            spool_mb = float(pick("spool_mb") or DEFAULT_SPOOL_MB)
-            keep_days = float(pick("keep_days")) if pick("keep_days") else None
+            spool_mb = float(setting("spool_mb", *sources) or DEFAULT_SPOOL_MB)
+            keep_days = float(setting("keep_days", *sources)) if setting("keep_days", *sources) else None
         except ValueError as exc:
             raise RecordsError(f"records settings: {exc}") from None
         if spool_mb <= 0 or (keep_days is not None and keep_days <= 0):
             raise RecordsError("records settings: the spool size and keep-days must be positive")
-        return cls(None if not url or url.lower() in OFF else url, Path(spool), int(spool_mb * 2**20), keep_days)
+        return cls(url, Path(spool), int(spool_mb * 2**20), keep_days)
 
     def _values(self) -> dict[str, str]:
         values = {"url": self.url or "off", "spool": str(self.spool_dir), "spool_mb": f"{self.spool_bytes / 2**20:g}"}
@@ -642,18 +673,6 @@ def write_csv(rows: Iterable[dict], out: IO[str]) -> int:
 # --- the CLI --------------------------------------------------------------------------------------
 
 
-def run_settings(run_dir: Path, environ: Mapping[str, str]) -> RecordsSettings:
-    """A server's settings from its run folder: the environment, else what the server resolved at
-    its start (its state file), else its config.properties."""
-    from handler.server import STATE_FILE, TorchServe
-    from handler.tsconfig import read_properties
-
-    if (run_dir / STATE_FILE).exists():
-        return TorchServe.attach(run_dir).records_settings
-    config = run_dir / "config.properties"
-    return RecordsSettings.resolve(environ, read_properties(config) if config.exists() else {}, run_dir)
-
-
 def _list(engine: Engine, filters: dict, limit: int) -> None:
     total = count(engine, **filters)
     print(f"{'time (UTC)':19}  {'status':>6}  {'label':5}  {'P(fake)':>7}  {'faces':>5}  {'ms':>7}  {'declared':12}  model  sha256")
@@ -693,7 +712,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--older-than", help="prune: delete rows answered before this age (30d) or ISO time")
     args = parser.parse_args(argv)
 
-    settings = RecordsSettings.resolve({"DEEPFAKE_RECORDS_URL": args.url}) if args.url else run_settings(args.run_dir, os.environ)
+    if args.url:
+        settings = RecordsSettings.resolve({"DEEPFAKE_RECORDS_URL": args.url})
+    else:  # a server's run folder: host-side code, never imported by a worker
+        from handler.server import run_records_settings
+
+        settings = run_records_settings(args.run_dir, os.environ)
     if settings.url is None:
         sys.exit("prediction records are off for this server (records URL 'off')")
     parsed = make_url(normalise_url(settings.url))

@@ -461,6 +461,16 @@ class TorchServe:
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
+def run_records_settings(run_dir: Path, environ: Mapping[str, str]) -> records.RecordsSettings:
+    """A server's records settings from its run folder (``python -m handler.records``): what the server
+    resolved at its start (its state file), else the environment and its config.properties."""
+    run_dir = Path(run_dir)
+    if (run_dir / STATE_FILE).exists():
+        return TorchServe.attach(run_dir).records_settings
+    config = run_dir / "config.properties"
+    return records.RecordsSettings.resolve(environ, read_properties(config) if config.exists() else {}, run_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Start/stop a TorchServe owned by a run folder.")
     parser.add_argument("action", choices=["start", "stop", "status", "key"], help="key: print the inference key")
