@@ -80,7 +80,7 @@ ui: $(STAMP)
 	$(PY) -m handler.page --run-dir $(SERVE_DIR) --model $(MODEL) --port $(UI_PORT)
 
 records: $(STAMP)
-	$(PY) -m handler.records list --run-dir $(SERVE_DIR)
+	$(PY) -m handler.records_cli list --run-dir $(SERVE_DIR)
 
 # Stops the watchdog, then TorchServe.
 stop:

@@ -127,7 +127,7 @@ def test_the_declared_provenance_is_recorded_filtered_and_listed(tmp_path):
     assert [r["request_id"] for r in records.query(engine, declared="ai_generated")] == ["claimed"]
     assert records.count(engine) == 2 and records.count(engine, declared="camera") == 0
     assert [(r["request_id"], r["declared"]) for r in records.query(engine)] == [("plain", None), ("claimed", "ai_generated")]
-    listed = subprocess.run([sys.executable, "-m", "handler.records", "list", "--url", sqlite_url(tmp_path), "--declared", "ai_generated"],
+    listed = subprocess.run([sys.executable, "-m", "handler.records_cli", "list", "--url", sqlite_url(tmp_path), "--declared", "ai_generated"],
                             cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
     assert "1 of 1 records" in listed.stdout and "ai_generated" in listed.stdout
 
@@ -138,7 +138,7 @@ def test_cli_lists_exports_and_prunes(tmp_path):
     writer.record(rows_for(3, "fake") + rows_for(2, "real") + rows_for(4, "real", created_at=old))
     assert writer.flush()
     writer.close()
-    cli = [sys.executable, "-m", "handler.records"]
+    cli = [sys.executable, "-m", "handler.records_cli"]
     listed = subprocess.run([*cli, "list", "--url", sqlite_url(tmp_path), "--label", "fake"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "3 of 3 records" in listed.stdout and " real " not in listed.stdout
     out = tmp_path / "real.csv"
@@ -155,7 +155,7 @@ def test_cli_lists_exports_and_prunes(tmp_path):
 def test_cli_says_in_one_line_when_the_store_is_down(tmp_path):
     """A PostgreSQL URL where nothing listens: one line that names the store and the driver's reason."""
     url = f"postgresql://deepfake:secret@127.0.0.1:{free_port()}/records"
-    listed = subprocess.run([sys.executable, "-m", "handler.records", "list", "--url", url], cwd=ROOT, capture_output=True, text=True)
+    listed = subprocess.run([sys.executable, "-m", "handler.records_cli", "list", "--url", url], cwd=ROOT, capture_output=True, text=True)
     assert listed.returncode == 1 and listed.stdout == ""
     lines = listed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("records store unavailable at postgresql://deepfake:***@127.0.0.1"), listed.stderr
