@@ -286,7 +286,7 @@ def test_postgres_store_round_trip(postgres, tmp_path):
     writer.close()
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
 @pytest.mark.parametrize("version", sorted(PAST))
 def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_path, request):
     """A store written by an earlier schema, with rows in it (in a version 1 store two of them share a
@@ -320,7 +320,7 @@ def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_
     writer.close()
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
 def test_add_column_is_the_step_for_a_new_column(store, tmp_path, request):
     """The documented path for the next schema change (a new column, indexed), on both dialects: a
     copy of today's table with one more column, added to a store of today's version."""

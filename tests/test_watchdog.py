@@ -277,6 +277,7 @@ def test_state_and_prometheus_text_report_the_counts(dog, fake, served):
     assert served.status()["models"][MODEL]["answering"] is False
 
 
+@pytest.mark.server  # a stand-in frontend process
 def test_run_probes_until_the_frontend_is_gone(dog, fake, served, monkeypatch):
     """The loop exits by itself once the frontend process is gone (restarting it is not its job)."""
     monkeypatch.setattr(watchdog, "INTERVAL_S", 0.1)
