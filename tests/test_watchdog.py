@@ -158,11 +158,11 @@ def test_only_a_200_with_a_label_is_a_verdict(served, fake):
 
 
 def test_a_probe_past_its_deadline_is_a_miss(served, fake):
-    fake.predictions, fake.hang_s = "hang", 2.0
+    fake.predictions, fake.hang_s = "hang", 6.0
     started = time.monotonic()
     reason = watchdog.verdict_or_reason(served.client, MODEL, b"x", deadline=0.3)
     assert reason.startswith("ReadTimeout: ")
-    assert time.monotonic() - started < 1.5  # the deadline, not the server, decides when it gives up
+    assert time.monotonic() - started < 5.0  # gave up before the server answered: the deadline decides
 
 
 def test_a_frontend_that_is_gone_is_a_miss(served, fake):
