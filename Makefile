@@ -10,7 +10,7 @@ MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
 DATA ?= ../shared/data/faces ../shared/data/photoshop ../shared/data/faceswap ../shared/data/diffusion
 
-.PHONY: setup setup-gpu test serve ui records stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
+.PHONY: setup setup-gpu test test-fast serve ui records stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ $(STAMP): pyproject.toml scripts/install-system.sh
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The unit tests only: no TorchServe, PostgreSQL, Locust, browser or other server, nothing marked slow
+# (markers in pyproject.toml; tests/conftest.py marks every test using a server fixture). `make test` is
+# the full suite and what CI runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow and not server"
 
 # Retrains the default weights on the four data roots (CPU: 12 epochs of 6-8 min on one thread, by load; docs/MODEL_CARD.md).
 TRAIN_CONFIG ?= configs/train_face.yaml

@@ -29,8 +29,17 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Fixtures that start a server of their own: a test using one is marked ``server`` whatever its module
+# says, so `make test-fast` (-m "not slow and not server") cannot pick it up by an oversight.
+SERVER_FIXTURES = {"torchserve", "postgres", "fresh_database"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA; elsewhere they skip and say so."""
+    """``integration`` tests and those using a server fixture are ``server`` tests too. Tests marked
+    ``gpu`` need CUDA; elsewhere they skip and say so."""
+    for item in items:
+        if "integration" in item.keywords or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device; this host has none (torch.cuda.is_available() is False)")

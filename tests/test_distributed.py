@@ -118,6 +118,8 @@ def sgd_steps(config: Path, data: Path, out: Path) -> None:
         save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(out / "sgd.safetensors"))
 
 
+@pytest.mark.server  # two torchrun processes
+@pytest.mark.slow
 @pytest.mark.parametrize("dense_loss", [0.0, 1.0], ids=["image-head", "with-region-head"])
 def test_two_processes_take_the_single_process_steps(data, tmp_path, dense_loss):
     config = tmp_path / "config.yaml"
@@ -133,6 +135,8 @@ def test_two_processes_take_the_single_process_steps(data, tmp_path, dense_loss)
     assert max((a[k] - start[k]).abs().max().item() for k in a if a[k].is_floating_point()) > 1000 * ATOL
 
 
+@pytest.mark.server  # torchrun, three times
+@pytest.mark.slow
 def test_torchrun_training_speaks_once_writes_once_and_resumes_exactly(data, tmp_path):
     values = settings(tmp_path)
     config = tmp_path / "config.yaml"

@@ -27,6 +27,7 @@ from google.protobuf import empty_pb2
 
 from conftest import MODEL, ROOT
 from grpc_stubs import load
+from test_handler import FakeContext, handler, model_dir  # noqa: F401  (fixtures: the session archive's handler, in process)
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +85,27 @@ def errors_counted(server) -> float:
 # --- the session server: answers ---------------------------------------------------------------
 
 
-def test_grpc_prediction_is_the_rest_answer(torchserve, api, astronaut_jpeg):
+@pytest.fixture(scope="module")
+def in_process(handler, model_dir, astronaut_jpeg) -> dict:
+    """The session archive's handler, run here on the same JPEG: the answer the server must give."""
+    (answer,) = handler.handle([{"body": astronaut_jpeg}], FakeContext(model_dir, {}))
+    assert answer["face"] is not None
+    return answer
+
+
+def same_verdict(answer: dict, expected: dict) -> None:
+    assert answer["label"] == expected["label"] and answer["threshold"] == expected["threshold"]
+    # another batch composition on the server: the same verdict up to float rounding
+    assert answer["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-4)
+    assert answer["faces"][0]["box"] == expected["faces"][0]["box"]
+
+
+def test_grpc_prediction_is_the_rest_answer(torchserve, api, astronaut_jpeg, in_process):
     reply, code = api.predict(astronaut_jpeg)
     rest = torchserve.predict(MODEL, astronaut_jpeg)
     assert code == grpc.StatusCode.OK and rest.status_code == 200
     assert json.loads(reply.prediction) == rest.json()
-    assert json.loads(reply.prediction)["face"] is not None
+    same_verdict(json.loads(reply.prediction), in_process)
 
 
 @pytest.mark.parametrize("body, code, http", [(b"definitely not an image", "not_an_image", 415), (b"", "empty_body", 400)])
@@ -118,7 +134,7 @@ def test_grpc_needs_the_right_key(api, astronaut_jpeg):
     assert [m["modelName"] for m in models["models"]] == [MODEL]
 
 
-def test_stream_predictions_answers_once_and_keeps_the_worker(torchserve, api, astronaut_jpeg):
+def test_stream_predictions_answers_once_and_keeps_the_worker(torchserve, api, astronaut_jpeg, in_process):
     """Without ts_stream_next in the handler's answer, 0.12's frontend throws after the first message
     ("Worker died.") and reloads the worker; the handler marks gRPC answers as the stream's last."""
     pid = torchserve.client.worker_pids(MODEL)
@@ -127,6 +143,7 @@ def test_stream_predictions_answers_once_and_keeps_the_worker(torchserve, api, a
     messages = list(api.inference.StreamPredictions(api.request(astronaut_jpeg), metadata=api.auth(), timeout=RPC_TIMEOUT_S))
     assert len(messages) == 1
     assert json.loads(messages[0].prediction) == torchserve.predict(MODEL, astronaut_jpeg).json()
+    same_verdict(json.loads(messages[0].prediction), in_process)
     assert torchserve.client.worker_pids(MODEL) == pid
     assert log.read_text(errors="replace").count("Worker died") == died_before
     # a refusal is one message too, with the JSON error

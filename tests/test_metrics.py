@@ -138,7 +138,12 @@ def test_calibration_changes_probabilities_not_rankings():
     calibration = Calibration(scale=0.5, shift=-1.0)
     logits = np.array([-4.0, -1.0, 0.0, 2.0, 6.0])
     p = calibration.probability(logits)
-    np.testing.assert_allclose(p, 1 / (1 + np.exp(-(0.5 * logits - 1))))
+    # 0.5 * logit - 1 = -3, -1.5, -1, 0, 2; sigmoid of those, from tables (e^-3 = 0.0497871, e^1.5 = 4.481689,
+    # e = 2.7182818, e^-2 = 0.1353353): 1/(1 + e^3), 1/(1 + e^1.5), 1/(1 + e), 1/2, 1/(1 + e^-2)
+    np.testing.assert_allclose(p, [0.0474259, 0.1824255, 0.2689414, 0.5, 0.8807971], atol=5e-8)
+    assert p[3] == 0.5  # logit 2 is where scale * logit + shift crosses 0: exactly even odds
+    # symmetric about that point: P(2 + d) + P(2 - d) = 1
+    np.testing.assert_allclose(calibration.probability([2 + 3.0, 2 + 8.0]) + calibration.probability([2 - 3.0, 2 - 8.0]), 1.0)
     assert (np.diff(p) > 0).all()
     torch.testing.assert_close(calibration.probability(torch.tensor(logits)), torch.tensor(p))
     assert Calibration.from_metadata({}) == Calibration()  # older weights: the plain sigmoid

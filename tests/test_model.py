@@ -45,11 +45,30 @@ def test_frequency_channel_matches_torch_fft(size):
     reference = torch.fft.fftshift(torch.fft.fft2(gray, norm="ortho"), dim=(-2, -1)).abs()
     torch.testing.assert_close(layer.magnitude(rgb), reference, rtol=1e-5, atol=2e-6)
 
-    log_mag = torch.log(reference + layer.eps)
-    mean = log_mag.mean(dim=(1, 2), keepdim=True)
-    std = log_mag.std(dim=(1, 2), keepdim=True)
-    expected = ((log_mag - mean) / (std + 1e-6)).unsqueeze(1)
-    torch.testing.assert_close(layer(rgb), expected, rtol=1e-4, atol=1e-4)
+    # the standardised log-magnitude: per image mean 0 and (sample) standard deviation 1, and the same
+    # order as the FFT's magnitudes (log and standardising are increasing)
+    out = layer(rgb)
+    assert out.shape == (3, 1, size, size)
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.std(dim=(1, 2, 3)), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-4)
+    for image in range(3):
+        order = reference[image].flatten().argsort()
+        assert (out[image, 0].flatten()[order].diff() >= -1e-9).all()
+
+
+def test_frequency_channel_of_a_flat_image_by_hand():
+    """A flat grey image: all its energy at DC (the centre after fftshift, row and column S // 2),
+    every other magnitude 0. Of n = S * S values one is high and n - 1 are equal, so standardised
+    (sample std) the centre is (n - 1) / sqrt(n) and the rest -1 / sqrt(n), whatever the grey level:
+    for S = 32, 1023 / 32 = 31.96875 and -1 / 32 = -0.03125."""
+    layer = FrequencyFeatures(32).double()
+    for grey in (0.25, 0.8):
+        out = layer(torch.full((1, 3, 32, 32), grey, dtype=torch.float64))[0, 0]
+        # |DC| with the orthonormal scale: sum of the pixels / S = grey * S
+        assert float(layer.magnitude(torch.full((1, 3, 32, 32), grey, dtype=torch.float64))[0, 16, 16]) == pytest.approx(grey * 32, rel=1e-6)
+        assert float(out[16, 16]) == pytest.approx(31.96875, rel=1e-5)  # the 1e-6 beside the std: 3e-6
+        rest = torch.cat([out.flatten()[: 16 * 32 + 16], out.flatten()[16 * 32 + 17 :]])
+        torch.testing.assert_close(rest, torch.full_like(rest, -0.03125), rtol=0, atol=1e-6)
 
 
 def test_frequency_channel_float32_is_close_to_fft():
