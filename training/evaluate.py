@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.model import has_kind_head
 from runtime.weights import Calibration, load_weights
 from training.augment import jpeg_recompress
 from training.data import CachedCrop, CropCache, CropDataset
@@ -43,6 +44,7 @@ from training.plots import (plot_confusion, plot_face_size, plot_reliability, pl
                             plot_training_curves)
 from training.regions import EDIT_LEVELS, edit_level
 from training.config import resolve_device
+from training.kinds import FAKE_KINDS
 from training.sampling import as_roots, split_samples
 from training.scoring import predict
 
@@ -189,6 +191,28 @@ def face_size(model, meta: dict, scored: dict[str, Scored], threads: int, batch_
     return table
 
 
+def kind_guesses(model, meta: dict, scored: dict[str, Scored], batch_size: int, device) -> dict | None:
+    """How the kind head names the fakes of each root whose kind the metadata knows: a row of guess
+    counts over FAKE_KINDS per root, and the share it names right. None for a model without the head."""
+    kinds, names = meta.get("training", {}).get("kinds") or {}, meta.get("kinds") or FAKE_KINDS
+    if not has_kind_head(model) or not kinds:
+        return None
+    table = {}
+    model.eval()
+    for name, s in scored.items():
+        fakes = [crop for crop, label in zip(s.crops, s.y) if label == 1]
+        if name not in kinds or not fakes:
+            continue
+        guesses = []
+        with torch.no_grad():
+            for images, _ in DataLoader(CropDataset(fakes), batch_size=batch_size, shuffle=False):
+                guesses += model.forward_with_kinds(images.to(device))[1].argmax(1).tolist()
+        counts = {kind: guesses.count(i) for i, kind in enumerate(names)}
+        table[name] = {"kind": kinds[name], "fakes": len(fakes), "guesses": counts,
+                       "accuracy": counts[kinds[name]] / len(fakes)}
+    return table
+
+
 def markdown_report(report: dict) -> str:
     lines = [f"# Evaluation of `{report['weights']}` on the {report['split']} split", "",
              f"Threshold {report['threshold']:.4f} (chosen on validation). AUC intervals: stratified bootstrap, "
@@ -206,6 +230,13 @@ def markdown_report(report: dict) -> str:
         for level, m in levels.items():
             low, high = m["roc_auc_95ci"]
             lines.append(f"| {level} | {m['n_fake']} | {m['roc_auc']:.3f} [{low:.3f}, {high:.3f}] | {m['recall']:.3f} |")
+    if "kind_guesses" in report:
+        names = list(next(iter(report["kind_guesses"].values()))["guesses"])
+        lines += ["", "The kind head on each root's fakes (rows: the true kind; columns: the head's guess):", "",
+                  "| root (kind) | fakes | " + " | ".join(names) + " | right |", "|---|---:|" + "---:|" * (len(names) + 1)]
+        for root, row in report["kind_guesses"].items():
+            lines.append(f"| {root} ({row['kind']}) | {row['fakes']} | " + " | ".join(str(row["guesses"][k]) for k in names)
+                         + f" | {row['accuracy']:.3f} |")
     cal = report["calibration"]
     lines += ["", f"Calibration (pooled): ECE {cal['ece']:.3f} over {len(cal['bins'])} equal-width bins.", ""]
     if "robustness" in report:
@@ -259,6 +290,9 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
     levels = by_edit_level(scored, threshold, resamples)
     if levels:
         report["edit_levels"] = levels
+    guesses = kind_guesses(model, meta, scored, batch_size, device)
+    if guesses:
+        report["kind_guesses"] = guesses
     if with_robustness:
         report["robustness"] = robustness(model, meta, scored, threads, batch_size, device)
         report["face_size"] = face_size(model, meta, scored, threads, batch_size, device)
