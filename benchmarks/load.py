@@ -40,8 +40,9 @@ from benchmarks.serverstats import GpuSampler, HostSampler, generator_summary, m
 from export.archive import archive_backend, extract_served_model, repack  # noqa: E402
 from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
 from handler.tsconfig import Ports  # noqa: E402
+from runtime.artifacts import MODEL_NAME  # noqa: E402
 
-MODEL = "deepfake-detector"
+MODEL = MODEL_NAME
 ROOT = Path(__file__).resolve().parents[1]
 
 

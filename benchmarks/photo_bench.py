@@ -31,12 +31,12 @@ from benchmarks.photos import PHONE_12MP, heic_bytes, jpeg_bytes, phone_photo
 from benchmarks.preprocess_bench import photo_face_px
 from benchmarks.profile import Profile, load_profile
 from benchmarks.stats import POINTS
+from runtime.photo import IMAGE_SUFFIXES
 from benchmarks.video_bench import measure, served_archive
 from export.archive import ServingConfig, build_archive, repack
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "deepfake-detector-photo-bench"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def image_sets(profile: Profile) -> tuple[dict[str, list[bytes]], dict[str, str]]:

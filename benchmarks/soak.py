@@ -34,6 +34,7 @@ import requests
 from locust.env import Environment
 
 from benchmarks.stats import latency_percentiles
+from runtime.artifacts import MODEL_NAME
 from handler.tsclient import TorchServeClient, TorchServeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=10, help="seconds per timeline point and RSS sample")
     parser.add_argument("--steady", type=float, default=60, help="seconds at each end whose median RSS is compared")
     parser.add_argument("--rss-growth-limit", type=float, default=0.10, help="target: growth below this fraction")
-    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build" / "serve", help="make serve's run folder")
     parser.add_argument("--images", type=Path, default=ROOT / "examples", help="folder of images to post")
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties", help="for a server started here")

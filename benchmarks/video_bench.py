@@ -30,19 +30,20 @@ from PIL import Image
 from benchmarks.photos import phone_photo
 from benchmarks.profile import Profile, load_profile
 from benchmarks.stats import latency_percentiles
-from export.archive import DEFAULT_MODEL_NAME, ServingConfig, archive_backend, build_archive, repack
+from runtime.artifacts import MODEL_NAME
+from runtime.photo import IMAGE_SUFFIXES
+from export.archive import ServingConfig, archive_backend, build_archive, repack
 
 # benchmarks.load is not imported: it patches the standard library for Locust (gevent), and this
 # module measures with plain threads.
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "deepfake-detector-video-bench"
-VIDEO_MODEL = "deepfake-detector-video-bench-videos"  # with separate_video_model
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+MODEL = f"{MODEL_NAME}-video-bench"
+VIDEO_MODEL = f"{MODEL_NAME}-video-bench-videos"  # with separate_video_model
 
 
 def served_archive(store: Path, backend: str) -> Path | None:
     """model_store/deepfake-detector-<backend>.mar, else the served archive when it holds that backend."""
-    named, served = store / f"{DEFAULT_MODEL_NAME}-{backend}.mar", store / f"{DEFAULT_MODEL_NAME}.mar"
+    named, served = store / f"{MODEL_NAME}-{backend}.mar", store / f"{MODEL_NAME}.mar"
     if named.exists():
         return named
     return served if served.exists() and archive_backend(served) == backend else None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from runtime.artifacts import Artifact
-
-MODEL_NAME = "deepfake-detector"
+from runtime.artifacts import MODEL_NAME, Artifact
 
 
 def archive_name(artifact: Artifact) -> str:
