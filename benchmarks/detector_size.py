@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runtime.photo import IMAGE_SUFFIXES
 from runtime.preprocessing import FaceDetector, decode_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def largest(faces) -> tuple[float, float, float, float] | None:

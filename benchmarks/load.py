@@ -35,12 +35,14 @@ from locust.env import Environment  # noqa: E402
 from benchmarks.generators import REPORT_INTERVAL_S, Generators  # noqa: E402
 from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
 from benchmarks.profile import LoadSettings, Profile, load_profile  # noqa: E402
+from benchmarks.stats import POINTS_WITH_P95, latency_percentiles  # noqa: E402
 from benchmarks.serverstats import GpuSampler, HostSampler, generator_summary, model_values, parse_prometheus, server_split  # noqa: E402
 from export.archive import archive_backend, extract_served_model, repack  # noqa: E402
 from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
 from handler.tsconfig import Ports  # noqa: E402
+from runtime.artifacts import MODEL_NAME  # noqa: E402
 
-MODEL = "deepfake-detector"
+MODEL = MODEL_NAME
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,10 +66,7 @@ def latency_stats(samples_ms: list[float]) -> dict:
     if not samples_ms:
         return {}
     a = np.asarray(samples_ms)
-    return {
-        "mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-        "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
-    }
+    return {"mean": float(a.mean()), **latency_percentiles(a, POINTS_WITH_P95), "max": float(a.max())}
 
 
 class Progress:

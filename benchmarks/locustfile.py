@@ -25,6 +25,8 @@ import psutil
 from locust import FastHttpUser, constant, events, task
 from locust import runners
 
+# Copies of runtime.photo.IMAGE_SUFFIXES and runtime.artifacts.MODEL_NAME: Locust workers on other hosts
+# load this file alone (locust -f), without the project on sys.path, so it imports nothing of it.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_IMAGES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -22,6 +22,7 @@ import torch
 
 from benchmarks import machine
 from benchmarks.profile import ModelSettings, Profile, load_profile
+from benchmarks.stats import POINTS_WITH_P95, latency_percentiles
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -91,15 +92,9 @@ def count_flops(weights: Path, input_size: int) -> int:
 
 
 def percentiles(values_ms: list[float]) -> dict:
+    """Mean, p50/p90/p95/p99 and min of one stage's or one forward pass's times."""
     a = np.asarray(values_ms, dtype=np.float64)
-    return {
-        "mean": float(a.mean()),
-        "p50": float(np.percentile(a, 50)),
-        "p90": float(np.percentile(a, 90)),
-        "p95": float(np.percentile(a, 95)),
-        "p99": float(np.percentile(a, 99)),
-        "min": float(a.min()),
-    }
+    return {"mean": float(a.mean()), **latency_percentiles(a, POINTS_WITH_P95), "min": float(a.min())}
 
 
 def time_calls(call: Callable[[], object], sync: Callable[[], None], settings: ModelSettings) -> list[float]:

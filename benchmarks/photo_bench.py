@@ -30,12 +30,13 @@ from PIL import Image
 from benchmarks.photos import PHONE_12MP, heic_bytes, jpeg_bytes, phone_photo
 from benchmarks.preprocess_bench import photo_face_px
 from benchmarks.profile import Profile, load_profile
+from benchmarks.stats import POINTS
+from runtime.photo import IMAGE_SUFFIXES
 from benchmarks.video_bench import measure, served_archive
 from export.archive import ServingConfig, build_archive, repack
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "deepfake-detector-photo-bench"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def image_sets(profile: Profile) -> tuple[dict[str, list[bytes]], dict[str, str]]:
@@ -153,7 +154,7 @@ def combine(rounds: list[dict]) -> list[dict]:
     for key in dict.fromkeys((r["set"], r["users"]) for r in rounds):
         group = [r for r in rounds if (r["set"], r["users"]) == key]
         latency = {p: statistics.median(r["latency_ms"][p] for r in group if p in r["latency_ms"])
-                   for p in ("p50", "p90", "p99") if any(p in r["latency_ms"] for r in group)}
+                   for p in (f"p{q}" for q in POINTS) if any(p in r["latency_ms"] for r in group)}
         out.append({"set": key[0], "users": key[1], "per_s": statistics.fmean(r["per_s"] for r in group),
                     "latency_ms": latency, "failures": sum(r["failures"] for r in group), "rounds": len(group)})
     return out

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runtime.photo import IMAGE_SUFFIXES
+
 PHONE_12MP = (4032, 3024)
 PHONE_24MP = (6000, 4000)
 # The shipped examples are FFHQ-style 256 px portraits whose face box is about 0.6 of the side.
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face-px", type=int, default=900)
     parser.add_argument("--formats", nargs="+", default=["jpeg"], choices=["jpeg", "heic"])
     args = parser.parse_args(argv)
-    faces = sorted(p for p in args.faces.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    faces = sorted(p for p in args.faces.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     result = write_set(faces, args.out, tuple(args.size), args.face_px, tuple(args.formats))
     for fmt, reason in result["skipped"].items():
         print(f"{fmt}: skipped, {reason}", file=sys.stderr)

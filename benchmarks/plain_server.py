@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 
 from runtime.backends import load_backend
 from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_photo, to_tensor_batch
+from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_metadata
 
 WEIGHTS = Path(os.environ.get("PLAIN_WEIGHTS", "weights/default.safetensors"))
@@ -46,7 +47,7 @@ if THREADS:
 metadata = load_metadata(WEIGHTS)
 model = load_backend(BACKEND, ARTIFACT, torch.device("cpu"), "fp32", threads=THREADS or 1)
 calibration = Calibration.from_metadata(metadata)
-threshold = float(metadata.get("threshold", 0.5))
+threshold = float(metadata.get("threshold", DEFAULT_THRESHOLD))
 settings = PreprocessSettings.from_metadata(metadata)
 preprocessor = FacePreprocessor.from_settings(settings, threads=THREADS or 1)
 app = FastAPI(title="plain deepfake detector (benchmark baseline)")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from benchmarks.model_bench import percentiles
 from benchmarks.profile import Profile, load_profile
+from runtime.photo import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 STAGES = ("decode", "detect", "crop", "total")
 ROOT = Path(__file__).resolve().parents[1]
 

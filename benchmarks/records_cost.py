@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import plt, save_figure  # importing benchmarks.report selects the Agg backend
+from benchmarks.stats import latency_percentiles
 from export.archive import ServingConfig, build_archive, repack
 from handler import records
 from handler.server import ROOT, TorchServe
@@ -61,8 +62,7 @@ def measure(server: TorchServe, model: str, images: list[bytes], users: int, sec
     elapsed = time.monotonic() - started
     ms = np.array(latencies or [np.nan])
     return {"requests": len(latencies), "failures": failures[0], "seconds": round(elapsed, 2),
-            "rps": round(len(latencies) / elapsed, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1)}  # fmt: skip
+            "rps": round(len(latencies) / elapsed, 2), **latency_percentiles(ms, (50, 99), digits=1, suffix="_ms")}  # fmt: skip
 
 
 def recording_cpu(url: str, spool_dir: Path, rows: int = 8_000, batch: int = 4, batches_per_s: float = 100) -> dict:
@@ -98,7 +98,7 @@ def recording_cpu(url: str, spool_dir: Path, rows: int = 8_000, batch: int = 4, 
     total = time.process_time() - cpu - memory_cpu  # the in-memory hand-offs are not the records' cost
     counts = recorder.counts()
     recorder.close()
-    percentiles = lambda seconds: {q: round(float(np.percentile(np.array(seconds) * 1e6, int(q[1:]))), 1) for q in ("p50", "p90", "p99")}  # noqa: E731
+    percentiles = lambda seconds: latency_percentiles(np.array(seconds) * 1e6, digits=1)  # noqa: E731  (microseconds)
     return {"rows": rows, "hot_path_us_per_row": round(hot / rows * 1e6, 1), "total_cpu_us_per_row": round(total / rows * 1e6, 1),
             "written": counts["written"] - 1, "lost": counts["dropped_spool_full"] + counts["dropped_spool_error"],
             "batch": batch, "batches_per_s": batches_per_s, "journal_wall_us": percentiles(walls),

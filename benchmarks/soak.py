@@ -33,6 +33,8 @@ import psutil
 import requests
 from locust.env import Environment
 
+from benchmarks.stats import latency_percentiles
+from runtime.artifacts import MODEL_NAME
 from handler.tsclient import TorchServeClient, TorchServeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=10, help="seconds per timeline point and RSS sample")
     parser.add_argument("--steady", type=float, default=60, help="seconds at each end whose median RSS is compared")
     parser.add_argument("--rss-growth-limit", type=float, default=0.10, help="target: growth below this fraction")
-    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build" / "serve", help="make serve's run folder")
     parser.add_argument("--images", type=Path, default=ROOT / "examples", help="folder of images to post")
     parser.add_argument("--config", type=Path, default=ROOT / "config.properties", help="for a server started here")
@@ -139,9 +141,13 @@ class Timeline:
             "requests": int(len(rows)),
             "failures": int(rows[:, 2].sum()),
             "rps": round(len(rows) / width, 2),
-            "p50_ms": round(float(np.percentile(ok, 50)), 1) if len(ok) else None,
-            "p99_ms": round(float(np.percentile(ok, 99)), 1) if len(ok) else None,
+            **flat_percentiles(ok),
         }
+
+
+def flat_percentiles(ok_ms) -> dict:
+    """``p50_ms`` and ``p99_ms`` of the answered requests, to 0.1 ms; None when none was answered."""
+    return latency_percentiles(ok_ms, (50, 99), digits=1, suffix="_ms") or dict.fromkeys(("p50_ms", "p99_ms"))
 
 
 def soak_user(target: Target, folder: Path, timeout: float) -> type:
@@ -258,7 +264,6 @@ def summarise(args, argv, data: np.ndarray, seconds: float, warmup: np.ndarray, 
         missed.append(f"RSS not measured at both ends: {', '.join(unmeasured) or 'no process'}")
     if worst is not None and worst >= args.rss_growth_limit:
         missed.append(f"RSS growth {worst:+.1%}")
-    percentile = lambda q: round(float(np.percentile(ok, q)), 1) if len(ok) else None  # noqa: E731
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.soak " + " ".join(argv),
@@ -269,8 +274,7 @@ def summarise(args, argv, data: np.ndarray, seconds: float, warmup: np.ndarray, 
         "warmup_failures": warmup_failures,
         "errors": errors,
         "rps": round(len(data) / seconds, 2),
-        "p50_ms": percentile(50),
-        "p99_ms": percentile(99),
+        **flat_percentiles(ok),
         "max_ms": round(float(ok.max()), 1) if len(ok) else None,
         "processes": processes,
         "worst_rss_growth": worst,

@@ -25,31 +25,25 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from benchmarks.photos import phone_photo
 from benchmarks.profile import Profile, load_profile
-from export.archive import DEFAULT_MODEL_NAME, ServingConfig, archive_backend, build_archive, repack
+from benchmarks.stats import latency_percentiles
+from runtime.artifacts import MODEL_NAME
+from runtime.photo import IMAGE_SUFFIXES
+from export.archive import ServingConfig, archive_backend, build_archive, repack
 
 # benchmarks.load is not imported: it patches the standard library for Locust (gevent), and this
 # module measures with plain threads.
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "deepfake-detector-video-bench"
-VIDEO_MODEL = "deepfake-detector-video-bench-videos"  # with separate_video_model
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def percentiles(samples_ms: list[float]) -> dict:
-    if not samples_ms:
-        return {}
-    p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
-    return {"p50": round(float(p50), 1), "p90": round(float(p90), 1), "p99": round(float(p99), 1)}
+MODEL = f"{MODEL_NAME}-video-bench"
+VIDEO_MODEL = f"{MODEL_NAME}-video-bench-videos"  # with separate_video_model
 
 
 def served_archive(store: Path, backend: str) -> Path | None:
     """model_store/deepfake-detector-<backend>.mar, else the served archive when it holds that backend."""
-    named, served = store / f"{DEFAULT_MODEL_NAME}-{backend}.mar", store / f"{DEFAULT_MODEL_NAME}.mar"
+    named, served = store / f"{MODEL_NAME}-{backend}.mar", store / f"{MODEL_NAME}.mar"
     if named.exists():
         return named
     return served if served.exists() and archive_backend(served) == backend else None
@@ -125,7 +119,7 @@ def measure(client, model: str, kinds: dict[str, tuple[list[bytes], int]], warmu
             "users": kinds[kind][1],
             "per_s": round(len(done) / seconds, 2),
             "frames_per_s": round(sum(r[2] for r in done) / seconds, 1) if kind == "video" else None,
-            "latency_ms": percentiles([r[0] for r in done]),
+            "latency_ms": latency_percentiles([r[0] for r in done], digits=1),
             "requests": len(rows),
             "failures": len(rows) - len(done),
         }

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from runtime.artifacts import ARTIFACTS  # file names inside an archive, as the handler looks for them
+from runtime.artifacts import ARTIFACTS, MODEL_NAME  # file names inside an archive, as the handler looks for them
 from runtime.handler_settings import checked_section  # the handler: section's schema, shipped in the archive
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_NAME = "deepfake-detector"
 
 # Code that travels inside the archive: the handler entry point at the root, the handler's worker-side
 # modules, and the whole runtime package. Nothing of training, export or benchmarks.
@@ -234,7 +233,7 @@ def build_archive(
     weights = Path(weights)
     if not weights.is_file() or not weights.with_suffix(".json").is_file():
         raise FileNotFoundError(f"weights and their JSON metadata are needed: {weights}")
-    model_name = model_name or (DEFAULT_MODEL_NAME if backend == "eager" else f"{DEFAULT_MODEL_NAME}-{backend}")
+    model_name = model_name or (MODEL_NAME if backend == "eager" else f"{MODEL_NAME}-{backend}")
     export_path = Path(export_path)
     export_path.mkdir(parents=True, exist_ok=True)
     serving = serving or ServingConfig()

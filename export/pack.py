@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from runtime.artifacts import Artifact
+from runtime.artifacts import MODEL_NAME, Artifact
 from runtime.handler_settings import checked_section
-
-MODEL_NAME = "deepfake-detector"
 
 
 def archive_name(artifact: Artifact) -> str:

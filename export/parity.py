@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from runtime.artifacts import Artifact, read_manifest
 from runtime.backends import load_backend
+from runtime.photo import IMAGE_SUFFIXES
 from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import load_metadata
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_EXAMPLES = Path("examples")
 DEFAULT_IMAGE_COUNT = 8
 
@@ -258,7 +259,7 @@ def run_parity(
 ) -> list[ParityResult]:
     """Check every artifact and write the reports; the eager FP32 model on CPU is the reference."""
     meta = load_metadata(weights)
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
     images, source = parity_images(PreprocessSettings.from_metadata(meta), examples_dir, count)
     log(f"[parity] {source}, threshold {threshold:g}")
     reference = Reference(reference_runner(weights), images)

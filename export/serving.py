@@ -25,7 +25,8 @@ import os
 import sys
 from pathlib import Path
 
-from export.archive import DEFAULT_MODEL_NAME, ServingConfig, build_archive
+from export.archive import ServingConfig, build_archive
+from runtime.artifacts import MODEL_NAME
 from export.cli import main as export_main
 from export.cli import resolve_device
 from runtime.artifacts import artifact_name, read_manifest
@@ -96,7 +97,7 @@ def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto
                                 device_type="gpu" if device == "cuda" else "cpu", batch_range=batch_range,
                                 handler={"threads": threads})
         mar = build_archive(weights, backend=candidate, artifact=artifact, export_path=model_store,
-                            model_name=DEFAULT_MODEL_NAME, serving=serving)
+                            model_name=MODEL_NAME, serving=serving)
         log(f"[serving] {mar}: {candidate} on {device}, {workers} worker(s) x {threads} thread(s)"
             + (" (host rule)" if (workers, threads) == (rule_workers, rule_threads) else " (overridden)"))
         return mar, candidate, workers, threads

@@ -32,6 +32,9 @@ ARTIFACTS = {
 }
 
 MANIFEST_NAME = "manifest.json"
+# The served model's name: TorchServe's model name and the archive's file stem
+# (deepfake-detector.mar; deepfake-detector-<backend>[-fp16].mar for the other built archives).
+MODEL_NAME = "deepfake-detector"
 
 
 def artifact_name(backend: str, precision: str = "fp32") -> str:

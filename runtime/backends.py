@@ -12,14 +12,32 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from runtime.artifacts import ARTIFACTS, INPUT_NAME, OUTPUT_NAME, PRECISIONS
+from runtime.sessions import ort_session
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def exact_fp32(active: bool = True) -> Iterator[None]:
+    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, the flags restored after:
+    a backend's CUDA FP32 calls run in it, so creating or calling a backend changes nothing
+    process-wide. ``active`` False: nothing changes."""
+    if not active:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class Backend:
@@ -35,10 +53,9 @@ class Backend:
             raise ValueError("fp16 artifacts run on CUDA only")
         self.device = device
         self.precision = precision
-        if device.type == "cuda" and precision == "fp32":
-            # FP32 means FP32, as in export and parity: cuDNN convolutions default to TF32
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        # FP32 means FP32 on CUDA, as in export and parity (cuDNN convolutions default to TF32): the
+        # calls run with TF32 off (exact_fp32), and the process-wide flags are left as they were
+        self.exact_fp32 = device.type == "cuda" and precision == "fp32"
 
         # the batch sizes the artifact accepts (AOTInductor and TensorRT refuse others)
         self.min_batch, self.max_batch = 1, None
@@ -52,7 +69,7 @@ class Backend:
         split into chunks the artifact accepts, short chunks padded."""
         step = self.max_batch or max(len(batch), 1)
         logits, kinds = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), exact_fp32(self.exact_fp32):
             for start in range(0, len(batch), step):
                 chunk = batch[start : start + step]
                 rows = len(chunk)
@@ -114,22 +131,18 @@ class TorchScriptBackend(Backend):
 
 
 def onnx_session(path: Path, device: torch.device | str = "cpu", threads: int = 0):
-    """The one onnxruntime session set-up (export checks, parity, serving, benchmarks): the CUDA
-    provider on a CUDA device, with TF32 off so FP32 means FP32; ``threads`` 0 = onnxruntime's default.
+    """The model's onnxruntime session (export checks, parity, serving, benchmarks), set up as every
+    session is (runtime/sessions.py): the CUDA provider on a CUDA device, with TF32 off so FP32 means FP32; ``threads`` 0 = onnxruntime's default.
     Raises when a CUDA device is asked for and this onnxruntime has no CUDA provider."""
     import onnxruntime as ort
 
     device = torch.device(device)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     providers: list = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("onnxruntime has no CUDA provider here; install onnxruntime-gpu to run ONNX on CUDA")
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0, "use_tf32": 0}))
-    return ort.InferenceSession(str(path), options, providers=providers)
+    return ort_session(path, providers, threads)
 
 
 class OnnxBackend(Backend):

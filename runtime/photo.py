@@ -22,6 +22,9 @@ from typing import Callable
 
 from PIL import Image
 
+# File names taken for images wherever a folder is read (training data, parity and benchmark sets).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
 JPEG_SCALES = (8, 4, 2, 1)  # what libjpeg's DCT scaling gives through PIL's draft
 # A resized crop is cut from a view with at least this many view pixels per model input pixel
 # across its window (tests/test_photo.py measures the verdict against the full decode).

@@ -284,17 +284,14 @@ class FaceDetector:
         threads: int = 1,
         providers: list[str] | None = None,
     ):
-        import onnxruntime as ort
         from retinaface.weights import WEIGHTS
+
+        from runtime.sessions import ort_session
 
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(WEIGHTS, options, providers=providers or ["CPUExecutionProvider"])
+        self.session = ort_session(WEIGHTS, providers or ["CPUExecutionProvider"], threads)
 
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
         """One list of faces per image, largest first. Images of about the same size after the

@@ -15,6 +15,8 @@ from statistics import fmean
 STRONG_FAKE = 0.8
 CONFIDENT_SHARE = 0.4
 CONFIDENT_MIN_FRAMES = 3
+# P(fake) at or above which an answer is "fake" until calibration stores another in the weights' metadata
+DEFAULT_THRESHOLD = 0.5
 
 
 def aggregate(probabilities: list[float], has_face: list[bool]) -> tuple[float, str, int]:

@@ -21,6 +21,7 @@ from torch import nn
 from runtime.preprocessing import PreprocessSettings
 
 from runtime.model import model_from_config
+from runtime.verdict import DEFAULT_THRESHOLD
 
 METADATA_VERSION = 1
 
@@ -62,7 +63,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = Non
     meta = {
         "metadata_version": METADATA_VERSION,
         "architecture": model.config.to_dict(),
-        "threshold": 0.5,
+        "threshold": DEFAULT_THRESHOLD,
         "preprocessing": PreprocessSettings(model.config.input_size).to_metadata(),
         "labels": {"0": "real", "1": "fake"},
         **(metadata or {}),

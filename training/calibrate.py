@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from runtime.preprocessing import PreprocessSettings
+from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_weights, metadata_path
 from training.config import resolve_device
 from training.data import CropCache, CropDataset
@@ -42,7 +43,7 @@ def fit_on_validation(val: tuple, test: tuple | None, method: str) -> tuple[Cali
     calibrated validation P(fake) by ``method``, and the metrics of both splits at that threshold
     (with the ROC AUC of each data root when there are several): the one place training and this
     command calibrate."""
-    calibration, threshold, metrics = Calibration(), 0.5, {}
+    calibration, threshold, metrics = Calibration(), DEFAULT_THRESHOLD, {}
     splits = {"val": val, "test": test}
     if val is not None and len(val[1]):
         crops, y, z = val

@@ -13,6 +13,7 @@ import yaml
 
 from runtime.model import build_model
 from runtime.preprocessing import DEFAULT_MARGIN, PreprocessSettings
+from training.data import DEFAULT_SPLIT_FRACTION
 from training.kinds import FAKE_KINDS
 
 
@@ -44,8 +45,8 @@ class TrainConfig:
     seed: int = 0  # initialisation, order and augmentations; and the split, unless split_seed is set
     split_seed: int | None = None  # the train/val/test split alone (so runs of several seeds share one test set)
     train_fraction: float = 1.0  # < 1: train on this share of each class of each root (a learning curve)
-    val_fraction: float = 0.15  # used when the data folder is not already split
-    test_fraction: float = 0.15
+    val_fraction: float = DEFAULT_SPLIT_FRACTION  # used when the data folder is not already split
+    test_fraction: float = DEFAULT_SPLIT_FRACTION
     folds: int = 1  # > 1: stratified K-fold cross-validation over train + val
     margin: float = DEFAULT_MARGIN  # face box growth for the crop (stored for serving)
     crop: str = "resize"  # resize | native: see runtime.preprocessing.PreprocessSettings

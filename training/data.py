@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from runtime.photo import IMAGE_SUFFIXES
 from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_photo
 from training.regions import target_mask
 
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 LABELS = {"real": 0, "fake": 1}
 CLASS_NAMES = {v: k for k, v in LABELS.items()}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 GROUPS_FILE = "groups.csv"  # path,label,group: images of one group are never split apart
 CACHE_VERSION = 3  # bump when the crop procedure changes in a way the settings do not capture
 # Native crops are cached this many times wider than the model input, around the same centre, so
@@ -56,12 +56,15 @@ class Sample:
     label: int  # 0 real, 1 fake
 
 
+DEFAULT_SPLIT_FRACTION = 0.15  # of each class, for validation and again for test, when a folder is not split
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     """How a flat real/fake folder is split; stored in the weights' metadata for reproducibility."""
 
-    val: float = 0.15
-    test: float = 0.15
+    val: float = DEFAULT_SPLIT_FRACTION
+    test: float = DEFAULT_SPLIT_FRACTION
     seed: int = 0
 
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
 from runtime.model import has_kind_head
+from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_weights
 from training.augment import jpeg_recompress
 from training.data import CachedCrop, CropCache, CropDataset
@@ -270,7 +271,7 @@ def evaluate(weights: Path, data, split: str, out_dir: Path, cache_dir: str, thr
     scored = score_roots(model, meta, roots, split, cache_dir, threads, batch_size, device, real_from)
     y, p = pooled_scores(scored)
 
-    threshold = meta.get("threshold", 0.5) if threshold is None else threshold
+    threshold = meta.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
     pooled = with_interval(y, p, threshold, resamples)
     datasets = {name: {**with_interval(s.y, s.p, threshold, resamples), "ece": expected_calibration_error(s.y, s.p)}
                 for name, s in scored.items()}

@@ -14,6 +14,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from runtime.verdict import DEFAULT_THRESHOLD
+
 THRESHOLD_METHODS = ("youden", "eer", "f1")
 
 
@@ -57,7 +59,7 @@ def choose_threshold(y_true, p_fake, method: str = "youden") -> float:
     raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
 
 
-def binary_metrics(y_true, p_fake, threshold: float = 0.5) -> dict:
+def binary_metrics(y_true, p_fake, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Accuracy, precision, recall, F1 at ``threshold``; ROC AUC, AP and EER over all thresholds;
     the confusion matrix as [[TN, FP], [FN, TP]] (rows: true real, true fake)."""
     y_true = np.asarray(y_true).astype(int)

@@ -16,7 +16,7 @@ import torch
 
 from runtime.preprocessing import PreprocessSettings
 from training.config import TrainConfig, preprocess_settings, split_seed
-from training.data import CachedCrop, CropCache, SplitSpec, class_counts, discover_roots, root_name
+from training.data import DEFAULT_SPLIT_FRACTION, CachedCrop, CropCache, SplitSpec, class_counts, discover_roots, root_name
 
 
 def as_roots(data: str | Path | list) -> list[Path]:
@@ -74,7 +74,7 @@ def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[st
 
 def split_spec(meta: dict) -> SplitSpec:
     split = meta.get("data", {}).get("split", {})
-    return SplitSpec(split.get("val", 0.15), split.get("test", 0.15), split.get("seed", 0))
+    return SplitSpec(split.get("val", DEFAULT_SPLIT_FRACTION), split.get("test", DEFAULT_SPLIT_FRACTION), split.get("seed", 0))
 
 
 def split_samples(meta: dict, roots: list[Path], split: str, real_from: dict[str, str] | None = None) -> dict[str, list]:
