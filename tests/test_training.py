@@ -12,6 +12,7 @@ from training.evaluate import main as evaluate_main
 from training.config import TrainConfig
 from training.sampling import prepare_crops
 from training.train import Trainer, train
+from runtime.preprocessing import PreprocessSettings
 from runtime.weights import load_weights
 
 # a tiny variant of the small model so that CPU training takes seconds
@@ -89,6 +90,12 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
     for key in ("scale", "shift"):
         assert refitted["calibration"][key] == pytest.approx(saved["calibration"][key], rel=1e-4, abs=1e-4)
     assert refitted["threshold"] == pytest.approx(saved["threshold"], abs=1e-6)
+
+    # other serving settings for the same weights: written for serving, calibrated on crops made with them
+    served = calibrate(copy, generated, cache_dir=cfg.cache_dir, threads=1, preprocessing={"max_side": 320})
+    _, reloaded = load_weights(copy)
+    assert PreprocessSettings.from_metadata(reloaded).max_side == 320 == served["preprocessing"]["max_side"]
+    assert reloaded["calibration"] == served["calibration"]
 
 
 def test_resume_continues_exactly(generated, tmp_path):

@@ -4,7 +4,9 @@ Training does this itself at the end of a run; this command does it for weights 
 did. Platt scaling is fitted on the validation split recorded in the metadata, the decision threshold
 is chosen again on the calibrated validation probabilities (same method as training), and the
 metadata's ``calibration``, ``threshold`` and validation/test metrics are rewritten. The tensors are
-not touched: rankings, AUCs and decisions stay what they were.
+not touched: rankings, AUCs and decisions stay what they were. ``--preprocessing`` also changes how
+the weights are served (e.g. ``min_face=176``: small faces upsampled), which changes their crops, so
+that is written with the calibration fitted on crops made that way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch.utils.data import DataLoader
 from runtime.preprocessing import PreprocessSettings
 from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_weights, metadata_path
-from training.config import resolve_device
+from training.config import parse_settings, resolve_device, with_preprocessing
 from training.data import CropCache, CropDataset
 from training.metrics import binary_metrics, choose_threshold, fit_platt
 from training.sampling import as_roots, split_samples
@@ -60,10 +62,14 @@ def fit_on_validation(val: tuple, test: tuple | None, method: str) -> tuple[Cali
     return calibration, threshold, metrics
 
 
-def calibrate(weights: Path, data, cache_dir: str = "build/crops", threads: int = 2, device: str = "auto") -> dict:
+def calibrate(weights: Path, data, cache_dir: str = "build/crops", threads: int = 2, device: str = "auto",
+              preprocessing: dict | None = None) -> dict:
+    """With ``preprocessing``, the weights are served with those settings from now on (e.g. ``min_face``),
+    and the calibration and threshold are fitted again on validation crops made with them."""
     torch.set_num_threads(threads)
     device = resolve_device(device)
     model, meta = load_weights(weights, map_location=device)
+    meta = with_preprocessing(meta, preprocessing)
     roots = as_roots(data)
     val = split_logits(model, meta, roots, "val", cache_dir, threads, device)
     test = split_logits(model, meta, roots, "test", cache_dir, threads, device)
@@ -80,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="build/crops")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--preprocessing", nargs="+", default=[], metavar="KEY=YAML",
+                        help="serve the weights with these preprocessing settings from now on (e.g. min_face=176), "
+                             "calibrated again on validation crops made with them")
     args = parser.parse_args(argv)
-    meta = calibrate(args.weights, args.data if len(args.data) > 1 else args.data[0], args.cache_dir, args.threads, args.device)
+    meta = calibrate(args.weights, args.data if len(args.data) > 1 else args.data[0], args.cache_dir, args.threads, args.device,
+                     parse_settings(args.preprocessing))
     fitted = meta["calibration"]
     print(f"P(fake) = sigmoid({fitted['scale']:.4f} * logit + {fitted['shift']:+.4f}); threshold {meta['threshold']:.4f}; "
           f"written to {metadata_path(args.weights)}")

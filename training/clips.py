@@ -35,7 +35,7 @@ from runtime.verdict import aggregate
 from runtime.video import VideoLimits, open_video
 from runtime.weights import Calibration, load_weights
 from training.config import resolve_device
-from training.evaluate import parse_settings, with_preprocessing
+from training.config import parse_settings, with_preprocessing
 from training.metrics import binary_metrics, bootstrap_auc_interval
 from training.sampling import as_roots, split_samples
 

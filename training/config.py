@@ -109,3 +109,20 @@ def model_overrides(config: TrainConfig) -> dict:
 def preprocess_settings(config: TrainConfig) -> PreprocessSettings:
     return PreprocessSettings(build_model(config.size, **config.model).config.input_size, config.margin, config.crop,
                               max_side=config.detector_side, min_face=config.min_face)
+
+
+def with_preprocessing(meta: dict, overrides: dict | None) -> dict:
+    """The weights' metadata as if served with other preprocessing settings (e.g. ``max_side`` 128,
+    the face detector's input, or ``min_face``); crops made with them are cached apart."""
+    if not overrides:
+        return meta
+    settings = PreprocessSettings.from_metadata(meta).to_metadata()
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise SystemExit(f"unknown preprocessing setting(s) {unknown}; known: {sorted(settings)}")
+    return {**meta, "preprocessing": {**settings, **overrides}}
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``KEY=YAML`` items as a dict."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}

@@ -29,7 +29,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -44,7 +43,7 @@ from training.metrics import binary_metrics, bootstrap_auc_interval, calibration
 from training.plots import (plot_confusion, plot_face_size, plot_reliability, plot_robustness, plot_roc_curves,
                             plot_training_curves)
 from training.regions import EDIT_LEVELS, edit_level
-from training.config import resolve_device
+from training.config import parse_settings, resolve_device, with_preprocessing
 from training.kinds import FAKE_KINDS
 from training.sampling import as_roots, split_samples
 from training.scoring import predict
@@ -94,23 +93,6 @@ def score_roots(model, meta: dict, roots: list[Path], split: str, cache_dir: str
         y, z, _ = predict(model, loader, device, desc=f"evaluate {name} {split}")
         scored[name] = Scored(crops, y, Calibration.from_metadata(meta).probability(z))
     return scored
-
-
-def with_preprocessing(meta: dict, overrides: dict | None) -> dict:
-    """The weights' metadata as if served with other preprocessing settings (e.g. ``max_side`` 128,
-    the face detector's input, or ``min_face``); crops made with them are cached apart."""
-    if not overrides:
-        return meta
-    settings = PreprocessSettings.from_metadata(meta).to_metadata()
-    unknown = sorted(set(overrides) - set(settings))
-    if unknown:
-        raise SystemExit(f"unknown preprocessing setting(s) {unknown}; known: {sorted(settings)}")
-    return {**meta, "preprocessing": {**settings, **overrides}}
-
-
-def parse_settings(items: list[str]) -> dict:
-    """``KEY=YAML`` items as a dict."""
-    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
 
 
 def pooled_scores(scored: dict[str, Scored]) -> tuple[np.ndarray, np.ndarray]:
