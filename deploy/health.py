@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+# runtime.artifacts.MODEL_NAME; deploy reaches runtime only through handler and export (tests/test_layers.py)
+from handler.client import MODEL_NAME
 from handler.tsclient import TorchServeClient, probe_image
 from handler.watchdog import DEADLINE_S, verdict_or_reason
 
@@ -18,7 +20,7 @@ from handler.watchdog import DEADLINE_S, verdict_or_reason
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe's inference address")
-    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds")
     args = parser.parse_args(argv)
     reason = verdict_or_reason(TorchServeClient(args.url), args.model, probe_image(), args.deadline)

@@ -5,9 +5,10 @@ and threads laid out from the host.
     python -m export.serving --backend eager --workers 1 --threads 2          # overrides
 
 Backends are tried in order of measured speed for the device (PREFERENCE); each is exported and
-checked against the eager model (``export.cli`` with its parity check), and the first that passes is
-packed as ``model_store/deepfake-detector.mar``. A backend that cannot be built here or fails parity
-is reported and the next one is tried, down to eager, which always works.
+checked against the eager model (``export.library.export_all`` with its parity check), and the first
+that passes is packed as ``model_store/deepfake-detector.mar``. A backend that cannot be built here or
+fails parity is reported and the next one is tried, down to eager, which always works; when none is
+left, ``ExportError``.
 
 Layout rule (``host_layout``), for a host with C usable cores and G GPUs:
 - CPU: C workers x 1 thread. A worker's request path (decode, face detection, crop, model) is one
@@ -26,10 +27,8 @@ import sys
 from pathlib import Path
 
 from export.archive import ServingConfig, build_archive
-from runtime.artifacts import MODEL_NAME
-from export.cli import main as export_main
-from export.cli import resolve_device
-from runtime.artifacts import artifact_name, read_manifest
+from export.library import ExportError, ExportOptions, export_all, resolve_device
+from runtime.artifacts import MODEL_NAME, artifact_name, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Measured order, fastest first (benchmarks/reports: ONNX Runtime beats eager, TorchScript and
@@ -64,12 +63,12 @@ def export_backend(backend: str, weights: Path, out: Path, device: str, log=prin
     """Export one backend with its parity check; the artifact's path when it passed, else None."""
     if backend == "eager":
         return weights
+    options = ExportOptions(weights=weights, formats=(backend,), precisions=("fp32",), device=device, out=out / backend)
     try:
-        code = export_main(["--weights", str(weights), "--formats", backend, "--precision", "fp32", "--device", device,
-                            "--out", str(out / backend)])
-    except SystemExit as exc:  # e.g. "nothing to export": the backend cannot be built on this host
-        code = exc.code or 1
-    if code != 0:
+        ok = export_all(options).ok
+    except ExportError:  # e.g. "nothing to export": the backend cannot be built on this host (logged)
+        ok = False
+    if not ok:
         log(f"[serving] {backend}: export or parity failed on this host (log above); trying the next backend")
         return None
     return out / backend / artifact_name(backend)
@@ -101,7 +100,7 @@ def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto
         log(f"[serving] {mar}: {candidate} on {device}, {workers} worker(s) x {threads} thread(s)"
             + (" (host rule)" if (workers, threads) == (rule_workers, rule_threads) else " (overridden)"))
         return mar, candidate, workers, threads
-    raise SystemExit(f"no backend of {candidates} could be built and verified here")
+    raise ExportError(f"no backend of {candidates} could be built and verified here")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="TorchServe workers (0: host rule)")
     parser.add_argument("--threads", type=int, default=0, help="threads per worker (0: host rule)")
     args = parser.parse_args(argv)
-    build_serving_archive(args.weights, args.model_store, args.backend, args.workers, args.threads)
+    try:
+        build_serving_archive(args.weights, args.model_store, args.backend, args.workers, args.threads)
+    except ExportError as exc:
+        raise SystemExit(str(exc)) from None
     return 0
 
 

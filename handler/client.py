@@ -28,9 +28,12 @@ from pathlib import Path
 import requests
 
 from handler.tsclient import TorchServeClient, read_keys
+from runtime.artifacts import MODEL_NAME
+from runtime.photo import IMAGE_SUFFIXES as PHOTO_SUFFIXES
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
+PHONE_SUFFIXES = {".heic", ".heif", ".avif"}  # decoded by the server (HEIC/HEIF, AVIF), not by runtime.photo
+IMAGE_SUFFIXES = set(PHOTO_SUFFIXES) | PHONE_SUFFIXES
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm"}
 CSV_FIELDS = ["path", "status", "media", "label", "fake_probability", "threshold", "faces", "face_score",
               "frames_sampled", "frames_with_face", "declared", "warning", "error", "latency_ms"]
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="image or video files and/or folders")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference API")
-    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--token", help="inference key (default: $DEEPFAKE_TOKEN or the make-serve key file)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve", help="where make serve keeps key_file.json")
     parser.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight for folders")

@@ -41,7 +41,7 @@ from handler import gradcam, records  # noqa: E402
 from handler.payload import PROBE_HEADER, Request, http_status, image_bytes  # noqa: E402
 from handler.provenance import ProvenanceReader, beside_verdict  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
-from runtime.backends import ARTIFACTS, detect_backend, load_backend  # noqa: E402
+from runtime.backends import ARTIFACTS, detect_backend, exact_fp32, load_backend  # noqa: E402
 from runtime.handler_settings import HandlerSettings  # noqa: E402
 from runtime.preprocessing import (  # noqa: E402
     FacePreprocessor,
@@ -51,6 +51,7 @@ from runtime.preprocessing import (  # noqa: E402
     register_image_formats,
     to_tensor_batch,
 )
+from runtime.verdict import DEFAULT_THRESHOLD  # noqa: E402
 from runtime.video import VideoLimits, is_video, open_video  # noqa: E402
 from runtime.weights import Calibration  # noqa: E402
 
@@ -133,7 +134,7 @@ class DeepfakeHandler(BaseHandler):
 
     def _load_decision(self) -> None:
         """The threshold, the calibration (P(fake) as fitted on validation), the labels and the kinds."""
-        self.threshold = float(self.metadata.get("threshold", 0.5))
+        self.threshold = float(self.metadata.get("threshold", DEFAULT_THRESHOLD))
         self.calibration = Calibration.from_metadata(self.metadata)
         self.labels = {int(k): v for k, v in self.metadata.get("labels", {"0": "real", "1": "fake"}).items()}
         self.kinds = self.metadata.get("kinds")  # the kind head's classes, where the model has one
@@ -283,7 +284,8 @@ class DeepfakeHandler(BaseHandler):
                     # an image's largest face; a video's most suspicious frame
                     row = most_suspicious(request.video, request.probabilities) if request.video is not None else 0
                     crop = tensor[request.rows][row : row + 1].to(self.device, torch.float32)
-                    request.explanation = gradcam.explain(self._explain_model(), crop)
+                    with exact_fp32(self.backend.exact_fp32):  # a CUDA FP32 heatmap without TF32, as the backend's calls
+                        request.explanation = gradcam.explain(self._explain_model(), crop)
                     if request.video is not None:
                         request.explanation["frame_time_s"] = request.video.times[row]
                     else:  # where the crop lies in the image, [x1, y1, x2, y2]: the page lays the map there

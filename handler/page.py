@@ -40,6 +40,7 @@ from handler import records
 from handler.payload import http_status
 from handler.server import ROOT, TorchServe
 from handler.tsclient import TorchServeClient
+from runtime.artifacts import MODEL_NAME
 from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
 from runtime.video import DEFAULT_MAX_BYTES as DEFAULT_MAX_VIDEO_BYTES
 from runtime.video import is_video
@@ -240,7 +241,7 @@ class RecordsDown(RuntimeError):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the upload page for a running TorchServe (make serve).")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve", help="the server's run folder (keys, ports, records)")
-    parser.add_argument("--model", default="deepfake-detector")
+    parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
     if not (args.run_dir / "server.json").exists():

@@ -293,3 +293,23 @@ def test_bad_arguments_are_refused(weights, tmp_path):
         cli.main(["--weights", str(weights), "--formats", "onnx,tflite", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="nothing to export"):
         cli.main(["--weights", str(weights), "--device", "cpu", "--precision", "fp16", "--out", str(tmp_path)])
+
+
+def test_the_library_raises_export_error_and_takes_no_namespace(weights, tmp_path):
+    """export/library.py, which the command and export/serving.py both call: options are a frozen
+    dataclass with the command's defaults, and options that cannot work raise ExportError."""
+    from export.library import ExportError, ExportOptions, command_line, export_all
+
+    assert not issubclass(ExportError, SystemExit)
+    with pytest.raises(ExportError, match="nothing to export"):
+        export_all(ExportOptions(weights=weights, device="cpu", precisions=("fp16",), out=tmp_path), log=lambda _: None)
+    with pytest.raises(ExportError, match="weights not found"):
+        export_all(ExportOptions(weights=tmp_path / "absent.safetensors", out=tmp_path))
+    with pytest.raises(ExportError, match="min-batch"):
+        export_all(ExportOptions(weights=weights, device="cpu", min_batch=8, max_batch=4, out=tmp_path))
+    with pytest.raises(ExportError):
+        ExportOptions(formats=("onnx", "tflite"))
+    assert cli.parse_options([]) == ExportOptions()
+    options = ExportOptions(weights=Path("w.safetensors"), formats=("onnx",), precisions=("fp32",), device="cpu")
+    assert cli.parse_options(command_line(options).split()[3:]) == options
+    assert command_line(options) == "python -m export --weights w.safetensors --formats onnx --precision fp32 --device cpu"
