@@ -44,6 +44,13 @@ class WithKindOutput(nn.Module):
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.forward_with_kinds(rgb)
 
+    # the binary path, for what differentiates the verdict (Grad-CAM)
+    def forward_features(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(rgb)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.model.forward_head(features, pre_logits=pre_logits)
+
 
 def has_kind_head(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "kind_classes", 0))
