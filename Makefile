@@ -32,7 +32,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow and not server"
 
-# Retrains the default weights on the four data roots (CPU: 12 epochs of 6-8 min on one thread, by load; docs/MODEL_CARD.md).
+# Retrains the default weights on the four data roots (CPU: 10 epochs of 2.5-5 min on two threads, by load; docs/MODEL_CARD.md).
 TRAIN_CONFIG ?= configs/train_face.yaml
 train: $(STAMP)
 	$(PY) -m training.train --config $(TRAIN_CONFIG) --data $(DATA) --output $(WEIGHTS)

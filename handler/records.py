@@ -668,3 +668,9 @@ def write_csv(rows: Iterable[dict], out: IO[str]) -> int:
 
 
 # --- the CLI --------------------------------------------------------------------------------------
+
+
+if __name__ == "__main__":  # `python -m handler.records` still works: the CLI is host code, run only here
+    from handler.records_cli import main
+
+    main()

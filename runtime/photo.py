@@ -4,11 +4,11 @@ The face detector looks at no more than ``max_side`` pixels (640 by default) and
 12 MP: decoding all of it and shrinking it again costs more than the rest of a request. A JPEG can be
 decoded at 1/2, 1/4 or 1/8 of its size for little more than its entropy decoding (libjpeg's DCT
 scaling, PIL's ``draft``). So the detector gets the coarsest such decode that still has ``max_side``
-pixels on its longer side, and the model's crop is cut from pixels as fine as it needs: the full
-resolution for a native crop (original pixels are the point of it), and for a resized crop a decode
-that still has ``OVERSAMPLE`` times the model's input across the crop window, so that the final
-bicubic resize, not the DCT scaling, shapes the pixels the model sees. A finer decode is made only
-when a crop asks for it.
+pixels on its longer side, and the model's crop is cut from the full decode, made only when a face
+was found: the crop is then exactly the one the full-decode path gives. (Resized crops used to come
+from a 1/2-1/8 decode with twice the model's input across the window. Their pixels differ from the
+full decode's by one level at most, but that moved the four-kind default's P(fake) by up to 0.038,
+over the 0.02 that tests/test_photo.py allows; three and five times moved it by up to 0.028.)
 
 Coordinates: faces and crop windows are in full-resolution upright pixels everywhere; a view decoded
 at 1/s maps to them by ``s`` and, along an axis that EXIF orientation flips, an offset (libjpeg rounds
@@ -26,9 +26,6 @@ from PIL import Image
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 JPEG_SCALES = (8, 4, 2, 1)  # what libjpeg's DCT scaling gives through PIL's draft
-# A resized crop is cut from a view with at least this many view pixels per model input pixel
-# across its window (tests/test_photo.py measures the verdict against the full decode).
-OVERSAMPLE = 2
 # EXIF orientation -> (upright x runs against the stored axis, upright y does): the flips of the
 # transposition exif_transpose applies
 FLIPS = {2: (True, False), 3: (True, True), 4: (False, True), 6: (True, False), 7: (True, True), 8: (False, True)}
@@ -38,12 +35,6 @@ def detection_scale(size: tuple[int, int], max_side: int) -> int:
     """The coarsest JPEG scale whose decode still has ``max_side`` pixels on the longer side (1 when
     the image is not that large): the detector shrinks to ``max_side`` anyway."""
     return next(s for s in JPEG_SCALES if s == 1 or max(size) / s >= max_side)
-
-
-def crop_scale(window_side: float, input_size: int) -> int:
-    """The coarsest JPEG scale that keeps OVERSAMPLE view pixels per input pixel across a resized
-    crop's window."""
-    return next(s for s in JPEG_SCALES if s == 1 or window_side / s >= OVERSAMPLE * input_size)
 
 
 @dataclass
@@ -96,11 +87,3 @@ class Photo:
             return list(points)
         dx, dy = self._offsets(scale)
         return [(x * scale - dx, y * scale - dy) for x, y in points]
-
-    def from_full(self, box: tuple[float, float, float, float], scale: int) -> tuple[float, float, float, float]:
-        """A full-resolution box -> the same region in the view at 1/``scale``."""
-        if scale == 1:
-            return box
-        dx, dy = self._offsets(scale)
-        x1, y1, x2, y2 = box
-        return ((x1 + dx) / scale, (y1 + dy) / scale, (x2 + dx) / scale, (y2 + dy) / scale)

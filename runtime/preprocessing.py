@@ -22,7 +22,7 @@ import numpy as np
 import pillow_heif
 from PIL import AvifImagePlugin, Image, ImageOps
 
-from runtime.photo import Photo, crop_scale, detection_scale
+from runtime.photo import Photo, detection_scale
 
 # Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused. HEIF is HEIC
 # (pillow-heif's plugin, registered below); AVIF is Pillow's own.
@@ -452,8 +452,7 @@ class FacePreprocessor:
 
     def crop(self, image: Image.Image | Photo, box: tuple[float, float, float, float] | None) -> tuple[Image.Image, tuple]:
         """The model's input for one face (``box`` in full-resolution pixels; None: the centre) and
-        the window it was cut from. Native crops come from the full decode; a resized crop from the
-        coarsest view that keeps OVERSAMPLE pixels per input pixel (runtime/photo.py)."""
+        the window it was cut from, always from the full decode (runtime/photo.py says why)."""
         photo = image if isinstance(image, Photo) else Photo.whole(image)
         if self.is_native(box):
             pixels, _ = photo.view(1)
@@ -467,9 +466,9 @@ class FacePreprocessor:
             size = (self.input_size * self.context,) * 2
             return pixels.crop(window).resize(size, Image.BICUBIC), window
         square = square_box(box, photo.size[0], photo.size[1], self.margin)
-        pixels, scale = photo.view(crop_scale(square[2] - square[0], self.input_size))
+        pixels, _ = photo.view(1)
         size = (self.input_size, self.input_size)
-        return pixels.resize(size, Image.BICUBIC, box=photo.from_full(square, scale), reducing_gap=None), square
+        return pixels.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square
 
     def prepare_many(self, images: list[Image.Image | Photo]) -> list[Prepared]:
         """Detection runs once over all images (batched by size: ``FaceDetector.detect``)."""

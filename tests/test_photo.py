@@ -15,13 +15,15 @@ from PIL import Image
 from skimage import data as skdata
 
 from benchmarks.photos import PHONE_12MP, PHONE_24MP, jpeg_bytes, phone_photo
-from runtime.photo import Photo, crop_scale, detection_scale
+from runtime.photo import Photo, detection_scale
 from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image, decode_photo, to_tensor_batch
 from runtime.weights import Calibration, load_weights
 from test_handler import model_dir  # noqa: F401  (fixture: the session archive, extracted)
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "examples").rglob("*.jpg"))
+# the eight 256 px FFHQ / StyleGAN examples (the others carry their kind in the name): faces the
+# photo set scales to 200-2600 px, so every crop path (native, 1/2, 1/4, 1/8 views) is exercised
+EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*.jpg") if "_" not in p.stem)
 ASTRONAUT_FACE_SHARE = 0.22  # her face box is about 110 of the photo's 512 px
 
 
@@ -82,21 +84,18 @@ def test_the_reduced_decode_finds_the_same_faces(compared):
 
 
 @pytest.mark.slow
-def test_crops_cut_from_reduced_pixels_keep_the_verdict(model, preprocessor, compared):
-    """For the same face box, the crop cut from the view decode_photo chose gives the P(fake) the
-    full decode gives, within 0.02: the resolution the crop is cut from does not change the verdict."""
-    scales = set()
+def test_crops_are_the_full_decodes_crops(model, preprocessor, compared):
+    """For the same face box, the crop from decode_photo is pixel for pixel the full decode's, native
+    or resized, so the verdict cannot move (a reduced decode's one-level differences moved it 0.038)."""
+    resized = 0
     for row in compared:
         for face in row["fast"].faces[:1]:
             crop, window = preprocessor.crop(row["photo"], face.box)
             exact, same_window = preprocessor.crop(row["full"], face.box)
             assert window == same_window
-            assert abs(probability(model, crop) - probability(model, exact)) <= 0.02, row["name"]
-            if not preprocessor.is_native(face.box):
-                scales.add(crop_scale(window[2] - window[0], preprocessor.input_size))
-            else:  # native crops are original pixels, whatever the detector saw
-                assert np.array_equal(np.asarray(crop), np.asarray(exact)), row["name"]
-    assert {2, 4, 8} <= scales  # resized crops were cut from 1/2, 1/4 and 1/8 views
+            assert np.array_equal(np.asarray(crop), np.asarray(exact)), row["name"]
+            resized += not preprocessor.is_native(face.box)
+    assert resized >= len(compared) - 4  # most faces in the set are too large for a native crop
 
 
 @pytest.mark.slow
@@ -137,8 +136,11 @@ def test_views_map_onto_the_upright_full_image(orientation):
     assert scale == 4 and photo.size == full.size
     box = (803.0, 611.0, 1203.0, 1011.0)  # upright full-resolution pixels
 
+    (ox, oy), = photo.to_full([(0.0, 0.0)], scale)  # view pixel (x, y) is full pixel (x * scale + ox, y * scale + oy)
+
     def region(box):
-        return np.asarray(view.resize((100, 100), Image.BILINEAR, box=photo.from_full(box, scale)), dtype=float)
+        in_view = ((box[0] - ox) / scale, (box[1] - oy) / scale, (box[2] - ox) / scale, (box[3] - oy) / scale)
+        return np.asarray(view.resize((100, 100), Image.BILINEAR, box=in_view), dtype=float)
 
     expected = np.asarray(full.resize((100, 100), Image.BILINEAR, box=box), dtype=float)
     assert np.abs(region(box) - expected).mean() < 4.0

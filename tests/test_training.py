@@ -394,6 +394,17 @@ def test_kind_head_learns_from_fakes_beside_a_held_out_root_and_ships(three_kind
         assert kind_logits.shape == (3, len(FAKE_KINDS))
         assert torch.equal(logits, model(x))  # the binary answer is the model's own
 
+    # the evaluation counts how the head names each root's test fakes: every fake once, under its root's kind
+    from training.evaluate import kind_guesses, score_roots
+
+    scored = score_roots(model, meta, list(three_kinds), "test", cfg.cache_dir, 1, 8, torch.device("cpu"))
+    guesses = kind_guesses(model, meta, scored, 8, torch.device("cpu"))
+    assert set(guesses) == {"gan", "edits", "gen"}
+    for root, row in guesses.items():
+        assert row["kind"] == kinds[root]
+        assert row["fakes"] == int(scored[root].y.sum()) == sum(row["guesses"].values())
+        assert list(row["guesses"]) == list(FAKE_KINDS)
+
 
 def test_balance_power_sets_each_roots_share_of_the_draws(generated, tmp_path):
     from pathlib import Path

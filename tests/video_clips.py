@@ -19,7 +19,9 @@ CODECS = {"mp4": ("mp4", "libx264"), "mov": ("mov", "libx264"), "mkv": ("matrosk
 
 
 def example_faces(kind: str = "fake") -> list[Image.Image]:
-    return [Image.open(path).convert("RGB") for path in sorted((EXAMPLES / kind).glob("*.jpg"))]
+    """The four 256 px FFHQ (real) or StyleGAN (fake) examples; the examples of other kinds, which
+    carry their kind in the name, have other sizes."""
+    return [Image.open(path).convert("RGB") for path in sorted((EXAMPLES / kind).glob("*.jpg")) if "_" not in path.stem]
 
 
 def blank_frame(size: tuple[int, int] = (256, 256)) -> Image.Image:
