@@ -82,6 +82,7 @@ def exported(weights, tmp_path_factory):
     return code, log.getvalue(), out
 
 
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_export_command_builds_every_cpu_format_and_passes_parity(exported):
     code, log, out = exported
     assert code == 0, log
@@ -104,6 +105,7 @@ def test_export_command_builds_every_cpu_format_and_passes_parity(exported):
     assert "| onnx-fp32 | `model.onnx` | 7 |" in table and "Overall: PASS" in table
 
 
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_export_says_why_fp16_and_tensorrt_are_skipped_on_cpu(exported):
     _, log, _ = exported
     assert "fp16 skipped: FP16 variants are built only on CUDA" in log
@@ -114,6 +116,7 @@ def test_export_says_why_fp16_and_tensorrt_are_skipped_on_cpu(exported):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_artifact_round_trips_at_an_unseen_batch_size(exported, weights, backend):
     """Loaded back from disk, each artifact matches eager on inputs it never saw, at batch 3, laid
     out channels-last as decoded images are (an AOTInductor package silently misreads that layout
@@ -131,6 +134,7 @@ def test_artifact_round_trips_at_an_unseen_batch_size(exported, weights, backend
     assert (got - want).abs().max() <= 1e-4
 
 
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_onnx_graph_has_no_fft_op_and_runs_in_onnxruntime_at_batch_1_and_7(exported, weights):
     _, _, out = exported
     graph = check_onnx(out / "model.onnx")  # checker, opset >= 18, single file, no FFT op
@@ -175,6 +179,7 @@ def test_fft_ops_are_detected_in_the_graph_and_in_functions(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_parity_loads_each_artifact_with_the_serving_loader(exported, backend):
     """Parity checks what serving runs: the handler's backend class, with the batch range the
     artifact was exported for (an artifact loaded by an exporter-only path could pass parity and still
@@ -189,6 +194,7 @@ def test_parity_loads_each_artifact_with_the_serving_loader(exported, backend):
     assert (runner.min_batch, runner.max_batch) == (artifact.min_batch, artifact.max_batch)
 
 
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_parity_check_fails_a_wrong_artifact_and_exits_non_zero(exported, tmp_path):
     """A TorchScript file from other weights, under the right name, must fail parity and the command."""
     _, _, out = exported
@@ -206,6 +212,7 @@ def test_parity_check_fails_a_wrong_artifact_and_exits_non_zero(exported, tmp_pa
     assert "**FAIL**" in (tmp_path / "parity.md").read_text()
 
 
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_parity_reports_a_missing_artifact_as_a_failure_not_a_crash(exported, tmp_path):
     _, _, out = exported
     _, artifacts = read_manifest(out)
@@ -226,6 +233,7 @@ def test_decisions_inside_the_tolerance_band_are_borderline_not_failures():
     assert not flipped.decisions_match and flipped.mismatched == [0]
 
 
+@pytest.mark.slow  # exports every CPU format (tens of seconds): make test, not make test-fast
 def test_a_kind_head_is_a_second_output_of_every_artifact_and_passes_parity(tmp_path):
     """A face model with a kind-of-fake head: each CPU artifact returns (logits, kind logits), the
     ONNX graph names the second ``kind_logits``, and parity checks the kind probabilities too."""
