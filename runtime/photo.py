@@ -66,15 +66,11 @@ class Photo:
         scale = max(self.views)
         return self.views[scale], scale
 
-    def view(self, finest: int) -> tuple[Image.Image, int]:
-        """The coarsest view at most 1/``finest`` of full size, decoded now if no such view exists."""
-        have = [s for s in self.views if s <= finest]
-        if have:
-            return self.views[max(have)], max(have)
-        if self.decode is None:  # only the full image exists (Photo.whole)
-            return self.views[1], 1
-        self.views[finest] = self.decode(finest)
-        return self.views[finest], finest
+    def full(self) -> Image.Image:
+        """The full-resolution decode, made now if not yet (what every crop is cut from)."""
+        if 1 not in self.views:
+            self.views[1] = self.decode(1)
+        return self.views[1]
 
     def _offsets(self, scale: int) -> tuple[int, int]:
         width, height = self.views[scale].size

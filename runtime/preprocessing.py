@@ -455,7 +455,7 @@ class FacePreprocessor:
         the window it was cut from, always from the full decode (runtime/photo.py says why)."""
         photo = image if isinstance(image, Photo) else Photo.whole(image)
         if self.is_native(box):
-            pixels, _ = photo.view(1)
+            pixels = photo.full()
             side = max(box[2] - box[0], box[3] - box[1])
             if side >= self.min_face:
                 window = native_window(box, self.input_size * self.context)
@@ -466,7 +466,7 @@ class FacePreprocessor:
             size = (self.input_size * self.context,) * 2
             return pixels.crop(window).resize(size, Image.BICUBIC), window
         square = square_box(box, photo.size[0], photo.size[1], self.margin)
-        pixels, _ = photo.view(1)
+        pixels = photo.full()
         size = (self.input_size, self.input_size)
         return pixels.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square
 

@@ -174,7 +174,7 @@ def test_refusals_are_the_same_as_the_full_decode():
 def test_photo_whole_is_the_image_itself():
     image = Image.new("RGB", (64, 48))
     photo = Photo.whole(image)
-    assert photo.preview == (image, 1) and photo.view(4) == (image, 1) and photo.size == (64, 48)
+    assert photo.preview == (image, 1) and photo.full() is image and photo.size == (64, 48)
 
 
 def test_the_handler_decodes_for_the_weights_detector_size(model_dir, tmp_path):
