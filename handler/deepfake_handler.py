@@ -51,13 +51,14 @@ from runtime.preprocessing import (  # noqa: E402
     register_image_formats,
     to_tensor_batch,
 )
-from runtime.verdict import DEFAULT_THRESHOLD  # noqa: E402
+from runtime.verdict import DEFAULT_THRESHOLD, NO_FACE, band  # noqa: E402
 from runtime.video import VideoLimits, is_video, open_video  # noqa: E402
 from runtime.weights import Calibration  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-NO_FACE_WARNING = "no face detected: the verdict is for the centre crop of the image"
+NO_FACE_WARNING = ("no face found: no verdict on a face was made (label and band no_face); fake_probability is the "
+                   "model's score of the image's centre crop, which is not a face")
 KIND_NOTE = ("the model's guess of which kind of fake this looks like, from the four kinds it was trained on; "
              "not evidence of how the image was made")
 
@@ -138,6 +139,7 @@ class DeepfakeHandler(BaseHandler):
         self.calibration = Calibration.from_metadata(self.metadata)
         self.labels = {int(k): v for k, v in self.metadata.get("labels", {"0": "real", "1": "fake"}).items()}
         self.kinds = self.metadata.get("kinds")  # the kind head's classes, where the model has one
+        self.bands = self.metadata.get("bands")  # the uncertain band's cut-offs, set on validation
 
     def _load_model_info(self, context) -> None:
         self.manifest = context.manifest or {}
@@ -303,6 +305,10 @@ class DeepfakeHandler(BaseHandler):
             else:
                 answer = self._verdict(request)
                 kind_rows = request.kind_probabilities[:1]  # the largest face, whose verdict it is
+            face_found = bool(request.video.frames_with_face if request.video is not None else request.prepared.faces)
+            answer["band"] = band(answer["fake_probability"], self.bands, face_found)
+            if not face_found:  # a verdict is about a face: without one, none is made
+                answer["label"] = NO_FACE
             if answer["label"] == self.labels[1] and kind_rows:
                 answer["kind"] = self._kind(kind_rows)
             if request.provenance is not None:  # beside the verdict, which it never changes

@@ -485,7 +485,7 @@ def beside_verdict(provenance: dict, label: str, probability: float, threshold: 
     the declaration expects nothing of the pixels) and, on disagreement, a ``note`` saying so. The
     verdict itself is never changed."""
     declared = provenance.get("declared", "none")
-    expected = EXPECTED_LABEL.get(declared)
+    expected = EXPECTED_LABEL.get(declared) if label in EXPECTED_LABEL.values() else None  # no face: no verdict to agree with
     result = {"declared": declared, "agrees_with_model": None if expected is None else expected == label}
     if expected is not None and expected != label:
         result["note"] = (f"the file declares {WORDS[declared]}, the model calls it {label} (P(fake) {probability:.3f} "

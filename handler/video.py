@@ -18,7 +18,8 @@ from runtime.verdict import STRONG_FAKE, aggregate
 from runtime.video import Clip
 
 FRAME_CHUNK = 8  # frames per face-detector call: only this many full frames are held at a time
-NO_FACE_WARNING = "no face detected in any sampled frame: the verdict is the mean over the frames' centre crops"
+NO_FACE_WARNING = ("no face found in any sampled frame: no verdict on a face was made (label and band no_face); "
+                   "fake_probability is the mean score of the frames' centre crops")
 
 
 @dataclass

@@ -19,6 +19,26 @@ CONFIDENT_MIN_FRAMES = 3
 DEFAULT_THRESHOLD = 0.5
 
 
+BANDS = ("likely_real", "uncertain", "likely_fake")
+NO_FACE = "no_face"  # the band (and label) of an answer in which no face was found: no verdict on a face
+
+
+def band(probability: float, cutoffs: dict | None, face_found: bool = True) -> str:
+    """Which verdicts a reviewer should check first: ``likely_real`` below the weights'
+    ``likely_real_below``, ``likely_fake`` from ``likely_fake_from`` (both set on validation for a
+    precision, ``training.metrics.band_cutoffs``), ``uncertain`` between them or when the weights
+    carry no cut-offs, and ``no_face`` when no face was found."""
+    if not face_found:
+        return NO_FACE
+    if not cutoffs:
+        return "uncertain"
+    if probability >= cutoffs["likely_fake_from"]:
+        return "likely_fake"
+    if probability < cutoffs["likely_real_below"]:
+        return "likely_real"
+    return "uncertain"
+
+
 def aggregate(probabilities: list[float], has_face: list[bool]) -> tuple[float, str, int]:
     """(P(fake) of the clip, the rule that decided it, how many frames were strongly fake), over the
     frames with a face, or over every frame when none has one."""

@@ -181,11 +181,13 @@ def test_self_blended_fake():
 
 
 def test_sbi_turns_real_into_fake_only():
+    from training.forgery import Forger
+
+    forger = Forger.from_augment(AugmentConfig(sbi=1.0))
+    assert forger.choose(0) == "sbi" and forger.choose(1) is None
+    assert Forger.from_augment(AugmentConfig(sbi=0.0)) is None
     image = Image.new("RGB", (64, 64), (100, 120, 140))
-    augment = Augment(AugmentConfig(sbi=1.0))
-    assert augment(image, 0)[1] == 1
-    assert augment(image, 1)[1] == 1
-    assert Augment(AugmentConfig(sbi=0.0))(image, 0)[1] == 0
+    assert forger.after_view("sbi", image).size == image.size
 
 
 def test_dataset_report(image_folder, tmp_path):

@@ -93,6 +93,11 @@ def test_one_batch_mixed_encodings_and_errors(handler, model_dir, astronaut_jpeg
     assert answers[3]["fake_probability"] == pytest.approx(answers[0]["fake_probability"], abs=1e-5)
     assert answers[4]["fake_probability"] == pytest.approx(answers[0]["fake_probability"], abs=1e-5)
     assert answers[0]["face"] is not None and answers[2]["face"] is None and "warning" in answers[2]
+    # a face gets a band from the weights' validation cut-offs; no face, no verdict on one
+    from runtime.verdict import band
+
+    assert answers[0]["band"] == band(answers[0]["fake_probability"], handler.bands) != "no_face"
+    assert answers[2]["label"] == answers[2]["band"] == "no_face"
     assert all(a["batch_size"] == 5 for i, a in enumerate(answers) if i != 1)
     # one forward pass for the whole batch: 3 astronaut faces (at least) + 1 centre crop
     assert context.metric("DeepfakeBatchSize") == [5]

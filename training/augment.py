@@ -1,4 +1,4 @@
-"""Training augmentations on face crops, including self-blended fakes (SBI).
+"""Training augmentations on face crops, and the self-blended fake (SBI) that ``training.forgery`` draws.
 
 All randomness comes from torch's global generator, which the trainer reseeds at every epoch, so a
 run (and a resumed run) sees exactly the same augmented images.
@@ -20,7 +20,6 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.transforms import ColorJitter, RandomResizedCrop
 
-from training.regions import UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -43,12 +42,20 @@ class AugmentConfig:
     zoom_out: float = 0.0
     zoom_out_factor: tuple[float, float] = (0.5, 1.0)
     shift: int = 0
-    sbi: float = 0.0  # probability that a real face becomes a self-blended fake
+    noise: float = 0.0  # probability of Gaussian sensor-like noise
+    noise_sigma: tuple[float, float] = (1.0, 4.0)  # its standard deviation, in 8-bit levels
+    # self-made fakes (training.forgery): the probability that a drawn real face becomes each
+    sbi: float = 0.0  # a self-blended fake (face swaps)
+    simulator: float = 0.0  # the face redrawn by a generator's upsampling layers (GANs, diffusion)
+    region_blend: float = 0.0  # an eye, the nose or the mouth pasted in (hand edits)
+    # a control for the simulator: its fakes replaced by blurred ("blur") or down-up resized
+    # ("resize") reals, to tell an upsampling artefact learned from plain smoothness
+    forgery_control: str = ""
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "AugmentConfig":
         data = dict(data or {})
-        for key in ("crop_scale", "blur_sigma", "jpeg_quality", "downscale_factor", "zoom_out_factor"):
+        for key in ("crop_scale", "blur_sigma", "jpeg_quality", "downscale_factor", "zoom_out_factor", "noise_sigma"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -68,6 +75,11 @@ def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
     buffer.seek(0)
     with Image.open(buffer) as f:
         return f.convert("RGB")
+
+
+def add_noise(image: Image.Image, sigma: float) -> Image.Image:
+    noise = torch.randn(image.height, image.width, 3).numpy() * sigma
+    return Image.fromarray(np.clip(np.asarray(image, np.float32) + noise + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
 def _soft_face_mask(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -147,12 +159,10 @@ class Augment:
 
     def __call__(self, image: Image.Image, label: int, mask: Image.Image | None = None):
         """(crop, label) -> (crop, label); with a dense-target ``mask``, (crop, label, mask), the mask
-        moved with every geometric change (colour and quality changes leave it as it is)."""
+        moved with every geometric change (colour and quality changes leave it as it is). Real and
+        fake, downloaded or self-made (``training.forgery``, before this), take the same chain, so
+        the processing says nothing about the class."""
         c = self.config
-        if label == 0 and _chance(c.sbi):
-            image, label = self_blend(image, int(torch.randint(0, 2**31 - 1, ()).item())), 1
-            if mask is not None:  # where the blend shows is not tracked: nothing known per region
-                mask = Image.new("L", mask.size, UNKNOWN)
         size = image.size
         if c.crop_scale[0] < 1.0:
             top, left, h, w = RandomResizedCrop.get_params(image, scale=list(c.crop_scale), ratio=[0.9, 1.1])
@@ -171,6 +181,8 @@ class Augment:
             image = image.resize(small, Image.BICUBIC, reducing_gap=None).resize(size, Image.BICUBIC)
         if _chance(c.blur):
             image = image.filter(ImageFilter.GaussianBlur(_uniform(*c.blur_sigma)))
+        if _chance(c.noise):
+            image = add_noise(image, _uniform(*c.noise_sigma))
         if _chance(c.jpeg):
             image = jpeg_recompress(image, round(_uniform(*c.jpeg_quality)))
         return (image, label) if mask is None else (image, label, mask)

@@ -24,7 +24,7 @@ from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_weights, metadata_path
 from training.config import parse_settings, resolve_device, with_preprocessing
 from training.data import CropCache, CropDataset
-from training.metrics import binary_metrics, choose_threshold, fit_platt
+from training.metrics import band_cutoffs, band_shares, binary_metrics, choose_threshold, fit_platt
 from training.sampling import as_roots, split_samples
 from training.scoring import dataset_names, per_dataset_auc, predict
 
@@ -43,20 +43,23 @@ def split_logits(model, meta: dict, roots: list[Path], split: str, cache_dir: st
 def fit_on_validation(val: tuple, test: tuple | None, method: str) -> tuple[Calibration, float, dict]:
     """Platt scaling fitted on the validation (crops, labels, logits), the threshold chosen on the
     calibrated validation P(fake) by ``method``, and the metrics of both splits at that threshold
-    (with the ROC AUC of each data root when there are several): the one place training and this
-    command calibrate."""
+    (with the ROC AUC of each data root when there are several), the uncertain band's cut-offs in
+    ``metrics["bands"]``: the one place training and this command calibrate."""
     calibration, threshold, metrics = Calibration(), DEFAULT_THRESHOLD, {}
     splits = {"val": val, "test": test}
-    if val is not None and len(val[1]):
+    if val is not None and len(set(val[1].tolist())) == 2:  # a zero-shot run validates on reals alone
         crops, y, z = val
         calibration = Calibration(*fit_platt(z, y))
         threshold = choose_threshold(y, calibration.probability(z), method)
+        metrics["bands"] = band_cutoffs(y, calibration.probability(z), threshold)
     for name, scored in splits.items():
-        if scored is None or not len(scored[1]):
+        if scored is None or len(set(scored[1].tolist())) < 2:
             continue
         crops, y, z = scored
         p = calibration.probability(z)
         metrics[name] = binary_metrics(y, p, threshold)
+        if "bands" in metrics:
+            metrics[name]["bands"] = band_shares(y, p, metrics["bands"])
         if len(dataset_names(crops)) > 1:
             metrics[name]["per_dataset_auc"] = per_dataset_auc(crops, y, p)
     return calibration, threshold, metrics
@@ -74,7 +77,8 @@ def calibrate(weights: Path, data, cache_dir: str = "build/crops", threads: int 
     val = split_logits(model, meta, roots, "val", cache_dir, threads, device)
     test = split_logits(model, meta, roots, "test", cache_dir, threads, device)
     calibration, threshold, fitted = fit_on_validation(val, test, meta.get("threshold_method", "youden"))
-    meta.update(calibration=calibration.to_metadata(), threshold=threshold, metrics={**meta.get("metrics", {}), **fitted})
+    meta.update(calibration=calibration.to_metadata(), threshold=threshold, bands=fitted.pop("bands", None),
+                metrics={**meta.get("metrics", {}), **fitted})
     metadata_path(weights).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 

@@ -39,8 +39,14 @@ class TrainConfig:
     real_from: dict = field(default_factory=dict)  # fake-only root -> the root whose real images it pairs with
     kinds: dict = field(default_factory=dict)  # data root -> kind of fake (training.kinds.FAKE_KINDS)
     kind_loss: float = 0.0  # > 0: weight of the kind-of-fake head's loss (the head ships with the model)
-    holdout: str = ""  # a data root kept out of training and validation, scored on test only: the
+    holdout: str | list = ""  # data root(s) kept out of training and validation, scored on test only: the
     #                    leave-one-kind-out estimate (its real images still serve a root that pairs with them)
+    holdout_reals: bool = False  # keep the held-out roots' reals: only their downloaded fakes are left out
+    pool_reals: bool = False  # reals and fakes drawn as two pools (training.sampling.draw_weights), each real once
+    real_share: float = 0.5  # with pool_reals: the share of draws that are reals (self-made fakes come from them)
+    draws_per_epoch: int = 0  # > 0: images drawn per epoch (with replacement), else as many as training images
+    self_made_epochs: float = 0.0  # curriculum: the first epochs draw no downloaded fake, only reals (and their forgeries)
+    simulator: dict = field(default_factory=dict)  # training.simulator.build_bank options: styles, width, steps
     patience: int = 5  # epochs without a better val AUC before stopping
     seed: int = 0  # initialisation, order and augmentations; and the split, unless split_seed is set
     split_seed: int | None = None  # the train/val/test split alone (so runs of several seeds share one test set)

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from runtime.photo import IMAGE_SUFFIXES
 from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_photo
-from training.regions import target_mask
+from training.forgery import blend_target, context_points
+from training.regions import UNKNOWN, target_mask
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +294,16 @@ def centre_view(image: Image.Image, size: int, mask: Image.Image | None = None):
 
 class CropDataset(Dataset):
     """Cached crops -> (image tensor, label). ``view`` cuts a context crop to the input size (the
-    centre by default); ``transform`` maps (PIL crop, label) -> (PIL crop, label), so augmentations
-    such as self-blending may turn a real face into a fake one. With ``kind_of`` (item, label after
-    the transform) -> class, a third item: the kind-of-fake target (``training.kinds``). With
-    ``dense_targets``, a third item instead: the crop's dense target (``training.regions``), a
-    uint8 (S, S) tensor moved with the pixels."""
+    centre by default); ``transform`` maps (PIL crop, label) -> (PIL crop, label). ``forger``
+    (``training.forgery.Forger``) may first turn a real face into a self-made fake (label 1), with
+    another real crop of the set as the donor of a region blend. With ``kind_of`` (item, label,
+    forgery name or None) -> class, a third item: the kind-of-fake target (``training.kinds``). With
+    ``dense_targets``, a third item instead: the crop's dense target (``training.regions``), a uint8
+    (S, S) tensor moved with the pixels."""
 
     def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None, view: Callable | None = None,
-                 dense_targets: bool = False, kind_of: Callable[[CachedCrop, int], int] | None = None):
+                 dense_targets: bool = False, kind_of: Callable[[CachedCrop, int, str | None], int] | None = None,
+                 forger=None):
         if dense_targets and kind_of is not None:
             raise ValueError("a dataset gives dense targets or kind targets, not both")
         self.items = list(items)
@@ -308,6 +311,9 @@ class CropDataset(Dataset):
         self.view = view or centre_view
         self.dense_targets = dense_targets
         self.kind_of = kind_of
+        self.forger = forger
+        # donors for region blends: real crops with their five landmarks
+        self.donors = [i for i, item in enumerate(self.items) if item.label == 0 and len(item.landmarks) == 5] if forger else []
 
     def __len__(self) -> int:
         return len(self.items)
@@ -316,23 +322,54 @@ class CropDataset(Dataset):
     def labels(self) -> np.ndarray:
         return np.array([item.label for item in self.items], dtype=np.int64)
 
+    def _forge_context(self, item: CachedCrop, image: Image.Image):
+        """(forgery name or None, context crop, blend mask or None) for one drawn item."""
+        if self.forger is None:
+            return None, image, None
+        forgery = self.forger.choose(item.label)
+        if forgery == "region" and (len(item.landmarks) != 5 or item.window is None):
+            forgery = "sbi"  # no landmarks to place a region on: blend the whole face instead
+        if forgery != "region":
+            return forgery, image, None
+        donor = None
+        if self.donors:
+            other = self.items[self.donors[int(torch.randint(len(self.donors), ()).item())]]
+            with Image.open(other.crop) as f:
+                donor_image = f.convert("RGB")
+            donor = donor_image, context_points(other.window, other.landmarks, donor_image.width)
+        image, blend = self.forger.before_view(forgery, image, context_points(item.window, item.landmarks, image.width), donor)
+        return forgery, image, blend
+
     def __getitem__(self, index: int):
         item = self.items[index]
         with Image.open(item.crop) as f:
             image = f.convert("RGB")
-        label = item.label
+        forgery, image, blend = self._forge_context(item, image)
+        label = 1 if forgery else item.label
         if not self.dense_targets:
             if item.input_size and image.width != item.input_size:
                 image = self.view(image, item.input_size)
+            if forgery:
+                image = self.forger.after_view(forgery, image)
             if self.transform is not None:
                 image, label = self.transform(image, label)
             sample = pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)
-            return sample if self.kind_of is None else (*sample, torch.tensor(self.kind_of(item, label)))
+            return sample if self.kind_of is None else (*sample, torch.tensor(self.kind_of(item, label, forgery)))
 
-        mask = target_mask(item, image.width)
+        mask = self._dense_target(item, image.width, forgery, blend)
         if item.input_size and image.width != item.input_size:
             image, mask = self.view(image, item.input_size, mask)
+        if forgery:
+            image = self.forger.after_view(forgery, image)
         if self.transform is not None:
             image, label, mask = self.transform(image, label, mask)
         return (pil_to_tensor(image), torch.tensor(label, dtype=torch.float32),
                 torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy()))
+
+    @staticmethod
+    def _dense_target(item: CachedCrop, side: int, forgery: str | None, blend) -> Image.Image:
+        if forgery is None:
+            return target_mask(item, side)
+        if blend is not None:  # a region blend knows where it pasted
+            return blend_target(blend)
+        return Image.new("L", (side, side), UNKNOWN)  # where a whole-face forgery shows is not tracked

@@ -15,6 +15,9 @@ from torch import nn
 
 FAKE_KINDS = ("gan", "diffusion", "face_swap", "hand_edit")
 SELF_BLENDED_KIND = "face_swap"
+# the kind each self-made fake (training.forgery) imitates; the simulator imitates GANs and latent
+# diffusion alike, so its fakes teach the kind head nothing
+FORGERY_KINDS = {"sbi": SELF_BLENDED_KIND, "region": "hand_edit", "simulator": None}
 NO_KIND = -1  # real images, and fakes from a root with no kind: ignored by the kind loss
 
 
@@ -48,11 +51,13 @@ def kind_loss(kind_logits: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(kind_logits[known].float(), kinds[known])
 
 
-def kind_target(kinds: dict[str, str], dataset: str, original_label: int, label: int) -> int:
-    """The kind class of one training image after augmentation: none for a real face, a face swap
-    for a real face the augmentation self-blended into a fake, else its root's kind."""
+def kind_target(kinds: dict[str, str], dataset: str, original_label: int, label: int, forgery: str | None = None) -> int:
+    """The kind class of one training image after augmentation: none for a real face, the kind a
+    self-made fake imitates (``training.forgery.FORGERY_KIND``; a face swap for a self-blend), else
+    its root's kind."""
     if label == 0:
         return NO_KIND
     if original_label == 0:
-        return FAKE_KINDS.index(SELF_BLENDED_KIND)
+        kind = FORGERY_KINDS.get(forgery or "sbi")
+        return NO_KIND if kind is None else FAKE_KINDS.index(kind)
     return kind_index(kinds, dataset)

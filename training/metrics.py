@@ -59,6 +59,44 @@ def choose_threshold(y_true, p_fake, method: str = "youden") -> float:
     raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
 
 
+def band_cutoffs(y_true, p_fake, threshold: float, precision: float = 0.95) -> dict:
+    """The uncertain band around ``threshold``: the lowest P(fake) from which every higher cut-off
+    keeps ``precision`` among the images called fake (``likely_fake_from``), and the highest below
+    which every lower cut-off keeps it among the images called real (``likely_real_below``). Where
+    no cut-off reaches it, that side is empty (1.0 above, 0.0 below). Precision depends on how
+    common fakes are; this is the validation split's mix (about half fake)."""
+    y_true, p_fake = np.asarray(y_true).astype(int), np.asarray(p_fake, dtype=np.float64)
+    order = np.argsort(-p_fake, kind="stable")
+    y_sorted, p_sorted = y_true[order], p_fake[order]
+    # precision of "fake" for a cut-off at each sorted score (images at or above it)
+    fake_precision = np.cumsum(y_sorted) / np.arange(1, len(y_sorted) + 1)
+    # the running minimum from the top: the cut-off holds the precision there and at every higher one
+    holds = np.minimum.accumulate(fake_precision) >= precision
+    fake_from = 1.0
+    if holds.any():
+        last = int(np.nonzero(holds)[0].max())
+        fake_from = max(float(p_sorted[last]), threshold)
+    # precision of "real" for a cut-off just above each score, from the bottom up
+    rev_y, rev_p = y_sorted[::-1], p_sorted[::-1]
+    real_precision = np.cumsum(1 - rev_y) / np.arange(1, len(rev_y) + 1)
+    holds = np.minimum.accumulate(real_precision) >= precision
+    real_below = 0.0
+    if holds.any():
+        last = int(np.nonzero(holds)[0].max())
+        above = rev_p[last + 1] if last + 1 < len(rev_p) else 1.0
+        real_below = min(float((rev_p[last] + above) / 2), threshold)
+    return {"likely_real_below": real_below, "likely_fake_from": fake_from, "precision": precision}
+
+
+def band_shares(y_true, p_fake, cutoffs: dict) -> dict:
+    """Per band: its share of the images and the share of fakes in it (what a reviewer meets)."""
+    y_true, p_fake = np.asarray(y_true).astype(int), np.asarray(p_fake, dtype=np.float64)
+    masks = {"likely_real": p_fake < cutoffs["likely_real_below"], "likely_fake": p_fake >= cutoffs["likely_fake_from"]}
+    masks["uncertain"] = ~(masks["likely_real"] | masks["likely_fake"])
+    return {name: {"share": float(m.mean()) if len(m) else 0.0, "fake_share": float(y_true[m].mean()) if m.any() else None}
+            for name, m in masks.items()}
+
+
 def binary_metrics(y_true, p_fake, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Accuracy, precision, recall, F1 at ``threshold``; ROC AUC, AP and EER over all thresholds;
     the confusion matrix as [[TN, FP], [FN, TP]] (rows: true real, true fake)."""

@@ -33,12 +33,48 @@ def subsample(crops: list[CachedCrop], fraction: float, seed: int) -> list[Cache
     return [c for i, c in enumerate(crops) if i in keep]
 
 
-def draw_weights(items: list[CachedCrop], power: float) -> torch.Tensor:
+def draw_weights(items: list[CachedCrop], power: float, pool_reals: bool = False, real_share: float = 0.5,
+                 downloaded_fakes: bool = True) -> torch.Tensor:
     """Per image, a weight such that a root's share of the draws is proportional to its number of
-    images ** ``power``: 0 gives every root the same share, 1 draws images uniformly."""
-    names = [item.dataset for item in items]
-    counts = {name: names.count(name) for name in set(names)}
-    return torch.tensor([counts[name] ** (power - 1.0) for name in names], dtype=torch.float64)
+    images ** ``power``: 0 gives every root the same share, 1 draws images uniformly.
+
+    ``pool_reals``: real and fake images are two pools instead, reals drawn ``real_share`` of the time;
+    inside each pool a root's share goes by its count ** ``power``. Every kind of fake then meets the
+    reals of every source, not mainly the reals of its own. ``downloaded_fakes`` False gives the
+    fakes weight 0 (a run's self-made fakes come from its reals: ``training.forgery``)."""
+    if not pool_reals:
+        names = [item.dataset for item in items]
+        counts = {name: names.count(name) for name in set(names)}
+        weights = [counts[name] ** (power - 1.0) * (1.0 if downloaded_fakes or item.label == 0 else 0.0)
+                   for name, item in zip(names, items)]
+        return torch.tensor(weights, dtype=torch.float64)
+    groups = [(item.label, item.dataset) for item in items]
+    counts = {group: groups.count(group) for group in set(groups)}
+    has_fakes = downloaded_fakes and any(label == 1 for label, _ in counts)
+    pool_share = {0: real_share if has_fakes else 1.0, 1: (1.0 - real_share) if has_fakes else 0.0}
+    totals = {label: sum(n**power for (l, _), n in counts.items() if l == label) for label in (0, 1)}
+    share = {group: pool_share[group[0]] * n**power / totals[group[0]] for group, n in counts.items()}
+    return torch.tensor([share[group] / counts[group] for group in groups], dtype=torch.float64)
+
+
+def held_out_roots(config: TrainConfig) -> list[str]:
+    return [config.holdout] if isinstance(config.holdout, str) and config.holdout else list(config.holdout or [])
+
+
+def hold_out(crops: list[CachedCrop], roots: list[str], keep_reals: bool) -> list[CachedCrop]:
+    """``crops`` without the held-out roots' images (or, with ``keep_reals``, without their fakes alone)."""
+    return [c for c in crops if c.dataset not in roots or (keep_reals and c.label == 0)]
+
+
+def unique_reals(crops: list[CachedCrop]) -> list[CachedCrop]:
+    """Each real crop once: a fake-only root paired with a donor's reals repeats them."""
+    seen, out = set(), []
+    for c in crops:
+        if c.label == 0 and c.crop in seen:
+            continue
+        seen.add(c.crop) if c.label == 0 else None
+        out.append(c)
+    return out
 
 
 def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[str, list[CachedCrop]], list, PreprocessSettings]:
@@ -56,12 +92,19 @@ def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[st
             counts = class_counts(prepared)
             no_face = sum(1 for c in prepared if not c.face_found)
             print(f"{root} {name}: {counts['real']} real, {counts['fake']} fake ({no_face} without a detected face)")
-    if config.holdout:
-        if config.holdout not in {c.dataset for c in crops["test"]}:
-            raise ValueError(f"holdout {config.holdout!r} is not one of the data roots")
+    # the whole training split, before anything is held out or subsampled: what the run's simulator
+    # of generator artefacts learns from, so runs that differ only in those share one simulator
+    crops["train_whole"] = list(crops["train"])
+    held = held_out_roots(config)
+    if held:
+        unknown = sorted(set(held) - {c.dataset for c in crops["test"]})
+        if unknown:
+            raise ValueError(f"holdout {unknown} is not one of the data roots")
         for name in ("train", "val"):
-            crops[name] = [c for c in crops[name] if c.dataset != config.holdout]
-        print(f"holding out {config.holdout}: test only")
+            crops[name] = hold_out(crops[name], held, config.holdout_reals)
+        print(f"holding out {held}: " + ("their downloaded fakes are test only" if config.holdout_reals else "test only"))
+    if config.pool_reals:
+        crops["train"] = unique_reals(crops["train"])
     if config.train_fraction < 1:
         crops["train"] = subsample(crops["train"], config.train_fraction, split_seed(config))
         print(f"training on {len(crops['train'])} images ({config.train_fraction:.0%} of each class of each root)")

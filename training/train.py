@@ -39,12 +39,14 @@ from training.calibrate import fit_on_validation
 from training.checkpoints import RunFolder
 from training.config import TrainConfig, model_overrides, preprocess_settings, resolve_device, split_seed, with_settings
 from training.data import CachedCrop, CropDataset, class_counts
+from training.forgery import Forger, simulator_folder
 from training.kinds import FAKE_KINDS, WithKinds, kind_loss, kind_target
 from training.metrics import binary_metrics, choose_threshold
 from training.optim import optimizer_and_schedule
 from training.regions import DenseHead, WithRegionHead, dense_loss
 from training.sampling import as_roots, draw_weights, prepare_crops
 from training.scoring import auc_or_nan, dataset_names, per_dataset_auc, predict
+from training.simulator import SimulatorBank
 
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_auc", "val_accuracy", "seconds"]
 # with several data roots, the log also has val_auc_<dataset> columns and val_auc is their mean
@@ -59,7 +61,8 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """One model trained on one train/val split, checkpointed in ``out_dir``."""
 
-    def __init__(self, config: TrainConfig, train: list[CachedCrop], val: list[CachedCrop], out_dir: Path, seed: int):
+    def __init__(self, config: TrainConfig, train: list[CachedCrop], val: list[CachedCrop], out_dir: Path, seed: int,
+                 simulator_reals: list[CachedCrop] | None = None):
         self.config = config
         self.seed = seed
         self.run = RunFolder(out_dir)
@@ -74,8 +77,9 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
 
         augment = Augment(AugmentConfig.from_dict(config.augment))
-        kind_of = (lambda item, label: kind_target(config.kinds, item.dataset, item.label, label)) if config.kind_loss > 0 else None
-        self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0, kind_of=kind_of)
+        kind_of = (lambda item, label, forgery: kind_target(config.kinds, item.dataset, item.label, label, forgery)) if config.kind_loss > 0 else None
+        self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0, kind_of=kind_of,
+                                     forger=make_forger(config, augment.config, simulator_reals or train))
         self.val_set = CropDataset(val)
         if len(self.train_set) == 0:
             raise ValueError("no training images")
@@ -102,7 +106,8 @@ class Trainer:
         self.log_fields = LOG_FIELDS + ([f"val_auc_{name}" for name in self.datasets] if len(self.datasets) > 1 else [])
         # a last batch of one image breaks batch norm in training mode: training drops the incomplete one
         self.drop_last = len(self.train_set) > config.batch_size
-        self.steps_per_epoch = len(self.train_set) // config.batch_size if self.drop_last else 1
+        self.draws = config.draws_per_epoch or len(self.train_set)  # images drawn per epoch
+        self.steps_per_epoch = self.draws // config.batch_size if self.drop_last else 1
         heads = [self.dense_head] if self.dense_head is not None else []
         self.optimizer, self.scheduler = optimizer_and_schedule(config, [self.model, *heads], self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -169,10 +174,13 @@ class Trainer:
     def loader(self, dataset: CropDataset, shuffle: bool, epoch: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         sampler = None
-        if shuffle and self.config.balance_datasets:
-            # every root in every epoch, by a power of its size; as many draws as images
-            weights = draw_weights(dataset.items, self.config.balance_power)
-            sampler = torch.utils.data.WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+        c = self.config
+        if shuffle and (c.balance_datasets or c.pool_reals or c.self_made_epochs or c.draws_per_epoch):
+            # every root in every epoch, by a power of its size; as many draws as images; in the
+            # curriculum's first epochs, no downloaded fake
+            power = c.balance_power if c.balance_datasets else 1.0
+            weights = draw_weights(dataset.items, power, c.pool_reals, c.real_share, downloaded_fakes=epoch > c.self_made_epochs)
+            sampler = torch.utils.data.WeightedRandomSampler(weights, self.draws, replacement=True, generator=generator)
         if shuffle and self.dist.enabled:  # this rank's share of each global batch of the single-process order
             order = sampler or torch.utils.data.RandomSampler(dataset, generator=generator)
             return DataLoader(dataset, batch_sampler=self.dist.batches(order, self.config.batch_size, self.drop_last),
@@ -245,6 +253,7 @@ class Trainer:
             train_loss, train_acc = self.train_epoch(epoch)
             y, z, val_loss = predict(self.shipped, self.loader(self.val_set, False, epoch), self.device, self.amp, "validate")
             aucs = per_dataset_auc(self.val_set.items, y, z) if len(self.datasets) > 1 else {}
+            aucs = {name: auc for name, auc in aucs.items() if not math.isnan(auc)}  # a held-out root's reals alone
             # several roots: the mean of their AUCs, so a small or easy root cannot hide a weak one
             val_auc = float(np.mean(list(aucs.values()))) if aucs else auc_or_nan(y, z)
             val_acc = float(((z >= 0) == y).mean()) if len(y) else float("nan")  # P(fake) >= 0.5
@@ -290,6 +299,14 @@ class Trainer:
         return y, z
 
 
+def make_forger(config: TrainConfig, augment: AugmentConfig, reals: list[CachedCrop]) -> Forger | None:
+    """The run's self-made fakes; the simulator bank is trained on ``reals`` (training crops) first if needed."""
+    bank = None
+    if augment.simulator > 0 and not augment.forgery_control:
+        bank = SimulatorBank.load(simulator_folder(config, reals))
+    return Forger.from_augment(augment, bank)
+
+
 def cross_validate(config: TrainConfig, pool: list[CachedCrop], out_dir: Path, stop_after: int | None) -> dict:
     from sklearn.model_selection import StratifiedKFold
 
@@ -328,7 +345,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
             raise ValueError("K-fold cross-validation runs in one process; launch the folds without torchrun")
         return cross_validate(config, crops["train"] + crops["val"], out_dir, stop_after)
 
-    trainer = Trainer(config, crops["train"], crops["val"], out_dir, config.seed)
+    trainer = Trainer(config, crops["train"], crops["val"], out_dir, config.seed, simulator_reals=crops["train_whole"])
     trainer.commands = [command]
     state = trainer.fit(resume=resume, stop_after=stop_after)
     if not job.is_main:  # rank 0 alone evaluates and writes the weights
@@ -339,6 +356,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
     metadata = {
         **({"kinds": list(FAKE_KINDS)} if config.kind_loss > 0 else {}),
         "threshold": threshold,
+        **({"bands": metrics.pop("bands")} if "bands" in metrics else {}),
         "threshold_method": config.threshold_method,
         "calibration": calibration.to_metadata(),
         "preprocessing": settings.to_metadata(),
@@ -367,7 +385,7 @@ def data_metadata(config: TrainConfig, data, crops: dict, skipped: list) -> dict
         "licence": config.data_licence,
         "split": {"val": config.val_fraction, "test": config.test_fraction, "seed": split_seed(config)},
         "real_from": config.real_from,
-        "counts": {k: class_counts(v) for k, v in crops.items()},
+        "counts": {k: class_counts(crops[k]) for k in ("train", "val", "test")},
         "skipped": [str(s.source) for s in skipped],
     }
 

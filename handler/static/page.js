@@ -96,8 +96,10 @@ async function showVerdict(file, answer) {
   $("result").hidden = false;
 
   const verdict = $("verdict");
-  verdict.textContent = answer.label;
+  verdict.textContent = answer.label === "no_face" ? "no face found" : answer.label;
   verdict.dataset.label = answer.label;
+  $("band").textContent = BAND_WORDS[answer.band] || "";
+  $("band").dataset.band = answer.band || "";
   $("probability").textContent = answer.fake_probability.toFixed(3);
   $("threshold").textContent = answer.threshold.toFixed(3);
   const fill = $("bar-fill");
@@ -121,6 +123,14 @@ async function showVerdict(file, answer) {
   if (video) showVideoParts(answer, explanation);
   else showImageParts(answer, explanation);
 }
+
+// how sure the verdict is: the cut-offs were set on validation for 95 % precision on each side
+const BAND_WORDS = {
+  likely_fake: "likely fake",
+  likely_real: "likely real",
+  uncertain: "uncertain: check this one first",
+  no_face: "no verdict: the model judges faces and found none",
+};
 
 async function showPhoto(file, photo) {
   // the file itself when the browser can draw it; otherwise (HEIC) a JPEG preview from the page's server
