@@ -28,10 +28,13 @@ store written by a newer schema.
 
 Reading and retention::
 
-    python -m handler.records list --run-dir build/serve --since 7d --label fake
-    python -m handler.records list --declared ai_generated       # what the uploads declared (provenance)
-    python -m handler.records export verdicts.csv --url postgresql://user@host/db --model deepfake-detector
-    python -m handler.records prune --older-than 30d
+    python -m handler.records_cli list --run-dir build/serve --since 7d --label fake
+    python -m handler.records_cli list --declared ai_generated       # what the uploads declared (provenance)
+    python -m handler.records_cli export verdicts.csv --url postgresql://user@host/db --model deepfake-detector
+    python -m handler.records_cli prune --older-than 30d
+
+The CLI is the host module ``handler/records_cli.py``; this module never imports it (it ships in the
+archive, and the two importing each other was a circle).
 """
 
 from __future__ import annotations
@@ -665,12 +668,3 @@ def write_csv(rows: Iterable[dict], out: IO[str]) -> int:
         writer.writerow({**row, "created_at": row["created_at"].isoformat()})
         n += 1
     return n
-
-
-# --- the CLI --------------------------------------------------------------------------------------
-
-
-if __name__ == "__main__":  # `python -m handler.records` still works: the CLI is host code, run only here
-    from handler.records_cli import main
-
-    main()
