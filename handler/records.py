@@ -84,7 +84,7 @@ from runtime.handler_settings import DEFAULT_RECORDS_SPOOL_MB
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_FILE = "records.sqlite3"  # under the server's run folder by default
 SPOOL_FOLDER = "records-spool"  # under the server's run folder by default
 DEFAULT_SPOOL_MB = DEFAULT_RECORDS_SPOOL_MB  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
@@ -116,6 +116,18 @@ predictions = Table(
     Column("explain", Boolean, nullable=False, default=False),  # /explanations/ (Grad-CAM) request
     # the answer's provenance.declared (handler/provenance.py): ai_generated, ai_edited, edited, camera, none
     Column("declared", String(16), index=True),
+)
+# v4: reviewers' labels (handler/labels.py). Never overwritten: a second label of a request is a new
+# row, the latest counts, the earlier ones are its history (who, when).
+labels = Table(
+    "labels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # UTC, when labelled
+    Column("request_id", String(64), nullable=False, index=True),  # the labelled prediction's request id
+    Column("truth", String(8), nullable=False),  # real | fake: what the reviewer says the input is
+    Column("labelled_by", String(128)),
+    Column("note", String(1000)),
 )
 schema_version = Table(
     "schema_version",
@@ -161,8 +173,12 @@ def _unique_request_ids(connection) -> None:
 
 
 # version -> function(connection) taking a store from version - 1 to version; v3: the provenance
-# summary beside each verdict (null in the rows written before it)
-MIGRATIONS: dict[int, Callable] = {2: _unique_request_ids, 3: lambda connection: add_column(connection, predictions.c.declared, index=True)}
+# summary beside each verdict (null in the rows written before it); v4: the reviewers' labels table
+MIGRATIONS: dict[int, Callable] = {
+    2: _unique_request_ids,
+    3: lambda connection: add_column(connection, predictions.c.declared, index=True),
+    4: lambda connection: labels.create(connection, checkfirst=True),
+}
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -625,8 +641,10 @@ def parse_time(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _filtered(statement, since=None, until=None, label=None, model=None, refused=None, declared=None):
+def _filtered(statement, since=None, until=None, label=None, model=None, refused=None, declared=None, sha256=None):
     column = predictions.c
+    if sha256:
+        statement = statement.where(column.sha256 == sha256)
     if since is not None:
         statement = statement.where(column.created_at >= since)
     if until is not None:
@@ -643,7 +661,7 @@ def _filtered(statement, since=None, until=None, label=None, model=None, refused
 
 
 def query(engine: Engine, limit: int | None = 50, offset: int = 0, **filters) -> list[dict]:
-    """Newest first. Filters: since, until (datetimes), label, model, refused (bool), declared."""
+    """Newest first. Filters: since, until (datetimes), label, model, refused (bool), declared, sha256."""
     statement = _filtered(select(predictions), **filters).order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
     if limit is not None:
         statement = statement.limit(limit).offset(offset)

@@ -314,6 +314,7 @@ def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_
     assert all(r["declared"] is None for r in stored)
     unique = {i["name"]: i["unique"] for i in inspect(engine).get_indexes("predictions")}
     assert unique["ix_predictions_request_id"]
+    assert {"request_id", "truth", "labelled_by", "note"} <= {c["name"] for c in inspect(engine).get_columns("labels")}  # v4
     writer = recorder(url, tmp_path)  # a replay of a row already there is skipped
     writer.record([{**rows_for(1)[0], "request_id": rows[1]["request_id"]}] + rows_for(1))
     assert writer.flush() and records.count(engine) == len(rows) + 1
@@ -544,6 +545,10 @@ def test_every_rest_prediction_is_recorded(torchserve, astronaut_jpeg):
     assert len(stored) == len(answers)
     assert not [r for r in records.query(engine, limit=200, since=records.parse_time("10m"))
                 if r["sha256"] == hashlib.sha256(probe_body).hexdigest()]
+    # nor the start-up prediction the server waited for (a health check: sent with the probe header)
+    from handler.tsclient import probe_image
+
+    assert not records.query(engine, limit=None, sha256=hashlib.sha256(probe_image()).hexdigest())
     by_request = {r["request_id"]: r for r in stored}
     for body, response in answers:
         row = by_request[response.headers["x-request-id"]]
