@@ -145,7 +145,7 @@ class RecordsError(RuntimeError):
 # --- schema changes -------------------------------------------------------------------------------
 # To change the schema: change the table above, bump SCHEMA_VERSION, and add the step that takes a
 # store of the previous version to it, e.g. a new indexed column:
-#     MIGRATIONS[4] = lambda connection: add_column(connection, predictions.c.<new column>, index=True)
+#     MIGRATIONS[5] = lambda connection: add_column(connection, predictions.c.<new column>, index=True)
 # then freeze the previous version's tables in tests/records_schemas.py: the upgrade test writes a
 # store of each frozen version (SQLite and PostgreSQL) and opens it with this code.
 
