@@ -409,7 +409,7 @@ def outage(load: Load, spool: Path, take_down, bring_back, during=None) -> None:
 
 def settled(spool: Path, engine, model: str, sent: set[str], timeout: float = 120) -> list[dict]:
     """The rows of the images ``sent`` (sha256) once the spool is empty and the store answered its
-    last delivery (the model's other rows, e.g. registration's readiness prediction, left out)."""
+    last delivery (the model's other rows left out)."""
     wait_for(lambda: (state := read_state(spool)) and state["rows"] == 0 and not state["store_down"], timeout, "the spool to be replayed")
     return [row for row in records.query(engine, limit=None, model=model) if row["sha256"] in sent]
 
