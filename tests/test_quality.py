@@ -21,7 +21,6 @@ from sqlalchemy import insert
 
 from conftest import MODEL, ROOT
 from handler import cases, labels, quality, records
-from postgres_server import PostgresServer, skip_reason
 from runtime import drift
 
 REAL, FAKE = ROOT / "examples/real/00003.jpg", ROOT / "examples/fake/00MZYXAT77.jpg"
@@ -52,16 +51,6 @@ def sqlite_engine(tmp_path):
     records.ensure_schema(engine)
     engine.url_text = url
     return engine
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer().init()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])

@@ -27,7 +27,7 @@ from sqlalchemy import inspect, select
 from conftest import MODEL, ROOT
 from handler import records
 from handler.spool import read_state
-from postgres_server import PostgresServer, free_port, skip_reason
+from postgres_server import free_port
 from records_schemas import PAST
 
 VERDICT = {
@@ -255,16 +255,6 @@ def test_settings_come_from_the_archive_then_the_environment_then_config_propert
 
 
 # --- PostgreSQL and schema upgrades ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer().init()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture
