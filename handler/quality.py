@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import precision_score, recall_score, roc_auc_score
 from sqlalchemy import Engine, select
 
 from handler.labels import labelled_predictions
@@ -62,17 +61,27 @@ def reliability(truth: np.ndarray, p: np.ndarray) -> list[dict]:
     return table
 
 
+def roc_auc(truth: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half): the chance that a labelled fake has a
+    higher P(fake) than a labelled real; sklearn's value (a test compares), without sklearn on a
+    serving host."""
+    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties averaged
+    fakes, reals = int(truth.sum()), int(len(truth) - truth.sum())
+    return float((ranks[truth == 1].sum() - fakes * (fakes + 1) / 2) / (fakes * reals))
+
+
 def version_quality(rows: list[dict]) -> dict:
     """Accuracy figures of one model version's labelled rows."""
     truth = np.array([r["truth"] == "fake" for r in rows], dtype=int)
     p = np.array([r["fake_probability"] for r in rows], dtype=float)
     called = np.array([r["label"] == "fake" for r in rows], dtype=int)
-    both = 0 < truth.sum() < len(truth)
+    both, hits = 0 < truth.sum() < len(truth), int((truth & called).sum())
     return {
         "labelled": len(rows), "labelled_fake": int(truth.sum()), "labelled_real": int(len(truth) - truth.sum()),
-        "roc_auc": round(float(roc_auc_score(truth, p)), 4) if both else None,  # undefined with one class
-        "precision": round(float(precision_score(truth, called, zero_division=0)), 4) if called.any() else None,
-        "recall": round(float(recall_score(truth, called, zero_division=0)), 4) if truth.any() else None,
+        "roc_auc": round(roc_auc(truth, p), 4) if both else None,  # undefined with one class
+        "precision": round(hits / called.sum(), 4) if called.any() else None,  # of the answers called fake
+        "recall": round(hits / truth.sum(), 4) if truth.any() else None,  # of the labelled fakes
         "accuracy": round(float((truth == called).mean()), 4),
         "thresholds": sorted({round(r["threshold"], 6) for r in rows if r["threshold"] is not None}),
         "reliability": reliability(truth, p),
@@ -160,7 +169,10 @@ def check_limits(report: dict, max_psi: float | None = None, min_auc: float | No
 def plot(report: dict, path: str | Path) -> Path:
     """A PNG of the report: P(fake) per day (quartiles, share called fake), the live P(fake) against
     the validation distribution, and each version's reliability."""
-    import matplotlib
+    try:  # in the train and bench extras, not a serving host's core install
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]' (make setup installs it)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

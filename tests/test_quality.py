@@ -177,6 +177,9 @@ def test_quality_per_version_matches_sklearn_and_drift_follows_the_traffic(engin
     one, two = report["versions"]
     assert (one["version"], one["labelled"], two["labelled"], report["answered"], report["labelled"]) == ("1.0", 200, 120, 322, 320)
     assert one["roc_auc"] == pytest.approx(roc_auc_score(truth, p), abs=1e-4)
+    tied = np.array([0.2, 0.5, 0.5, 0.5, 0.9, 0.1])
+    tied_truth = np.array([0, 1, 0, 1, 1, 0])
+    assert quality.roc_auc(tied_truth, tied) == pytest.approx(roc_auc_score(tied_truth, tied))
     called = p >= 0.5
     assert one["precision"] == pytest.approx((called & (truth == 1)).sum() / called.sum(), abs=1e-4)
     assert one["recall"] == pytest.approx((called & (truth == 1)).sum() / truth.sum(), abs=1e-4)
