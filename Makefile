@@ -10,7 +10,7 @@ MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
 DATA ?= ../shared/data/faces ../shared/data/photoshop ../shared/data/faceswap ../shared/data/diffusion
 
-.PHONY: setup setup-gpu test test-fast serve ui records stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
+.PHONY: setup setup-gpu test test-fast serve ui records quality stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
 
 setup: $(STAMP)
 
@@ -87,6 +87,11 @@ ui: $(STAMP)
 
 records: $(STAMP)
 	$(PY) -m handler.records_cli list --run-dir $(SERVE_DIR)
+
+# Live accuracy per model version (reviewers' labels), calibration and drift (docs/RECORDS.md, the review loop).
+# QUALITY_FLAGS e.g. --since 7 --plot build/quality.png --max-psi 0.25 --min-auc 0.8 (exit 3 when crossed).
+quality: $(STAMP)
+	$(PY) -m handler.records_cli quality --run-dir $(SERVE_DIR) $(QUALITY_FLAGS)
 
 # Stops the watchdog, then TorchServe.
 stop:
