@@ -100,6 +100,7 @@ def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto
         mar = build_archive(weights, backend=candidate, artifact=artifact, export_path=out / "archive" if archive else model_store,
                             model_name=MODEL_NAME, version=version, serving=serving)  # fmt: skip
         if archive:  # the model's name inside, its own file name in the store
+            Path(model_store).mkdir(parents=True, exist_ok=True)
             mar = Path(shutil.move(mar, Path(model_store) / archive))
         log(f"[serving] {mar}: {candidate} on {device}, {workers} worker(s) x {threads} thread(s)"
             + (" (host rule)" if (workers, threads) == (rule_workers, rule_threads) else " (overridden)"))

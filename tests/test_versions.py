@@ -18,8 +18,6 @@ import pytest
 from conftest import ROOT
 from handler import records, versions
 
-pytestmark = pytest.mark.integration
-
 NAME = "deepfake-versioned"  # a model of its own: the session's default model is left alone
 
 
@@ -83,6 +81,25 @@ def default_at(switches: list[tuple], moment: float, first: str) -> set[str]:
     return current
 
 
+def test_a_candidate_archive_carries_its_version_under_its_own_name(weights_path, tmp_path):
+    """``make candidate``'s packing: export.serving with --version and --archive (eager: no export)."""
+    import json
+    import zipfile
+
+    from export.serving import build_serving_archive
+
+    store = tmp_path / "store"
+    mar, backend, workers, threads = build_serving_archive(weights_path, store, "eager", 1, 1, out=tmp_path / "export", version="3.0",
+                                                           archive="deepfake-detector.v3.0.mar", log=lambda line: None)  # fmt: skip
+    assert (mar, backend, workers, threads) == (store / "deepfake-detector.v3.0.mar", "eager", 1, 1)
+    assert sorted(p.name for p in store.iterdir()) == ["deepfake-detector.v3.0.mar"]
+    with zipfile.ZipFile(mar) as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert (manifest["model"]["modelName"], manifest["model"]["modelVersion"]) == ("deepfake-detector", "3.0")
+    assert len(versions.weights_sha256(mar)) == 64
+
+
+@pytest.mark.integration
 def test_candidate_promote_and_rollback_under_load_fail_no_request(torchserve, model_store, weights_path, astronaut_jpeg, tmp_path):
     first = pack(weights_path, model_store, "1.0", tmp_path)
     torchserve.register(first, NAME, workers=1)
