@@ -10,7 +10,7 @@ MODEL ?= deepfake-detector
 WEIGHTS ?= weights/default.safetensors
 DATA ?= ../shared/data/faces ../shared/data/photoshop ../shared/data/faceswap ../shared/data/diffusion
 
-.PHONY: setup setup-gpu test test-fast serve ui records stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
+.PHONY: setup setup-gpu test test-fast serve ui records quality candidate promote rollback versions stop status train evaluate dataset-report export archive bench bench-full soak k8s k8s-layout plan clean
 
 setup: $(STAMP)
 
@@ -87,6 +87,28 @@ ui: $(STAMP)
 
 records: $(STAMP)
 	$(PY) -m handler.records_cli list --run-dir $(SERVE_DIR)
+
+# Live accuracy per model version (reviewers' labels), calibration and drift (docs/RECORDS.md, the review loop).
+# QUALITY_FLAGS e.g. --since 7 --plot build/quality.png --max-psi 0.25 --min-auc 0.8 (exit 3 when crossed).
+quality: $(STAMP)
+	$(PY) -m handler.records_cli quality --run-dir $(SERVE_DIR) $(QUALITY_FLAGS)
+
+# Model versions on the running server (handler/versions.py; docs/OPERATIONS.md): `make candidate WEIGHTS=path.safetensors`
+# exports and packs them as the next version (same backend choice and parity checks as serve) and registers it beside
+# the default (/predictions/$(MODEL)/<version>); `make promote` makes the newest candidate the default, `make rollback`
+# the previous default again, `make versions` lists them. No request fails: TorchServe's set-default, no restart.
+candidate: $(STAMP)
+	@test -f "$(WEIGHTS)" || { echo "error: no weights at $(WEIGHTS) (make candidate WEIGHTS=path.safetensors)" >&2; exit 1; }
+	@version=$$($(PY) -m handler.versions next --run-dir $(SERVE_DIR) --model $(MODEL)) || exit 1; \
+	$(PY) -m export.serving --weights $(WEIGHTS) --model-store model_store --backend $(SERVE_BACKEND) --workers $(WORKERS) --threads $(THREADS) \
+		--version $$version --archive $(MODEL).v$$version.mar && \
+	$(PY) -m handler.versions candidate --run-dir $(SERVE_DIR) --model $(MODEL) --archive $(MODEL).v$$version.mar
+
+promote rollback: $(STAMP)
+	$(PY) -m handler.versions $@ --run-dir $(SERVE_DIR) --model $(MODEL)
+
+versions: $(STAMP)
+	$(PY) -m handler.versions list --run-dir $(SERVE_DIR) --model $(MODEL)
 
 # Stops the watchdog, then TorchServe.
 stop:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -76,9 +77,10 @@ def export_backend(backend: str, weights: Path, out: Path, device: str, log=prin
 
 def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto", workers: int = 0, threads: int = 0,
                           out: Path = ROOT / "build" / "serve-export", device: str | None = None,
-                          log=print) -> tuple[Path, str, int, int]:
+                          log=print, version: str = "1.0", archive: str | None = None) -> tuple[Path, str, int, int]:
     """Build ``<model_store>/deepfake-detector.mar``; returns (archive, backend, workers, threads).
-    ``device`` (cpu or cuda) defaults to CUDA when this host has it."""
+    ``device`` (cpu or cuda) defaults to CUDA when this host has it. ``version`` and ``archive`` (a
+    file name in the store): another version of the model beside the served one (``make candidate``)."""
     device = device or resolve_device("auto")
     candidates = PREFERENCE[device] if backend == "auto" else (backend,)
     rule_workers, rule_threads = host_layout(device)
@@ -95,8 +97,11 @@ def build_serving_archive(weights: Path, model_store: Path, backend: str = "auto
         serving = ServingConfig(batch_size=batch_size, max_batch_delay=max_batch_delay, min_workers=workers, max_workers=workers,
                                 device_type="gpu" if device == "cuda" else "cpu", batch_range=batch_range,
                                 handler={"threads": threads})
-        mar = build_archive(weights, backend=candidate, artifact=artifact, export_path=model_store,
-                            model_name=MODEL_NAME, serving=serving)
+        mar = build_archive(weights, backend=candidate, artifact=artifact, export_path=out / "archive" if archive else model_store,
+                            model_name=MODEL_NAME, version=version, serving=serving)  # fmt: skip
+        if archive:  # the model's name inside, its own file name in the store
+            Path(model_store).mkdir(parents=True, exist_ok=True)
+            mar = Path(shutil.move(mar, Path(model_store) / archive))
         log(f"[serving] {mar}: {candidate} on {device}, {workers} worker(s) x {threads} thread(s)"
             + (" (host rule)" if (workers, threads) == (rule_workers, rule_threads) else " (overridden)"))
         return mar, candidate, workers, threads
@@ -110,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="auto (fastest verified here) or eager|torchscript|onnx|aoti|tensorrt")
     parser.add_argument("--workers", type=int, default=0, help="TorchServe workers (0: host rule)")
     parser.add_argument("--threads", type=int, default=0, help="threads per worker (0: host rule)")
+    parser.add_argument("--version", default="1.0", help="the model version in the archive's manifest (every answer's model.version)")
+    parser.add_argument("--archive", help="the archive's file name in the store (default: deepfake-detector.mar); make candidate names its own")
     args = parser.parse_args(argv)
     try:
-        build_serving_archive(args.weights, args.model_store, args.backend, args.workers, args.threads)
+        build_serving_archive(args.weights, args.model_store, args.backend, args.workers, args.threads, version=args.version,
+                              archive=args.archive)  # fmt: skip
     except ExportError as exc:
         raise SystemExit(str(exc)) from None
     return 0

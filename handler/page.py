@@ -12,8 +12,11 @@ body and answer TorchServe's JSON with its status; ``POST /api/preview`` a JPEG 
 image for formats a browser cannot draw (HEIC), decoded by the handler's own guarded decoder;
 ``GET /api/limits`` the byte limits the page enforces; ``GET /api/history`` a page of records
 (newest first, filters ``label``, ``model``, ``since``, ``until``, ``declared``); ``GET
-/api/history.csv`` the same rows as CSV. While the records store is
-down both answer 503 ``records_unavailable`` (JSON, or a short HTML page for a browser), never a 500.
+/api/history.csv`` the same rows as CSV; ``POST /api/label`` a reviewer's truth for a verdict
+(``request_id``, ``truth`` real|fake, ``by``, ``note`` in the query; the body, when the page still holds
+the file, is kept in the labelled-cases folder, ``handler/cases.py``); ``GET /api/quality`` the live
+quality and drift report (``handler/quality.py``). While the records store is down they answer 503
+``records_unavailable`` (JSON, or a short HTML page for a browser), never a 500.
 
 An upload over its media's byte limit (the handler's defaults: an image 16 MiB, a video 64 MiB,
 TorchServe's request cap) is refused here, before it is forwarded; a video is told from an image by
@@ -23,9 +26,12 @@ its first bytes (``runtime.video``), as the handler tells them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import io
-from dataclasses import asdict, dataclass
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +42,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from handler import records
+from handler import cases, labels, quality, records
 from handler.payload import http_status
 from handler.server import ROOT, TorchServe
 from handler.tsclient import TorchServeClient
@@ -102,8 +108,31 @@ def records_unavailable(request: Request, message: str) -> Response:
     return refusal(503, "records_unavailable", message)
 
 
-def create_app(client: TorchServeClient, model: str, store_url: str | None, limits: UploadLimits = UploadLimits()) -> FastAPI:
+FORWARDED_KEPT = 1000  # request ids this server forwarded, remembered with their sha256 for the labels
+
+
+@dataclass
+class Review:
+    """What labelling needs beside the store: where labelled files go, the weights' metadata for the
+    drift reference (the run folder's served archive), and the sha256 of each request this server
+    forwarded (a label's file must be the one that was judged)."""
+
+    cases: cases.CaseStore | None = None
+    run_dir: Path | None = None
+    model: str = MODEL_NAME
+    forwarded: OrderedDict = field(default_factory=OrderedDict)
+
+    def remember(self, request_id: str | None, body: bytes) -> None:
+        if request_id:
+            self.forwarded[request_id] = hashlib.sha256(body).hexdigest()
+            while len(self.forwarded) > FORWARDED_KEPT:
+                self.forwarded.popitem(last=False)
+
+
+def create_app(client: TorchServeClient, model: str, store_url: str | None, limits: UploadLimits = UploadLimits(),
+               review: Review | None = None) -> FastAPI:  # fmt: skip
     """The page's server; ``store_url`` None: recording is off, and the history says so."""
+    review = review or Review(model=model)
     app = FastAPI(title="Deepfake detector", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -136,7 +165,9 @@ def create_app(client: TorchServeClient, model: str, store_url: str | None, limi
             return refusal(answer.status_code if answer.status_code >= 400 else 502, "model_server_error", message or "no answer")
         if not isinstance(payload, dict):
             return refusal(502, "model_server_error", "the model server's answer was not JSON")
-        return JSONResponse(payload, status_code=answer.status_code)
+        request_id = answer.headers.get("x-request-id")
+        review.remember(request_id, body)
+        return JSONResponse(payload, status_code=answer.status_code, headers={"X-Request-Id": request_id} if request_id else None)
 
     @app.post("/api/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -157,11 +188,11 @@ def create_app(client: TorchServeClient, model: str, store_url: str | None, limi
         except ImageError as error:
             return refusal(http_status(error), error.code, error.message)
 
-    add_history(app, store_url)
+    add_history(app, store_url, limits, review)
     return app
 
 
-def add_history(app: FastAPI, store_url: str | None) -> None:
+def add_history(app: FastAPI, store_url: str | None, limits: UploadLimits, review: Review) -> None:
     """``/api/history`` and ``/api/history.csv`` from the records store; a store that is down (or
     recording off) is a 503 ``records_unavailable``, never a 500, and predictions go on."""
     engine = records.open_engine(store_url) if store_url else None
@@ -176,6 +207,8 @@ def add_history(app: FastAPI, store_url: str | None) -> None:
             raise RecordsDown(records_unavailable(request, "recording is off for this server (records URL 'off')"))
         try:
             return reader(engine, **where)
+        except labels.LabelError:  # the reviewer's input, not the store: a 4xx with its reason
+            raise
         except Exception as exc:
             raise RecordsDown(records_unavailable(request, f"the records store is not answering: {records.first_line(exc)}")) from None
 
@@ -205,8 +238,14 @@ def add_history(app: FastAPI, store_url: str | None) -> None:
             return refusal(400, "bad_filter", str(exc))
         except RecordsDown as down:
             return down.response
+        try:
+            latest = read(request, labels.latest_labels, request_ids=[row["request_id"] for row in rows])
+        except RecordsDown as down:
+            return down.response
         for row in rows:
             row["created_at"] = row["created_at"].isoformat()
+            found = latest.get(row["request_id"])
+            row["truth"], row["labelled_by"] = (found["truth"], found["labelled_by"]) if found else (None, None)
         return {"rows": rows, "total": total, "page": page, "per_page": per_page}
 
     @app.get("/api/history.csv")
@@ -224,6 +263,57 @@ def add_history(app: FastAPI, store_url: str | None) -> None:
             iter([out.getvalue()]), media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="predictions.csv"'},
         )  # fmt: skip
+
+    add_review(app, read, limits, review)
+
+
+def add_review(app: FastAPI, read: Callable, limits: UploadLimits, review: Review) -> None:
+    """``POST /api/label`` and ``GET /api/quality``, through the history's store reader ``read``."""
+
+    def kept_file(request: Request, request_id: str, body: bytes) -> str | None:
+        """The sha256 under which the labelled file is kept; refuses a file other than the judged one."""
+        if not body:
+            return None
+        digest = hashlib.sha256(body).hexdigest()
+        judged = review.forwarded.get(request_id)
+        if judged is None:  # forwarded before this server started: the store knows what was judged
+            judged = next((r["sha256"] for r in read(request, records.query, limit=None, sha256=digest) if r["request_id"] == request_id), None)
+        if judged != digest:
+            raise labels.LabelError("file_mismatch", f"the file sent is not the one request {request_id} judged (sha256 {digest[:12]}...)")
+        if review.cases is None:
+            raise labels.LabelError("cases_off", "this page keeps no labelled cases (no folder)", status=409)
+        return digest
+
+    @app.post("/api/label")
+    async def label(request: Request, request_id: str = "", truth: str = "", by: str | None = None, note: str | None = None):
+        body = await read_upload(request, limits)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            digest = await run_in_threadpool(kept_file, request, request_id, body)
+            if digest and len(body) > review.cases.max_bytes:
+                return refusal(413, "case_too_large", f"the file is over the labelled cases' cap ({review.cases.max_bytes / 2**20:g} MiB)")
+            row = await run_in_threadpool(read, request, labels.add_label, request_id=request_id, truth=truth, by=by, note=note,
+                                          require_prediction=request_id not in review.forwarded)  # fmt: skip
+        except labels.LabelError as exc:
+            return refusal(exc.status, exc.code, str(exc))
+        except RecordsDown as down:
+            return down.response
+        if digest:
+            await run_in_threadpool(review.cases.keep, body)
+        return {**row, "created_at": row["created_at"].isoformat(), "kept": digest}
+
+    @app.get("/api/quality")
+    def live_quality(request: Request, since: str | None = "7d"):
+        try:
+            start = records.parse_time(since)
+        except ValueError as exc:
+            return refusal(400, "bad_filter", str(exc))
+        meta, source = quality.served_metadata(review.run_dir, None, review.model)
+        try:
+            return read(request, quality.quality_report, since=start, meta=meta, source=source)
+        except RecordsDown as down:
+            return down.response
 
 
 class BadFilter(ValueError):
@@ -243,12 +333,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=ROOT / "build/serve", help="the server's run folder (keys, ports, records)")
     parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--cases-dir", type=Path, help="where labelled uploads are kept (default: $DEEPFAKE_CASES_DIR, else <run dir>/labelled-cases)")
+    parser.add_argument("--cases-mb", type=float, help=f"the labelled cases' cap in MiB (default: $DEEPFAKE_CASES_MB, else {cases.DEFAULT_MB:g})")
+    parser.add_argument("--cases-keep-days", type=float, help=f"days a labelled case is kept (default: $DEEPFAKE_CASES_KEEP_DAYS, else {cases.DEFAULT_KEEP_DAYS:g})")
     args = parser.parse_args(argv)
     if not (args.run_dir / "server.json").exists():
         raise SystemExit(f"no server recorded in {args.run_dir}: run `make serve` first")
     server = TorchServe.attach(args.run_dir)
     store = server.records_url  # where its workers record (None: recording is off)
-    app = create_app(server.client, args.model, store)
+    review = Review(cases.CaseStore.resolve(args.run_dir, os.environ, args.cases_dir, args.cases_mb, args.cases_keep_days), args.run_dir, args.model)
+    app = create_app(server.client, args.model, store, review=review)
     history = records.shown(store) if store else "nowhere: recording is off"
     print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {history})", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -28,10 +28,13 @@ store written by a newer schema.
 
 Reading and retention::
 
-    python -m handler.records list --run-dir build/serve --since 7d --label fake
-    python -m handler.records list --declared ai_generated       # what the uploads declared (provenance)
-    python -m handler.records export verdicts.csv --url postgresql://user@host/db --model deepfake-detector
-    python -m handler.records prune --older-than 30d
+    python -m handler.records_cli list --run-dir build/serve --since 7d --label fake
+    python -m handler.records_cli list --declared ai_generated       # what the uploads declared (provenance)
+    python -m handler.records_cli export verdicts.csv --url postgresql://user@host/db --model deepfake-detector
+    python -m handler.records_cli prune --older-than 30d
+
+The CLI is the host module ``handler/records_cli.py``; this module never imports it (it ships in the
+archive, and the two importing each other was a circle).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ from runtime.handler_settings import DEFAULT_RECORDS_SPOOL_MB
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_FILE = "records.sqlite3"  # under the server's run folder by default
 SPOOL_FOLDER = "records-spool"  # under the server's run folder by default
 DEFAULT_SPOOL_MB = DEFAULT_RECORDS_SPOOL_MB  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
@@ -114,6 +117,18 @@ predictions = Table(
     # the answer's provenance.declared (handler/provenance.py): ai_generated, ai_edited, edited, camera, none
     Column("declared", String(16), index=True),
 )
+# v4: reviewers' labels (handler/labels.py). Never overwritten: a second label of a request is a new
+# row, the latest counts, the earlier ones are its history (who, when).
+labels = Table(
+    "labels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),  # UTC, when labelled
+    Column("request_id", String(64), nullable=False, index=True),  # the labelled prediction's request id
+    Column("truth", String(8), nullable=False),  # real | fake: what the reviewer says the input is
+    Column("labelled_by", String(128)),
+    Column("note", String(1000)),
+)
 schema_version = Table(
     "schema_version",
     metadata,
@@ -130,7 +145,7 @@ class RecordsError(RuntimeError):
 # --- schema changes -------------------------------------------------------------------------------
 # To change the schema: change the table above, bump SCHEMA_VERSION, and add the step that takes a
 # store of the previous version to it, e.g. a new indexed column:
-#     MIGRATIONS[4] = lambda connection: add_column(connection, predictions.c.<new column>, index=True)
+#     MIGRATIONS[5] = lambda connection: add_column(connection, predictions.c.<new column>, index=True)
 # then freeze the previous version's tables in tests/records_schemas.py: the upgrade test writes a
 # store of each frozen version (SQLite and PostgreSQL) and opens it with this code.
 
@@ -158,8 +173,12 @@ def _unique_request_ids(connection) -> None:
 
 
 # version -> function(connection) taking a store from version - 1 to version; v3: the provenance
-# summary beside each verdict (null in the rows written before it)
-MIGRATIONS: dict[int, Callable] = {2: _unique_request_ids, 3: lambda connection: add_column(connection, predictions.c.declared, index=True)}
+# summary beside each verdict (null in the rows written before it); v4: the reviewers' labels table
+MIGRATIONS: dict[int, Callable] = {
+    2: _unique_request_ids,
+    3: lambda connection: add_column(connection, predictions.c.declared, index=True),
+    4: lambda connection: labels.create(connection, checkfirst=True),
+}
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -622,8 +641,10 @@ def parse_time(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _filtered(statement, since=None, until=None, label=None, model=None, refused=None, declared=None):
+def _filtered(statement, since=None, until=None, label=None, model=None, refused=None, declared=None, sha256=None):
     column = predictions.c
+    if sha256:
+        statement = statement.where(column.sha256 == sha256)
     if since is not None:
         statement = statement.where(column.created_at >= since)
     if until is not None:
@@ -640,7 +661,7 @@ def _filtered(statement, since=None, until=None, label=None, model=None, refused
 
 
 def query(engine: Engine, limit: int | None = 50, offset: int = 0, **filters) -> list[dict]:
-    """Newest first. Filters: since, until (datetimes), label, model, refused (bool), declared."""
+    """Newest first. Filters: since, until (datetimes), label, model, refused (bool), declared, sha256."""
     statement = _filtered(select(predictions), **filters).order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
     if limit is not None:
         statement = statement.limit(limit).offset(offset)
@@ -665,12 +686,3 @@ def write_csv(rows: Iterable[dict], out: IO[str]) -> int:
         writer.writerow({**row, "created_at": row["created_at"].isoformat()})
         n += 1
     return n
-
-
-# --- the CLI --------------------------------------------------------------------------------------
-
-
-if __name__ == "__main__":  # `python -m handler.records` still works: the CLI is host code, run only here
-    from handler.records_cli import main
-
-    main()

@@ -40,6 +40,7 @@ import psutil
 import requests
 
 from handler import records
+from handler.payload import PROBE_HEADER
 from handler.tsclient import TorchServeClient, TorchServeError, probe_image, read_keys
 from handler.tsconfig import Ports, read_properties, render_config
 
@@ -257,7 +258,8 @@ class TorchServe:
             if self._load_failures(model) >= CRASH_LOOP_LIMIT:
                 raise ServerError(f"{model}: workers keep dying while loading (crash loop)\n{self.log_tail()}")
             try:
-                response = self.predict(model, image, timeout=10)
+                # a health check, not a prediction anyone asked for: the probe header keeps it out of the records
+                response = self.predict(model, image, timeout=10, headers={PROBE_HEADER: "1"})
                 if response.status_code == 200:
                     return
                 last = f"{response.status_code} {response.text[:200]}"
@@ -462,7 +464,7 @@ class TorchServe:
 
 
 def run_records_settings(run_dir: Path, environ: Mapping[str, str]) -> records.RecordsSettings:
-    """A server's records settings from its run folder (``python -m handler.records``): what the server
+    """A server's records settings from its run folder (``python -m handler.records_cli``): what the server
     resolved at its start (its state file), else the environment and its config.properties."""
     run_dir = Path(run_dir)
     if (run_dir / STATE_FILE).exists():

@@ -93,3 +93,17 @@ def astronaut_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server of the module's own (tests/postgres_server.py); skipped, with the
+    reason, where its binaries are missing."""
+    from postgres_server import PostgresServer, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().init()
+    yield server
+    server.destroy()

@@ -54,4 +54,12 @@ def version_2() -> MetaData:
     return metadata
 
 
-PAST = {1: version_1, 2: version_2}  # version -> the tables that version created
+def version_3() -> MetaData:
+    """Version 3 (issue 22): the indexed ``declared`` column (the answer's provenance.declared)."""
+    metadata = version_2()
+    predictions = metadata.tables["predictions"]
+    predictions.append_column(Column("declared", String(16), index=True))
+    return metadata
+
+
+PAST = {1: version_1, 2: version_2, 3: version_3}  # version -> the tables that version created

@@ -54,8 +54,8 @@ def test_package_imports_only_the_layers_below(package):
     assert not offenders, f"{package} may import only {sorted(ALLOWED[package])}: {offenders}"
 
 
-def test_the_package_graph_has_no_cycle():
-    graph = import_graph()
+def assert_acyclic(graph: dict[str, set[str]]) -> None:
+    """Fails naming the first import cycle found in ``graph`` (node -> the nodes it imports)."""
     visiting, done = set(), set()
 
     def visit(node, trail):
@@ -63,13 +63,17 @@ def test_the_package_graph_has_no_cycle():
         if node in done:
             return
         visiting.add(node)
-        for child in sorted(graph[node]):
+        for child in sorted(graph.get(node, ())):
             visit(child, trail + [node])
         visiting.discard(node)
         done.add(node)
 
-    for package in PACKAGES:
-        visit(package, [])
+    for node in sorted(graph):
+        visit(node, [])
+
+
+def test_the_package_graph_has_no_cycle():
+    assert_acyclic(import_graph())
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path):
@@ -126,3 +130,25 @@ def test_the_archive_check_sees_a_host_import(tmp_path):
     module.write_text("from handler.tsconfig import read\nimport fastapi\n\nif __name__ == '__main__':\n    import locust\n")
     assert {"handler.tsconfig", "handler.tsconfig.read", "fastapi"} <= imported_modules(module)
     assert "locust" not in imported_modules(module)
+
+
+def handler_graph() -> dict[str, set[str]]:
+    """handler module -> the handler modules it imports (anywhere in its body, main guards included)."""
+    names = {f"handler.{p.stem}" for p in (ROOT / "handler").glob("*.py")}
+    graph = {}
+    for path in (ROOT / "handler").glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[f"handler.{path.stem}"] = (found & names) - {f"handler.{path.stem}"}
+    return graph
+
+
+def test_no_import_circle_inside_handler():
+    """records.py (archive) and records_cli.py (host) once imported each other; no two handler modules may."""
+    graph = handler_graph()
+    assert_acyclic(graph)
+    assert "handler.records" in graph["handler.records_cli"] and "handler.records_cli" not in graph["handler.records"]

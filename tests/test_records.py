@@ -27,7 +27,7 @@ from sqlalchemy import inspect, select
 from conftest import MODEL, ROOT
 from handler import records
 from handler.spool import read_state
-from postgres_server import PostgresServer, free_port, skip_reason
+from postgres_server import free_port
 from records_schemas import PAST
 
 VERDICT = {
@@ -257,16 +257,6 @@ def test_settings_come_from_the_archive_then_the_environment_then_config_propert
 # --- PostgreSQL and schema upgrades ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer().init()
-    yield server
-    server.destroy()
-
-
 @pytest.fixture
 def fresh_database(postgres):
     """An empty database of the module's server, for tests that need a store of their own."""
@@ -314,6 +304,7 @@ def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_
     assert all(r["declared"] is None for r in stored)
     unique = {i["name"]: i["unique"] for i in inspect(engine).get_indexes("predictions")}
     assert unique["ix_predictions_request_id"]
+    assert {"request_id", "truth", "labelled_by", "note"} <= {c["name"] for c in inspect(engine).get_columns("labels")}  # v4
     writer = recorder(url, tmp_path)  # a replay of a row already there is skipped
     writer.record([{**rows_for(1)[0], "request_id": rows[1]["request_id"]}] + rows_for(1))
     assert writer.flush() and records.count(engine) == len(rows) + 1
@@ -408,7 +399,7 @@ def outage(load: Load, spool: Path, take_down, bring_back, during=None) -> None:
 
 def settled(spool: Path, engine, model: str, sent: set[str], timeout: float = 120) -> list[dict]:
     """The rows of the images ``sent`` (sha256) once the spool is empty and the store answered its
-    last delivery (the model's other rows, e.g. registration's readiness prediction, left out)."""
+    last delivery (the model's other rows left out)."""
     wait_for(lambda: (state := read_state(spool)) and state["rows"] == 0 and not state["store_down"], timeout, "the spool to be replayed")
     return [row for row in records.query(engine, limit=None, model=model) if row["sha256"] in sent]
 
@@ -544,6 +535,10 @@ def test_every_rest_prediction_is_recorded(torchserve, astronaut_jpeg):
     assert len(stored) == len(answers)
     assert not [r for r in records.query(engine, limit=200, since=records.parse_time("10m"))
                 if r["sha256"] == hashlib.sha256(probe_body).hexdigest()]
+    # nor the start-up prediction the server waited for (a health check: sent with the probe header)
+    from handler.tsclient import probe_image
+
+    assert not records.query(engine, limit=None, sha256=hashlib.sha256(probe_image()).hexdigest())
     by_request = {r["request_id"]: r for r in stored}
     for body, response in answers:
         row = by_request[response.headers["x-request-id"]]

@@ -91,6 +91,18 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
         assert refitted["calibration"][key] == pytest.approx(saved["calibration"][key], rel=1e-4, abs=1e-4)
     assert refitted["threshold"] == pytest.approx(saved["threshold"], abs=1e-6)
 
+    # the validation P(fake) histogram that `records_cli quality` measures drift against; weights
+    # without it get it from --reference-only, nothing else in their metadata changed
+    from runtime.drift import REFERENCE_KEY
+    from training.calibrate import add_reference
+
+    reference = saved[REFERENCE_KEY]
+    assert reference["n"] == sum(meta["data"]["counts"]["val"].values()) and len(reference["counts"]) == 10
+    without = {k: v for k, v in saved.items() if k != REFERENCE_KEY}
+    copy.with_suffix(".json").write_text(json.dumps(without))
+    added = add_reference(copy, generated, cache_dir=cfg.cache_dir, threads=1)
+    assert added[REFERENCE_KEY] == reference and {k: v for k, v in added.items() if k != REFERENCE_KEY} == without
+
     # other serving settings for the same weights: written for serving, calibrated on crops made with them
     served = calibrate(copy, generated, cache_dir=cfg.cache_dir, threads=1, preprocessing={"max_side": 320})
     _, reloaded = load_weights(copy)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from runtime import drift
 from runtime.preprocessing import PreprocessSettings
 from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_weights, metadata_path
@@ -79,6 +80,27 @@ def calibrate(weights: Path, data, cache_dir: str = "build/crops", threads: int 
     calibration, threshold, fitted = fit_on_validation(val, test, meta.get("threshold_method", "youden"))
     meta.update(calibration=calibration.to_metadata(), threshold=threshold, bands=fitted.pop("bands", None),
                 metrics={**meta.get("metrics", {}), **fitted})
+    meta.update(validation_reference(val, calibration))
+    metadata_path(weights).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def validation_reference(val: tuple | None, calibration: Calibration) -> dict:
+    """The metadata entry drift is measured against (``runtime/drift.py``): a histogram of the
+    validation split's calibrated P(fake) in fixed bins; empty without a validation split."""
+    if val is None or not len(val[1]):
+        return {}
+    return {drift.REFERENCE_KEY: drift.reference(calibration.probability(val[2]))}
+
+
+def add_reference(weights: Path, data, cache_dir: str = "build/crops", threads: int = 2, device: str = "auto") -> dict:
+    """Only the drift reference, for weights calibrated before it existed: the validation split's
+    P(fake) with the calibration the metadata already has; nothing else in the metadata changes."""
+    torch.set_num_threads(threads)
+    device = resolve_device(device)
+    model, meta = load_weights(weights, map_location=device)
+    val = split_logits(model, meta, as_roots(data), "val", cache_dir, threads, device)
+    meta.update(validation_reference(val, Calibration.from_metadata(meta)))
     metadata_path(weights).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 
@@ -93,8 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocessing", nargs="+", default=[], metavar="KEY=YAML",
                         help="serve the weights with these preprocessing settings from now on (e.g. min_face=176), "
                              "calibrated again on validation crops made with them")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only add the validation P(fake) histogram that `records_cli quality` measures drift against")
     args = parser.parse_args(argv)
-    meta = calibrate(args.weights, args.data if len(args.data) > 1 else args.data[0], args.cache_dir, args.threads, args.device,
+    data = args.data if len(args.data) > 1 else args.data[0]
+    if args.reference_only:
+        meta = add_reference(args.weights, data, args.cache_dir, args.threads, args.device)
+        print(f"drift reference of {meta[drift.REFERENCE_KEY]['n']} validation images written to {metadata_path(args.weights)}")
+        return 0
+    meta = calibrate(args.weights, data, args.cache_dir, args.threads, args.device,
                      parse_settings(args.preprocessing))
     fitted = meta["calibration"]
     print(f"P(fake) = sigmoid({fitted['scale']:.4f} * logit + {fitted['shift']:+.4f}); threshold {meta['threshold']:.4f}; "

@@ -35,7 +35,7 @@ from runtime.model import build_model, count_parameters
 from runtime.weights import Calibration, save_weights
 from training import distributed
 from training.augment import Augment, AugmentConfig
-from training.calibrate import fit_on_validation
+from training.calibrate import fit_on_validation, validation_reference
 from training.checkpoints import RunFolder
 from training.config import TrainConfig, model_overrides, preprocess_settings, resolve_device, split_seed, with_settings
 from training.data import CachedCrop, CropDataset, class_counts
@@ -359,6 +359,7 @@ def train(config: TrainConfig, data: str | Path, out_dir: Path, output: Path | N
         **({"bands": metrics.pop("bands")} if "bands" in metrics else {}),
         "threshold_method": config.threshold_method,
         "calibration": calibration.to_metadata(),
+        **validation_reference(scored["val"], calibration),  # what `records_cli quality` measures drift against
         "preprocessing": settings.to_metadata(),
         "metrics": metrics,
         "data": data_metadata(config, data, crops, skipped),

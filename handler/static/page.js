@@ -13,6 +13,7 @@ let historyPage = 1;
 let lastFace = null, lastRegion = null, lastSize = null; // re-placed when the window resizes
 let limits = null; // bytes per image and per video, from the page's server (GET /api/limits)
 let mediaUrl = null; // the object URL of the file shown, released when the next one comes
+let judged = null; // {requestId, file} of the verdict shown: a reviewer's label sends the file with it
 
 // What each refusal means for a person; the server's own message follows it.
 const FRIENDLY = {
@@ -60,10 +61,13 @@ async function analyse(file) {
       body: file,
     });
     answer = await response.json();
+    judged = { requestId: response.headers.get("X-Request-Id"), file };
   } catch (err) {
     answer = { error: "server_unavailable", message: String(err) };
   }
   $("status").textContent = "";
+  $("review-status").textContent = "";
+  $("review-status").dataset.truth = "";
   if (answer.error) showError(answer);
   else await showVerdict(file, answer);
   // the record is written a moment after the answer (off the model's hot path)
@@ -285,6 +289,83 @@ function cell(text, className) {
   return td;
 }
 
+async function sendLabel(requestId, truth, file, note) {
+  // the file goes with the label when the page still holds it: the page's server keeps labelled cases
+  const query = new URLSearchParams({ request_id: requestId, truth });
+  if (note) query.set("note", note);
+  const response = await fetch(`/api/label?${query}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/octet-stream" },
+    body: file || new Blob([]),
+  });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.message || response.status);
+  return answer;
+}
+
+async function labelVerdict(truth) {
+  const status = $("review-status");
+  if (!judged || !judged.requestId) {
+    status.textContent = "This verdict has no request id to label.";
+    return;
+  }
+  try {
+    const answer = await sendLabel(judged.requestId, truth, judged.file, $("label-note").value.trim());
+    status.textContent = `Labelled ${answer.truth}${answer.kept ? " · the file is kept for training" : ""}`;
+    status.dataset.truth = answer.truth;
+    $("label-note").value = "";
+  } catch (err) {
+    status.textContent = `Not labelled: ${err.message}`;
+    status.dataset.truth = "";
+  }
+  loadHistory(historyPage);
+}
+
+function reviewCell(row) {
+  const td = cell(row.truth ? `${row.truth}${row.labelled_by ? ` (${row.labelled_by})` : ""}` : "", row.truth ? `review truth-${row.truth}` : "review");
+  if (row.status !== 200) return td;
+  for (const truth of ["real", "fake"]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = truth;
+    button.title = `label this verdict: this is ${truth}`;
+    button.addEventListener("click", () => sendLabel(row.request_id, truth).then(() => loadHistory(historyPage), (err) => {
+      $("page-info").textContent = `Not labelled: ${err.message}`;
+    }));
+    td.append(button);
+  }
+  return td;
+}
+
+function figure(value) {
+  return value == null ? "–" : value.toFixed(3);
+}
+
+async function loadQuality() {
+  let report;
+  try {
+    const response = await fetch("/api/quality?since=7d");
+    report = await response.json();
+    if (!response.ok) throw new Error(report.message || response.status);
+  } catch (err) {
+    $("quality-summary").textContent = `Quality unavailable: ${err.message}`;
+    return;
+  }
+  $("quality").querySelector("tbody").replaceChildren(...report.versions.map((v) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(`${v.model} ${v.version}`), cell(`${v.labelled} (${v.labelled_fake} fake)`), cell(figure(v.roc_auc)),
+      cell(figure(v.precision)), cell(figure(v.recall)), cell(figure(v.accuracy)));
+    return tr;
+  }));
+  const called = report.days.reduce((sum, d) => sum + d.called_fake * d.n, 0);
+  $("quality-summary").textContent = `${report.answered} answers, ${report.labelled} labelled; ` +
+    `${report.answered ? ((100 * called) / report.answered).toFixed(1) : 0} % called fake`;
+  const drift = report.drift;
+  $("drift").textContent = drift.psi == null ? `Drift not measured: ${drift.missing}`
+    : `Drift of P(fake) against validation: PSI ${drift.psi.toFixed(3)} (${drift.level})`;
+  $("drift").dataset.level = drift.level || "";
+}
+
 async function loadHistory(page) {
   const filter = new URLSearchParams();
   for (const [name, id] of [["label", "history-label"], ["declared", "history-declared"]]) {
@@ -316,6 +397,7 @@ async function loadHistory(page) {
       cell(row.declared),
       cell(`${row.model_name} (${row.backend})`),
       cell(row.sha256 ? row.sha256.slice(0, 12) : ""),
+      reviewCell(row),
     );
     return tr;
   }));
@@ -334,6 +416,9 @@ $("heatmap-toggle").addEventListener("change", (e) => {
   const video = !$("clip").hidden; // a video's heatmap is its own picture, an image's lies over the photo
   $(video ? "frame-heatmap" : "heatmap").hidden = !e.target.checked;
 });
+$("label-real").addEventListener("click", () => labelVerdict("real"));
+$("label-fake").addEventListener("click", () => labelVerdict("fake"));
+$("quality-refresh").addEventListener("click", loadQuality);
 $("history-label").addEventListener("change", () => loadHistory(1));
 $("history-declared").addEventListener("change", () => loadHistory(1));
 $("prev").addEventListener("click", () => loadHistory(historyPage - 1));
@@ -348,4 +433,5 @@ fetch("/api/limits").then((r) => r.json()).then((answer) => {
   $("video-limit").textContent = limits.video_bytes / MiB;
 }).catch(() => {});
 loadHistory(1);
+loadQuality();
 setInterval(() => loadHistory(historyPage), 5000); // predictions from other clients appear too
