@@ -22,6 +22,7 @@ import numpy as np
 import pillow_heif
 from PIL import AvifImagePlugin, Image, ImageOps
 
+from runtime.jpeg import decode_upright
 from runtime.photo import Photo, detection_scale
 
 # Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused. HEIF is HEIC
@@ -162,8 +163,12 @@ def decode_image(
 
     try:
         image.seek(0)  # first frame of an animation
-        if reduce > 1 and image.format in ("JPEG", "MPO"):
-            image.draft(None, (width // reduce, height // reduce))
+        if image.format in ("JPEG", "MPO"):
+            if reduce > 1:
+                image.draft(None, (width // reduce, height // reduce))
+            fast = decode_upright(data, image)  # Pillow's pixels, sooner; None: Pillow decodes
+            if fast is not None:
+                return fast
         image.load()
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
