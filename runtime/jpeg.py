@@ -17,20 +17,11 @@ import functools
 import logging
 import warnings
 
+import numpy as np
 from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-# what exif_transpose applies for each EXIF orientation
-TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 EXIF_ORIENTATION = 0x0112
 TJCS_RGB, TJCS_YCBCR, TJCS_GRAY = 0, 1, 2  # TurboJPEG's colour spaces this module decodes
 TJPF_RGB = 0
@@ -53,10 +44,12 @@ def decoder() -> str:
     return "pillow" if turbo() is None else "turbojpeg"
 
 
-def decode_upright(data: bytes, header: Image.Image) -> Image.Image | None:
-    """The upright RGB image that loading ``header`` (Pillow's opened JPEG, after any ``draft``),
-    ``exif_transpose`` and RGB conversion would give, decoded by TurboJPEG; None where TurboJPEG is
-    missing or might not give those pixels: decode with Pillow then."""
+def decode_array(data: bytes, header: Image.Image) -> np.ndarray | None:
+    """The upright RGB pixels (height, width, 3; a view, not always contiguous) that loading
+    ``header`` (Pillow's opened JPEG, after any ``draft``), ``exif_transpose`` and RGB conversion
+    would give, decoded by TurboJPEG; None where TurboJPEG is missing or might not give those
+    pixels: decode with Pillow then. An array, because turning 12 MP into a PIL image is a copy
+    that costs as much as TurboJPEG's decode: a crop converts only the pixels it reads."""
     jpeg = turbo()
     if jpeg is None or header.mode not in ("RGB", "L"):
         return None
@@ -67,10 +60,24 @@ def decode_upright(data: bytes, header: Image.Image) -> Image.Image | None:
             if jpeg.decode_header(data)[3] not in (TJCS_YCBCR, TJCS_RGB, TJCS_GRAY):
                 return None
             pixels = jpeg.decode(data, TJPF_RGB, scaling_factor=(1, scale) if scale > 1 else None)
-        method = TRANSPOSE.get(header.getexif().get(EXIF_ORIENTATION, 1))
+        orientation = header.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a warning, a libjpeg error, unreadable EXIF: Pillow decides
         return None
     if pixels.shape[1::-1] != header.size:
         return None
-    image = Image.fromarray(pixels, "RGB")
-    return image if method is None else image.transpose(method)
+    return upright(pixels, orientation)
+
+
+def upright(pixels: np.ndarray, orientation) -> np.ndarray:
+    """``exif_transpose``'s transposition for an EXIF orientation, as a numpy view (no copy)."""
+    if orientation in (5, 6, 7, 8):  # the transposed four: x and y swap first
+        pixels = pixels.transpose(1, 0, 2)
+    flips = {2: (False, True), 3: (True, True), 4: (True, False),
+             6: (False, True), 7: (True, True), 8: (True, False)}.get(orientation, (False, False))
+    return pixels[:: -1 if flips[0] else 1, :: -1 if flips[1] else 1]
+
+
+def decode_upright(data: bytes, header: Image.Image) -> Image.Image | None:
+    """``decode_array`` as a PIL image."""
+    pixels = decode_array(data, header)
+    return None if pixels is None else Image.fromarray(np.ascontiguousarray(pixels), "RGB")

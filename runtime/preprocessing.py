@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import struct
 import warnings
@@ -22,7 +23,7 @@ import numpy as np
 import pillow_heif
 from PIL import AvifImagePlugin, Image, ImageOps
 
-from runtime.jpeg import decode_upright
+from runtime.jpeg import decode_array
 from runtime.photo import Photo, detection_scale
 
 # Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused. HEIF is HEIC
@@ -43,6 +44,7 @@ CROP_MODES = ("resize", "native")
 # in a 192 px window.
 NATIVE_FACE_LIMIT = 1.25
 DEFAULT_MARGIN = 0.3  # face box growth for the crop, as a fraction of its longer side
+BICUBIC_SUPPORT = 2.0  # Pillow's bicubic filter reads 2 source pixels either side (times the shrink)
 EXIF_ORIENTATION = 0x0112
 # One detector call pads its images to a common canvas; an image joins a call only while padding
 # stays under this share of the canvas (a 256 px upload beside a photo's 640 px view would pay 6x).
@@ -126,7 +128,19 @@ def decode_image(
     min_side: int = DEFAULT_MIN_SIDE,
     reduce: int = 1,
 ) -> Image.Image:
-    """Bytes -> upright 8-bit RGB PIL image, or ImageError.
+    """Bytes -> upright 8-bit RGB PIL image, or ImageError (``decode_pixels``, as a PIL image)."""
+    pixels = decode_pixels(data, max_pixels, min_side, reduce)
+    return pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def decode_pixels(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    reduce: int = 1,
+) -> Image.Image | np.ndarray:
+    """Bytes -> upright 8-bit RGB pixels, or ImageError: a PIL image, or for a JPEG that TurboJPEG
+    decoded, the same pixels as a (height, width, 3) array (runtime/jpeg.py).
 
     The pixel count is checked from the header, before any pixel is decoded, so a decompression
     bomb costs nothing. Animated images give their first frame, HEIF files their primary image;
@@ -166,7 +180,7 @@ def decode_image(
         if image.format in ("JPEG", "MPO"):
             if reduce > 1:
                 image.draft(None, (width // reduce, height // reduce))
-            fast = decode_upright(data, image)  # Pillow's pixels, sooner; None: Pillow decodes
+            fast = decode_array(data, image)  # Pillow's pixels, sooner; None: Pillow decodes
             if fast is not None:
                 return fast
         image.load()
@@ -233,8 +247,8 @@ def decode_photo(
     where a crop needs it (runtime/photo.py). Anything else is decoded whole, exactly as
     ``decode_image`` does; its checks and refusals apply either way."""
 
-    def decode(scale: int) -> Image.Image:
-        return decode_image(data, max_pixels, min_side, reduce=scale)
+    def decode(scale: int) -> Image.Image | np.ndarray:  # the full decode as TurboJPEG's array where it can
+        return decode_pixels(data, max_pixels, min_side) if scale == 1 else decode_image(data, max_pixels, min_side, reduce=scale)
 
     scale = 1
     try:
@@ -247,10 +261,10 @@ def decode_photo(
     except Exception:  # decode_image refuses what is wrong, with the right code
         scale = 1
     if scale == 1:
-        return Photo.whole(decode(1))
+        return Photo.whole(decode_image(data, max_pixels, min_side))
     photo = Photo.scaled(decode, size, scale, orientation)
     if photo.preview[0].size != (-(-size[0] // scale), -(-size[1] // scale)):  # not libjpeg's scaled size
-        return Photo.whole(decode(1))
+        return Photo.whole(decode_image(data, max_pixels, min_side))
     return photo
 
 
@@ -460,20 +474,22 @@ class FacePreprocessor:
         the window it was cut from, always from the full decode (runtime/photo.py says why)."""
         photo = image if isinstance(image, Photo) else Photo.whole(image)
         if self.is_native(box):
-            pixels = photo.full()
             side = max(box[2] - box[0], box[3] - box[1])
             if side >= self.min_face:
                 window = native_window(box, self.input_size * self.context)
-                return pixels.crop(window), window
+                return _cut(photo, window), window
             # a small face: a narrower window, upsampled (the context window is the same multiple of it)
             served = max(2, 2 * round(self.input_size * side / self.min_face / 2))  # even: centres align
             window = native_window(box, served * self.context)
             size = (self.input_size * self.context,) * 2
-            return pixels.crop(window).resize(size, Image.BICUBIC), window
+            return _cut(photo, window).resize(size, Image.BICUBIC), window
         square = square_box(box, photo.size[0], photo.size[1], self.margin)
-        pixels = photo.full()
         size = (self.input_size, self.input_size)
-        return pixels.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square
+        # the pixels the filter reads around the square: its support, widened when it shrinks
+        reach = math.ceil(BICUBIC_SUPPORT * max(1.0, (square[2] - square[0]) / self.input_size)) + 2
+        pixels, (dx, dy) = photo.window(square, reach)
+        inside = (square[0] - dx, square[1] - dy, square[2] - dx, square[3] - dy)
+        return pixels.resize(size, Image.BICUBIC, box=inside, reducing_gap=None), square
 
     def prepare_many(self, images: list[Image.Image | Photo]) -> list[Prepared]:
         """Detection runs once over all images (batched by size: ``FaceDetector.detect``)."""
@@ -490,6 +506,12 @@ class FacePreprocessor:
 
     def prepare(self, image: Image.Image | Photo) -> Prepared:
         return self.prepare_many([image])[0]
+
+
+def _cut(photo: Photo, window: tuple[int, int, int, int]) -> Image.Image:
+    """``window`` of the full decode (PIL fills what lies past the image's edges black)."""
+    pixels, (dx, dy) = photo.window(window)
+    return pixels.crop((window[0] - dx, window[1] - dy, window[2] - dx, window[3] - dy))
 
 
 def _in_full(face: Face, photo: Photo, scale: int) -> Face:

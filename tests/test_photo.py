@@ -298,3 +298,30 @@ def test_a_truncated_jpeg_is_refused_as_pillow_refuses_it():
         with pytest.raises(ImageError) as err:
             decode_image(data[: len(data) // 2], reduce=reduce)
         assert err.value.code == "corrupt_image"
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_crops_read_from_the_array_are_the_full_images_crops(orientation):
+    """TurboJPEG's full decode stays an array and a crop converts only the pixels it reads
+    (Photo.window): native windows, windows past every edge, small faces upsampled and resized
+    squares of every shrink give Pillow's full decode's crops, pixel for pixel."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = jpeg_bytes(textured((2403, 1801)), quality=95, exif=exif)
+    full = pillow_decode(body)
+    width, height = full.size
+    boxes = [(0.0, 0.0, 150.0, 170.0), (width - 120.5, height - 200.2, width, height), (900.3, 700.7, 1010.2, 830.9),
+             (30.0, 400.0, 90.0, 470.0), (10.0, 10.0, 1500.0, 1600.0), (width - 700.0, 100.0, width - 1.0, 900.0)]
+    rng = np.random.default_rng(orientation)
+    for _ in range(12):
+        x, y, side = rng.uniform(0, width - 50), rng.uniform(0, height - 50), rng.uniform(20, 1400)
+        boxes.append((x, y, min(width, x + side), min(height, y + side * rng.uniform(0.8, 1.3))))
+    for crop, min_face in (("native", 0), ("native", 150), ("resize", 0)):
+        preprocessor = FacePreprocessor(192, crop=crop, min_face=min_face, threads=1)
+        photo = decode_photo(body, max_side=400)
+        for box in boxes:
+            got, window = preprocessor.crop(photo, box)
+            expected, same = preprocessor.crop(full, box)
+            assert window == same and np.array_equal(np.asarray(got), np.asarray(expected)), (crop, min_face, box)
+    if jpeg.turbo() is not None:
+        assert isinstance(photo.views[1], np.ndarray)  # the array path was the one tested
