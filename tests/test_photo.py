@@ -325,3 +325,33 @@ def test_crops_read_from_the_array_are_the_full_images_crops(orientation):
             assert window == same and np.array_equal(np.asarray(got), np.asarray(expected)), (crop, min_face, box)
     if jpeg.turbo() is not None:
         assert isinstance(photo.views[1], np.ndarray)  # the array path was the one tested
+
+
+def heic_bytes(image: Image.Image, thumbnails: list[int]) -> bytes:
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=80, thumbnails=thumbnails)
+    return buffer.getvalue()
+
+
+def test_heic_detection_sees_its_embedded_thumbnail_and_the_crop_the_full_decode():
+    """A HEIC with a thumbnail of at least the detector's input gives the detector that thumbnail
+    (no full-size shrink) and maps its faces to full-resolution pixels; every crop is the full
+    decode's. Without such a thumbnail (phones embed 320 px ones) it is decoded whole, as before."""
+    picture = phone_photo(Image.fromarray(skdata.astronaut()), (1600, 1200), 400, face_share=ASTRONAUT_FACE_SHARE, seed=3)
+    body = heic_bytes(picture, [160, 512])
+    full = decode_image(body)
+    photo = decode_photo(body, max_side=400)
+    view, scale = photo.preview
+    assert view.size == (512, 384) and scale == pytest.approx(1600 / 512) and photo.size == full.size
+    preprocessor = FacePreprocessor(192, crop="native", threads=1, max_side=400)
+    fast, reference = preprocessor.prepare(photo), preprocessor.prepare(full)
+    assert fast.faces and len(fast.faces) == len(reference.faces)
+    box, same = fast.faces[0].box, reference.faces[0].box
+    assert max(abs(a - b) for a, b in zip(box, same)) <= 0.02 * max(full.size)  # the same face
+    crop, window = preprocessor.crop(photo, box)
+    exact, same_window = preprocessor.crop(full, box)
+    assert window == same_window and np.array_equal(np.asarray(crop), np.asarray(exact))
+    for small in (heic_bytes(picture, [160]), heic_bytes(picture, [])):
+        assert list(decode_photo(small, max_side=400).views) == [1]
