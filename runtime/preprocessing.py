@@ -77,7 +77,10 @@ class PreprocessSettings:
     nms_threshold: float = 0.4
     max_side: int = 640
     min_face: int = 0
-    coarse_side: int = 0  # coarse-to-fine detection (FaceDetector): look at this many pixels first; 0: off
+    # coarse-to-fine detection (FaceDetector): this many pixels first; 0: off. On by default, weights
+    # written before it included: it finds the faces 640 px alone finds, 40-400 px in 480p frames,
+    # boxes within a few pixels (tests/test_coarse_detection.py, docs/ARCHITECTURE.md)
+    coarse_side: int = 320
 
     def __post_init__(self):
         if self.crop not in CROP_MODES:
