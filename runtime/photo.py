@@ -10,6 +10,10 @@ from a 1/2-1/8 decode with twice the model's input across the window. Their pixe
 full decode's by one level at most, but that moved the four-kind default's P(fake) by up to 0.038,
 over the 0.02 that tests/test_photo.py allows; three and five times moved it by up to 0.028.)
 
+A HEIC's embedded thumbnail of at least ``max_side`` pixels is such a view too (at a scale that need
+not be whole; upright as its image is, so with no flips). The full decode may be an array (TurboJPEG's,
+runtime/jpeg.py): ``window`` converts only the pixels a crop reads.
+
 Coordinates: faces and crop windows are in full-resolution upright pixels everywhere; a view decoded
 at 1/s maps to them by ``s`` and, along an axis that EXIF orientation flips, an offset (libjpeg rounds
 a scaled size up, so the partial last block lands on the far edge once flipped).
@@ -56,7 +60,7 @@ class Photo:
         return cls(image.size, {1: image})
 
     @classmethod
-    def scaled(cls, decode: Callable[[int], Image.Image], size: tuple[int, int], scale: int, orientation: int = 1) -> "Photo":
+    def scaled(cls, decode: Callable, size: tuple[int, int], scale: float, orientation: int = 1) -> "Photo":
         """A photo of upright ``size`` whose first view is decoded at 1/``scale``; ``decode(s)``
         gives the upright view at 1/s."""
         photo = cls(size, {}, decode, FLIPS.get(orientation, (False, False)))
