@@ -378,7 +378,8 @@ class FaceDetector:
         for i, faces in zip(whole, self._detect([images[i] for i in whole], self.max_side)):
             results[i] = faces
         views = [self._fine_window(images[i], window) for i, window in windows]
-        for (i, _), (view, scale, offset), faces in zip(windows, views, self._detect([v for v, *_ in views], 1 << 30)):
+        # the windows are at max_side's scale already: no further shrink
+        for (i, _), (view, scale, offset), faces in zip(windows, views, self._detect([v for v, *_ in views], math.inf)):
             results[i] = [face.mapped(scale, offset) for face in faces]
         return results
 
@@ -390,7 +391,7 @@ class FaceDetector:
         largest = max(faces[0].box[2] - faces[0].box[0], faces[0].box[3] - faces[0].box[1]) if faces else 0.0
         if largest * self.coarse_side < COARSE_MIN_FACE * max(size):
             return None
-        fine = self._fine_size(size)
+        fine = view_size(size, self.max_side)
         sx, sy = size[0] / fine[0], size[1] / fine[1]
         grow = COARSE_GROWTH * largest
         left = max(0, math.floor((min(f.box[0] for f in faces) - grow) / sx / 32) * 32)
@@ -401,15 +402,11 @@ class FaceDetector:
             return None
         return left, top, right, bottom
 
-    def _fine_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        scale = min(1.0, self.max_side / max(size))
-        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
-
     def _fine_window(self, image: Image.Image, window: tuple[int, int, int, int]):
         """The pixels of ``max_side``'s view under ``window`` (the same resampling over the same
         grid; the filter reads past the window's edges as it does inside the whole view), the image
         pixels per view pixel, and where the window starts in the image."""
-        fine = self._fine_size(image.size)
+        fine = view_size(image.size, self.max_side)
         sx, sy = image.width / fine[0], image.height / fine[1]
         left, top, right, bottom = window
         box = (left * sx, top * sy, right * sx, bottom * sy)
@@ -428,12 +425,11 @@ class FaceDetector:
         return results
 
     @staticmethod
-    def _shrink(image: Image.Image, side: int) -> tuple[np.ndarray, float]:
+    def _shrink(image: Image.Image, side: float) -> tuple[np.ndarray, float]:
         """The detector's input: longer side at most ``side``; and the scale applied."""
         scale = min(1.0, side / max(image.size))
         if scale < 1.0:
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            image = image.resize(size, Image.BILINEAR)
+            image = image.resize(view_size(image.size, side), Image.BILINEAR)
         return np.asarray(image), scale
 
     def _run(self, arrays: list[np.ndarray]) -> list:
@@ -465,6 +461,12 @@ class FaceDetector:
                 points = tuple((p.x / scale, p.y / scale) for p in f.landmarks)
                 found.append(Face((x1, y1, x2, y2), float(f.score), points))
         return sorted(found, key=lambda face: face.area, reverse=True)
+
+
+def view_size(size: tuple[int, int], side: float) -> tuple[int, int]:
+    """``size`` shrunk to at most ``side`` on its longer side: the detector's view of an image."""
+    scale = min(1.0, side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def size_buckets(shapes: list[tuple[int, int]], max_padding: float = MAX_PADDING) -> list[list[int]]:
