@@ -54,7 +54,7 @@ COARSE_MIN_FACE = 16  # a face this many coarse-view pixels long, or more, is lo
 # the window looked at again: the faces found, this share of the largest's side around them (0.5 left
 # one box in 40 8 px off the whole view's at 200 px in 480p; 0.75 keeps them within 5.6 px)
 COARSE_GROWTH = 0.75
-COARSE_MAX_WINDOW = 0.75  # of the full view at most: with the coarse look (0.25 at 320 of 640), never more than today
+COARSE_MAX_WINDOW = 0.75  # of the whole view at most: with the coarse look (0.25 at 320 of 640), no more pixels than today
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,10 @@ class PreprocessSettings:
     nms_threshold: float = 0.4
     max_side: int = 640
     min_face: int = 0
-    # coarse-to-fine detection (FaceDetector): this many pixels first; 0: off. On by default, weights
-    # written before it included: it finds the faces 640 px alone finds, 40-400 px in 480p frames,
-    # boxes within a few pixels (tests/test_coarse_detection.py, docs/ARCHITECTURE.md)
-    coarse_side: int = 320
+    # coarse-to-fine detection (FaceDetector): this many pixels first (320 measured); 0: off. It finds
+    # the faces 640 px alone finds, boxes within a few pixels, but it costs more than it saves where
+    # the face is large in the image (portraits, selfies): off by default (docs/ARCHITECTURE.md)
+    coarse_side: int = 0
 
     def __post_init__(self):
         if self.crop not in CROP_MODES:

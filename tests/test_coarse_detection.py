@@ -1,5 +1,5 @@
 """Coarse-to-fine face detection (FaceDetector's ``coarse_side``, the weights' ``preprocessing``
-setting): the same faces as the detector at ``max_side`` alone, at every face size from 40 to 400 px
+setting, off by default): the same faces as the detector at ``max_side`` alone, at every face size from 40 to 400 px
 in 480p frames, with boxes within a few pixels. Real faces (scikit-image's astronaut and the shipped
 examples) pasted into frames as benchmarks/detector_size.py does; no timing here."""
 
@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from benchmarks.detector_size import embed, iou, largest
-from runtime.preprocessing import FaceDetector, PreprocessSettings, decode_image
+from runtime.preprocessing import FaceDetector, FacePreprocessor, PreprocessSettings, decode_image
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FACE_SIZES = [40, 60, 80, 100, 150, 200, 300, 400]
@@ -61,11 +61,13 @@ def test_images_no_larger_than_the_coarse_view_are_looked_at_once_as_before(face
 
 
 def test_the_setting_lives_in_the_weights_metadata_and_older_metadata_still_loads():
-    """Metadata written before the setting loads with the default; switched off, the crop cache's
-    folder names are the ones from before it (the keys below were computed at a41d296)."""
-    settings = PreprocessSettings.from_metadata({"preprocessing": {"input_size": 192, "crop": "native", "max_side": 640}})
-    assert settings.coarse_side == PreprocessSettings(192).coarse_side
-    assert settings.detector_options()["coarse_side"] == settings.coarse_side
-    assert PreprocessSettings.from_metadata(settings.to_metadata()) == settings
-    assert PreprocessSettings(192, crop="native", coarse_side=0).key() == "1ad11e9fd8d3f8c7"
-    assert PreprocessSettings(192, crop="native", min_face=176, coarse_side=0).key() == "d84df919ea548cb2"
+    """Weights that say ``coarse_side`` get a coarse-to-fine detector; metadata written before the
+    setting loads with it off, and off, the crop cache's folder names are the ones from before it
+    (the keys below were computed at a41d296)."""
+    older = PreprocessSettings.from_metadata({"preprocessing": {"input_size": 192, "crop": "native", "max_side": 640}})
+    assert older.coarse_side == 0 and FacePreprocessor.from_settings(older, threads=1).detector.coarse_side == 0
+    on = PreprocessSettings.from_metadata({"preprocessing": {**older.to_metadata(), "coarse_side": 320}})
+    assert PreprocessSettings.from_metadata(on.to_metadata()) == on
+    assert FacePreprocessor.from_settings(on, threads=1).detector.coarse_side == 320
+    assert older.key() == "1ad11e9fd8d3f8c7" and on.key() != older.key()
+    assert PreprocessSettings(192, crop="native", min_face=176).key() == "d84df919ea548cb2"
