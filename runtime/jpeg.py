@@ -1,4 +1,4 @@
-"""JPEG pixels through libjpeg-turbo's TurboJPEG API: Pillow's pixels, about four times sooner.
+"""JPEG pixels through libjpeg-turbo's TurboJPEG API: Pillow's pixels, in half the time or less.
 
 Pillow decodes a JPEG scanline by scanline through libjpeg; TurboJPEG (apt's ``libturbojpeg0``,
 through PyTurboJPEG 1.x: 2.x wants libjpeg-turbo 3, which Debian 12 lacks) decodes the same way into
@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from runtime.photo import FLIPS
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +65,14 @@ def decode_array(data: bytes, header: Image.Image) -> np.ndarray | None:
         orientation = header.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a warning, a libjpeg error, unreadable EXIF: Pillow decides
         return None
-    if pixels.shape[1::-1] != header.size:
+    if pixels.shape[1::-1] != header.size or not isinstance(orientation, int):
         return None
     return upright(pixels, orientation)
 
 
-def upright(pixels: np.ndarray, orientation) -> np.ndarray:
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """``exif_transpose``'s transposition for an EXIF orientation, as a numpy view (no copy)."""
     if orientation in (5, 6, 7, 8):  # the transposed four: x and y swap first
         pixels = pixels.transpose(1, 0, 2)
-    flips = {2: (False, True), 3: (True, True), 4: (True, False),
-             6: (False, True), 7: (True, True), 8: (True, False)}.get(orientation, (False, False))
-    return pixels[:: -1 if flips[0] else 1, :: -1 if flips[1] else 1]
-
-
-def decode_upright(data: bytes, header: Image.Image) -> Image.Image | None:
-    """``decode_array`` as a PIL image."""
-    pixels = decode_array(data, header)
-    return None if pixels is None else Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    flip_x, flip_y = FLIPS.get(orientation, (False, False))
+    return pixels[:: -1 if flip_y else 1, :: -1 if flip_x else 1]

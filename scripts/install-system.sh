@@ -4,7 +4,7 @@
 #   - the venv module of the chosen Python (Debian splits it out as pythonX.Y-venv),
 #   - a Java 17+ runtime for TorchServe's frontend (Debian 12 / Ubuntu 22.04-24.04: 17; Debian 13: 21),
 #   - libjpeg-turbo's TurboJPEG library (Debian's `libturbojpeg0`, Ubuntu's `libturbojpeg`): PyTurboJPEG
-#     decodes JPEGs with it, about 4x sooner than Pillow, same pixels (runtime/jpeg.py); without it
+#     decodes JPEGs with it in half Pillow's time or less, same pixels (runtime/jpeg.py); without it
 #     Pillow decodes, so it is skipped with a note where apt has neither,
 #   - for the tests of the prediction records and the page: PostgreSQL's server (`postgresql`; the
 #     tests start their own on a free port) and a headless browser (`chromium`, `chromium-driver`).

@@ -260,7 +260,7 @@ def test_jpegs_decode_to_pillows_pixels(name):
         assert got.shape == expected.shape and np.array_equal(got, expected), (name, reduce)
     if jpeg.turbo() is not None:
         header = Image.open(io.BytesIO(data))
-        assert (jpeg.decode_upright(data, header) is None) == (name == "cmyk")
+        assert (jpeg.decode_array(data, header) is None) == (name == "cmyk")
 
 
 def test_turbojpeg_is_installed_where_the_setup_ran():
@@ -293,7 +293,7 @@ def test_a_truncated_jpeg_is_refused_as_pillow_refuses_it():
     """TurboJPEG only warns on a truncated file and fills the rest grey; the warning hands it to
     Pillow, which refuses it."""
     data = VARIANTS["4:2:0"]
-    assert jpeg.decode_upright(data[: len(data) // 2], Image.open(io.BytesIO(data))) is None
+    assert jpeg.decode_array(data[: len(data) // 2], Image.open(io.BytesIO(data))) is None
     for reduce in (1, 4):
         with pytest.raises(ImageError) as err:
             decode_image(data[: len(data) // 2], reduce=reduce)
