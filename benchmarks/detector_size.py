@@ -88,14 +88,23 @@ def embed(images: list[Image.Image], boxes: list, face_px: int, seed: int = 0) -
     return frames, pasted
 
 
-def recall(frames: list[Image.Image], pasted: list, sizes: list[int], face_px: int) -> list[dict]:
-    rows = []
-    for side in sizes:
-        detector = FaceDetector(max_side=side, threads=1)
-        found = sum(any(iou(face.box, box) >= 0.3 for face in detector.detect([frame])[0])
-                    for frame, box in zip(frames, pasted))
-        rows.append({"face_px": face_px, "frame": list(FRAME), "max_side": side, "faces": len(frames), "found": found})
-        print(f"{face_px} px faces in {FRAME[0]}x{FRAME[1]}, max_side {side}: {found}/{len(frames)} found", flush=True)
+def recall(frames: list[Image.Image], pasted: list, sizes: list[int], face_px: int, coarse: list[int] = ()) -> list[dict]:
+    """Pasted faces found at each ``max_side``, then coarse-to-fine (``coarse_side`` each of
+    ``coarse``, then the first size), with how far their boxes are from the first size's."""
+    rows, reference = [], None
+    settings = [(side, 0) for side in sizes] + [(sizes[0], c) for c in coarse]
+    for side, coarse_side in settings:
+        detector = FaceDetector(max_side=side, coarse_side=coarse_side, threads=1)
+        matched = [next((f.box for f in detector.detect([frame])[0] if iou(f.box, box) >= 0.3), None)
+                   for frame, box in zip(frames, pasted)]
+        reference = reference or matched
+        shifts = [max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(reference, matched) if x and y]
+        found = sum(m is not None for m in matched)
+        rows.append({"face_px": face_px, "frame": list(FRAME), "max_side": side, "coarse_side": coarse_side,
+                     "faces": len(frames), "found": found, "max_box_shift_px": max(shifts, default=None)})
+        label = f"max_side {side}" + (f" after coarse_side {coarse_side}" if coarse_side else "")
+        print(f"{face_px} px faces in {FRAME[0]}x{FRAME[1]}, {label}: {found}/{len(frames)} found, "
+              f"box edges within {rows[-1]['max_box_shift_px']} px of max_side {sizes[0]}'s", flush=True)
     return rows
 
 
@@ -105,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[640, 192, 128, 96], help="max_side values; the first is the reference")
     parser.add_argument("--embed", type=int, nargs="+", metavar="FACE_PX",
                         help="instead: recall of faces this many pixels wide pasted into 480p frames")
+    parser.add_argument("--coarse", type=int, nargs="+", default=[], metavar="COARSE_SIDE",
+                        help="with --embed: also coarse-to-fine detection, from each of these to the first size")
     parser.add_argument("--limit", type=int, help="the first N images only (file-name order)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.embed:
         images = [decode_image(f.read_bytes()) for f in files]
         boxes = [largest(faces) for faces in FaceDetector(max_side=640, threads=1).detect(images)]
-        rows = [row for px in args.embed for row in recall(*embed(images, boxes, px), args.sizes, px)]
+        rows = [row for px in args.embed for row in recall(*embed(images, boxes, px), args.sizes, px, args.coarse)]
     else:
         rows = measure(files, args.sizes)
     if args.out:

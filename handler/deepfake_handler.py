@@ -43,6 +43,7 @@ from handler.provenance import ProvenanceReader, beside_verdict  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, exact_fp32, load_backend  # noqa: E402
 from runtime.handler_settings import HandlerSettings  # noqa: E402
+from runtime.jpeg import decoder as jpeg_decoder  # noqa: E402
 from runtime.preprocessing import (  # noqa: E402
     FacePreprocessor,
     ImageError,
@@ -200,6 +201,7 @@ class DeepfakeHandler(BaseHandler):
             "provenance": None if self.provenance is None else {
                 "budget_ms": round(self.provenance.budget_s * 1000), "c2pa": self.provenance.c2pa is not None,
                 "trust_list": self.provenance.trust_list},
+            "decoders": {"jpeg": jpeg_decoder()},  # turbojpeg, or pillow where libturbojpeg is missing
         }
 
     # --- stages -----------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ from a 1/2-1/8 decode with twice the model's input across the window. Their pixe
 full decode's by one level at most, but that moved the four-kind default's P(fake) by up to 0.038,
 over the 0.02 that tests/test_photo.py allows; three and five times moved it by up to 0.028.)
 
+A HEIC's embedded thumbnail of at least ``max_side`` pixels is such a view too (at a scale that need
+not be whole; upright as its image is, so with no flips). The full decode may be an array (TurboJPEG's,
+runtime/jpeg.py): ``window`` converts only the pixels a crop reads.
+
 Coordinates: faces and crop windows are in full-resolution upright pixels everywhere; a view decoded
 at 1/s maps to them by ``s`` and, along an axis that EXIF orientation flips, an offset (libjpeg rounds
 a scaled size up, so the partial last block lands on the far edge once flipped).
@@ -17,9 +21,11 @@ a scaled size up, so the partial last block lands on the far edge once flipped).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 # File names taken for images wherever a folder is read (training data, parity and benchmark sets).
@@ -44,8 +50,9 @@ class Photo:
     training, anything not a large JPEG): every stage then sees exactly that image."""
 
     size: tuple[int, int]  # full-resolution upright width, height
-    views: dict[int, Image.Image] = field(default_factory=dict)
-    decode: Callable[[int], Image.Image] | None = field(default=None, repr=False)
+    # views[1] may be an array (height, width, 3): TurboJPEG's full decode, converted only where read
+    views: dict[int, Image.Image | np.ndarray] = field(default_factory=dict)
+    decode: Callable[[int], Image.Image | np.ndarray] | None = field(default=None, repr=False)
     flips: tuple[bool, bool] = (False, False)
 
     @classmethod
@@ -53,7 +60,7 @@ class Photo:
         return cls(image.size, {1: image})
 
     @classmethod
-    def scaled(cls, decode: Callable[[int], Image.Image], size: tuple[int, int], scale: int, orientation: int = 1) -> "Photo":
+    def scaled(cls, decode: Callable, size: tuple[int, int], scale: float, orientation: int = 1) -> "Photo":
         """A photo of upright ``size`` whose first view is decoded at 1/``scale``; ``decode(s)``
         gives the upright view at 1/s."""
         photo = cls(size, {}, decode, FLIPS.get(orientation, (False, False)))
@@ -67,7 +74,28 @@ class Photo:
         return self.views[scale], scale
 
     def full(self) -> Image.Image:
-        """The full-resolution decode, made now if not yet (what every crop is cut from)."""
+        """The full-resolution decode as a PIL image, made now if not yet."""
+        pixels = self._full_pixels()
+        if not isinstance(pixels, Image.Image):
+            self.views[1] = pixels = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+        return pixels
+
+    def window(self, box: tuple[float, float, float, float], margin: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+        """The full decode's pixels under ``box`` grown by ``margin`` (clipped to the image) and the
+        full-resolution position of their top left corner: all that a crop of ``box`` reads (what
+        every crop is cut from). A PIL full decode is given whole; an array only there, so 12 MP
+        are not copied into a PIL image for one face."""
+        pixels = self._full_pixels()
+        if isinstance(pixels, Image.Image):
+            return pixels, (0, 0)
+        left, top = max(0, math.floor(box[0]) - margin), max(0, math.floor(box[1]) - margin)
+        right = min(self.size[0], math.ceil(box[2]) + margin)
+        bottom = min(self.size[1], math.ceil(box[3]) + margin)
+        if right <= left or bottom <= top:  # nothing of the image under it: the whole image, as before
+            return self.full(), (0, 0)
+        return Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right]), "RGB"), (left, top)
+
+    def _full_pixels(self) -> Image.Image | np.ndarray:
         if 1 not in self.views:
             self.views[1] = self.decode(1)
         return self.views[1]

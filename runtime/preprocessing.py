@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import struct
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 import pillow_heif
 from PIL import AvifImagePlugin, Image, ImageOps
 
+from runtime.jpeg import decode_array
 from runtime.photo import Photo, detection_scale
 
 # Formats we accept; anything else PIL might open (EPS, PSD, ICO, ...) is refused. HEIF is HEIC
@@ -42,10 +44,17 @@ CROP_MODES = ("resize", "native")
 # in a 192 px window.
 NATIVE_FACE_LIMIT = 1.25
 DEFAULT_MARGIN = 0.3  # face box growth for the crop, as a fraction of its longer side
+BICUBIC_SUPPORT = 2.0  # Pillow's bicubic filter reads 2 source pixels either side (times the shrink)
 EXIF_ORIENTATION = 0x0112
 # One detector call pads its images to a common canvas; an image joins a call only while padding
 # stays under this share of the canvas (a 256 px upload beside a photo's 640 px view would pay 6x).
 MAX_PADDING = 0.25
+# Coarse-to-fine detection (FaceDetector's coarse_side; benchmarks/detector_size.py --coarse measures it):
+COARSE_MIN_FACE = 16  # a face this many coarse-view pixels long, or more, is looked at again only where it is
+# the window looked at again: the faces found, this share of the largest's side around them (0.5 left
+# one box in 40 8 px off the whole view's at 200 px in 480p; 0.75 keeps them within 5.6 px)
+COARSE_GROWTH = 0.75
+COARSE_MAX_WINDOW = 0.75  # of the whole view at most: with the coarse look (0.25 at 320 of 640), no more pixels than today
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,10 @@ class PreprocessSettings:
     nms_threshold: float = 0.4
     max_side: int = 640
     min_face: int = 0
+    # coarse-to-fine detection (FaceDetector): this many pixels first (320 measured); 0: off. It finds
+    # the faces 640 px alone finds, boxes within a few pixels, but it costs more than it saves where
+    # the face is large in the image (portraits, selfies): off by default (docs/ARCHITECTURE.md)
+    coarse_side: int = 0
 
     def __post_init__(self):
         if self.crop not in CROP_MODES:
@@ -88,13 +101,15 @@ class PreprocessSettings:
         return asdict(self)
 
     def detector_options(self) -> dict:
-        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold, "max_side": self.max_side}
+        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold, "max_side": self.max_side,
+                "coarse_side": self.coarse_side}
 
     def key(self, version: int = 0) -> str:
         """A short hash of the settings (names crop-cache folders)."""
         settings = asdict(self)
-        if not self.min_face:  # added later: unset, it keeps the folders of the weights before it
-            del settings["min_face"]
+        for name in ("min_face", "coarse_side"):  # added later: unset, they keep the folders of the weights before them
+            if not settings[name]:
+                del settings[name]
         text = json.dumps({**settings, "version": version}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -102,8 +117,9 @@ class PreprocessSettings:
 def register_image_formats(threads: int = 1) -> None:
     """Register HEIC/HEIF (pillow-heif) with PIL and give both ISO formats' decoders ``threads``
     threads (libheif and libavif default to several or every core, which oversubscribes a worker of
-    one thread). Only the primary image is read: no embedded thumbnails, depth or auxiliary images."""
-    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=threads)
+    one thread). The primary image is what is read; its embedded thumbnails only where
+    ``decode_photo`` asks for one for the detector (pillow-heif's ``draft``); no depth or auxiliary images."""
+    pillow_heif.register_heif_opener(thumbnails=True, depth_images=False, aux_images=False, decode_threads=threads)
     AvifImagePlugin.DEFAULT_MAX_THREADS = threads
 
 
@@ -125,14 +141,28 @@ def decode_image(
     min_side: int = DEFAULT_MIN_SIDE,
     reduce: int = 1,
 ) -> Image.Image:
-    """Bytes -> upright 8-bit RGB PIL image, or ImageError.
+    """Bytes -> upright 8-bit RGB PIL image, or ImageError (``decode_pixels``, as a PIL image)."""
+    pixels = decode_pixels(data, max_pixels, min_side, reduce)
+    return pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def decode_pixels(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    reduce: int = 1,
+) -> Image.Image | np.ndarray:
+    """Bytes -> upright 8-bit RGB pixels, or ImageError: a PIL image, or for a JPEG that TurboJPEG
+    decoded, the same pixels as a (height, width, 3) array (runtime/jpeg.py).
 
     The pixel count is checked from the header, before any pixel is decoded, so a decompression
     bomb costs nothing. Animated images give their first frame, HEIF files their primary image;
     EXIF orientation is applied (HEIF's and AVIF's rotation and mirror boxes too);
     every colour mode and bit depth becomes 8-bit RGB (transparency composited on white).
     ``reduce`` (2, 4 or 8) decodes a JPEG at that fraction of its size (DCT scaling; the limits
-    still apply to the full size); other formats ignore it. ``decode_photo`` chooses it.
+    still apply to the full size), a HEIF file's smallest embedded thumbnail that is a scaled copy
+    of the image at least that large, where it has one (pillow-heif's ``draft``; else the image);
+    other formats ignore it. ``decode_photo`` chooses it.
     """
     if not data:
         raise ImageError("empty_body", "the request carried no image bytes")
@@ -162,8 +192,12 @@ def decode_image(
 
     try:
         image.seek(0)  # first frame of an animation
-        if reduce > 1 and image.format in ("JPEG", "MPO"):
-            image.draft(None, (width // reduce, height // reduce))
+        if reduce > 1 and image.format in ("JPEG", "MPO", "HEIF"):
+            image.draft(None, (int(width // reduce), int(height // reduce)))
+        if image.format in ("JPEG", "MPO"):
+            fast = decode_array(data, image)  # Pillow's pixels, sooner; None: Pillow decodes
+            if fast is not None:
+                return fast
         image.load()
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
@@ -228,25 +262,46 @@ def decode_photo(
     where a crop needs it (runtime/photo.py). Anything else is decoded whole, exactly as
     ``decode_image`` does; its checks and refusals apply either way."""
 
-    def decode(scale: int) -> Image.Image:
-        return decode_image(data, max_pixels, min_side, reduce=scale)
+    def decode(scale: int) -> Image.Image | np.ndarray:  # the full decode as TurboJPEG's array where it can
+        return decode_pixels(data, max_pixels, min_side) if scale == 1 else decode_image(data, max_pixels, min_side, reduce=scale)
 
-    scale = 1
+    scale, orientation = 1, 1
     try:
         with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as header:
             warnings.simplefilter("ignore")
+            size = header.size
             if header.format in ("JPEG", "MPO"):
                 scale = detection_scale(header.size, max_side)
                 orientation = header.getexif().get(EXIF_ORIENTATION, 1)
                 size = header.size[::-1] if orientation in (5, 6, 7, 8) else header.size
+            elif header.format == "HEIF":
+                scale = heif_thumbnail_scale(header, max_side)
     except Exception:  # decode_image refuses what is wrong, with the right code
         scale = 1
     if scale == 1:
-        return Photo.whole(decode(1))
+        return Photo.whole(decode_image(data, max_pixels, min_side))
     photo = Photo.scaled(decode, size, scale, orientation)
-    if photo.preview[0].size != (-(-size[0] // scale), -(-size[1] // scale)):  # not libjpeg's scaled size
-        return Photo.whole(decode(1))
+    view = photo.preview[0]
+    if isinstance(scale, float):  # a HEIF thumbnail: upright, as its image is, the size it declared
+        if view.size == size:  # pillow-heif found it no scaled copy of the image and decoded that
+            return Photo.whole(view)
+        if max(view.size) != round(max(size) / scale):
+            return Photo.whole(decode_image(data, max_pixels, min_side))
+    elif view.size != (-(-size[0] // scale), -(-size[1] // scale)):  # not libjpeg's scaled size
+        return Photo.whole(decode_image(data, max_pixels, min_side))
     return photo
+
+
+def heif_thumbnail_scale(header: Image.Image, max_side: int) -> float | int:
+    """For a HEIF file at least twice the detector's input (``max_side``): its full size over that of
+    its smallest embedded thumbnail with ``max_side`` pixels on its longer side, what the detector
+    then gets; 1 where it has none (the detector then shrinks the full decode, about 45 ms for 12 MP).
+    The crop still comes from the full decode. Phones embed 320 px thumbnails: too small for a 640 px detector."""
+    longest = max(header.size)
+    sides = [side for side in header.info.get("thumbnails", []) if max_side <= side < longest]
+    if longest < 2 * max_side or not sides:
+        return 1
+    return longest / min(sides)
 
 
 @dataclass(frozen=True)
@@ -267,6 +322,13 @@ class Face:
     def to_dict(self) -> dict:
         return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4)}
 
+    def mapped(self, scale: tuple[float, float], offset: tuple[float, float]) -> "Face":
+        """From a view's pixels to an image's: each coordinate times ``scale``, plus ``offset``."""
+        (sx, sy), (dx, dy) = scale, offset
+        x1, y1, x2, y2 = self.box
+        return Face((x1 * sx + dx, y1 * sy + dy, x2 * sx + dx, y2 * sy + dy), self.score,
+                    tuple((x * sx + dx, y * sy + dy) for x, y in self.landmarks))
+
 
 class FaceDetector:
     """RetinaFace-MobileNet0.25 on onnxruntime.
@@ -274,6 +336,12 @@ class FaceDetector:
     Images are shrunk so the longer side is at most ``max_side`` before detection (the detector's
     cost grows with pixels and faces in uploads are large), then boxes are scaled back. Images of
     about the same size share one onnxruntime call, padded to a common canvas (``size_buckets``).
+
+    ``coarse_side`` (0: off): coarse to fine. Look at ``coarse_side`` pixels first (a quarter of the
+    cost at half of 640). Where that finds a face of at least ``COARSE_MIN_FACE`` pixels there, look
+    again at ``max_side``'s scale, but only at a window around the faces it found (its boxes alone
+    are off by about 5 % of the face, up to 13 %: RetinaFace's boxes depend on the scale); where it
+    finds none, or the window would be most of the image, at the whole ``max_side`` view.
     """
 
     def __init__(
@@ -283,6 +351,7 @@ class FaceDetector:
         max_side: int = 640,
         threads: int = 1,
         providers: list[str] | None = None,
+        coarse_side: int = 0,
     ):
         from retinaface.weights import WEIGHTS
 
@@ -291,12 +360,65 @@ class FaceDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side
+        self.coarse_side = coarse_side
         self.session = ort_session(WEIGHTS, providers or ["CPUExecutionProvider"], threads)
 
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
-        """One list of faces per image, largest first. Images of about the same size after the
-        shrink share one onnxruntime call (``size_buckets``); the others get their own."""
-        shrunk = [self._shrink(image) for image in images]
+        """One list of faces per image, largest first: at ``coarse_side`` first where that is set,
+        then at ``max_side``'s scale, around the faces found or over the whole image."""
+        if not 0 < self.coarse_side < self.max_side:
+            return self._detect(images, self.max_side)
+        results = self._detect(images, self.coarse_side)
+        whole, windows = [], []
+        for i, (image, faces) in enumerate(zip(images, results)):
+            if max(image.size) > self.coarse_side:  # else the coarse view was the image itself
+                window = self._window(faces, image.size)
+                if window is None:
+                    whole.append(i)
+                else:
+                    windows.append((i, window))
+        for i, faces in zip(whole, self._detect([images[i] for i in whole], self.max_side)):
+            results[i] = faces
+        views = [self._fine_window(images[i], window) for i, window in windows]
+        # the windows are at max_side's scale already: no further shrink
+        for (i, _), (view, scale, offset), faces in zip(windows, views, self._detect([v for v, *_ in views], math.inf)):
+            results[i] = [face.mapped(scale, offset) for face in faces]
+        return results
+
+    def _window(self, faces: list[Face], size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """Where to look again at ``max_side``'s scale, in that view's pixels (left and top on the
+        detector's 32 px stride): the faces found, grown by ``COARSE_GROWTH`` of the largest; None
+        when no face of ``COARSE_MIN_FACE`` coarse pixels was found or the window would cost more
+        than ``COARSE_MAX_WINDOW`` of the whole view (the coarse look costs the rest)."""
+        largest = max(faces[0].box[2] - faces[0].box[0], faces[0].box[3] - faces[0].box[1]) if faces else 0.0
+        if largest * self.coarse_side < COARSE_MIN_FACE * max(size):
+            return None
+        fine = view_size(size, self.max_side)
+        sx, sy = size[0] / fine[0], size[1] / fine[1]
+        grow = COARSE_GROWTH * largest
+        left = max(0, math.floor((min(f.box[0] for f in faces) - grow) / sx / 32) * 32)
+        top = max(0, math.floor((min(f.box[1] for f in faces) - grow) / sy / 32) * 32)
+        right = min(fine[0], math.ceil((max(f.box[2] for f in faces) + grow) / sx))
+        bottom = min(fine[1], math.ceil((max(f.box[3] for f in faces) + grow) / sy))
+        if (right - left) * (bottom - top) > COARSE_MAX_WINDOW * fine[0] * fine[1]:
+            return None
+        return left, top, right, bottom
+
+    def _fine_window(self, image: Image.Image, window: tuple[int, int, int, int]):
+        """The pixels of ``max_side``'s view under ``window`` (the same resampling over the same
+        grid; the filter reads past the window's edges as it does inside the whole view), the image
+        pixels per view pixel, and where the window starts in the image."""
+        fine = view_size(image.size, self.max_side)
+        sx, sy = image.width / fine[0], image.height / fine[1]
+        left, top, right, bottom = window
+        box = (left * sx, top * sy, right * sx, bottom * sy)
+        view = image.resize((right - left, bottom - top), Image.BILINEAR, box=box) if fine != image.size else image.crop(window)
+        return view, (sx, sy), box[:2]
+
+    def _detect(self, images: list[Image.Image], side: int) -> list[list[Face]]:
+        """Faces of each image shrunk to ``side``, largest first. Images of about the same size
+        after the shrink share one onnxruntime call (``size_buckets``); the others get their own."""
+        shrunk = [self._shrink(image, side) for image in images]
         results: list[list[Face]] = [[] for _ in images]
         for bucket in size_buckets([array.shape[:2] for array, _ in shrunk]):
             detections = self._run([shrunk[i][0] for i in bucket])
@@ -304,12 +426,12 @@ class FaceDetector:
                 results[i] = self._faces(faces, shrunk[i][1], images[i].size)
         return results
 
-    def _shrink(self, image: Image.Image) -> tuple[np.ndarray, float]:
-        """The detector's input: longer side at most ``max_side``; and the scale applied."""
-        scale = min(1.0, self.max_side / max(image.size))
+    @staticmethod
+    def _shrink(image: Image.Image, side: float) -> tuple[np.ndarray, float]:
+        """The detector's input: longer side at most ``side``; and the scale applied."""
+        scale = min(1.0, side / max(image.size))
         if scale < 1.0:
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            image = image.resize(size, Image.BILINEAR)
+            image = image.resize(view_size(image.size, side), Image.BILINEAR)
         return np.asarray(image), scale
 
     def _run(self, arrays: list[np.ndarray]) -> list:
@@ -341,6 +463,12 @@ class FaceDetector:
                 points = tuple((p.x / scale, p.y / scale) for p in f.landmarks)
                 found.append(Face((x1, y1, x2, y2), float(f.score), points))
         return sorted(found, key=lambda face: face.area, reverse=True)
+
+
+def view_size(size: tuple[int, int], side: float) -> tuple[int, int]:
+    """``size`` shrunk to at most ``side`` on its longer side: the detector's view of an image."""
+    scale = min(1.0, side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def size_buckets(shapes: list[tuple[int, int]], max_padding: float = MAX_PADDING) -> list[list[int]]:
@@ -455,20 +583,22 @@ class FacePreprocessor:
         the window it was cut from, always from the full decode (runtime/photo.py says why)."""
         photo = image if isinstance(image, Photo) else Photo.whole(image)
         if self.is_native(box):
-            pixels = photo.full()
             side = max(box[2] - box[0], box[3] - box[1])
             if side >= self.min_face:
                 window = native_window(box, self.input_size * self.context)
-                return pixels.crop(window), window
+                return _cut(photo, window), window
             # a small face: a narrower window, upsampled (the context window is the same multiple of it)
             served = max(2, 2 * round(self.input_size * side / self.min_face / 2))  # even: centres align
             window = native_window(box, served * self.context)
             size = (self.input_size * self.context,) * 2
-            return pixels.crop(window).resize(size, Image.BICUBIC), window
+            return _cut(photo, window).resize(size, Image.BICUBIC), window
         square = square_box(box, photo.size[0], photo.size[1], self.margin)
-        pixels = photo.full()
         size = (self.input_size, self.input_size)
-        return pixels.resize(size, Image.BICUBIC, box=square, reducing_gap=None), square
+        # the pixels the filter reads around the square: its support, widened when it shrinks
+        reach = math.ceil(BICUBIC_SUPPORT * max(1.0, (square[2] - square[0]) / self.input_size)) + 2
+        pixels, (dx, dy) = photo.window(square, reach)
+        inside = (square[0] - dx, square[1] - dy, square[2] - dx, square[3] - dy)
+        return pixels.resize(size, Image.BICUBIC, box=inside, reducing_gap=None), square
 
     def prepare_many(self, images: list[Image.Image | Photo]) -> list[Prepared]:
         """Detection runs once over all images (batched by size: ``FaceDetector.detect``)."""
@@ -485,6 +615,12 @@ class FacePreprocessor:
 
     def prepare(self, image: Image.Image | Photo) -> Prepared:
         return self.prepare_many([image])[0]
+
+
+def _cut(photo: Photo, window: tuple[int, int, int, int]) -> Image.Image:
+    """``window`` of the full decode (PIL fills what lies past the image's edges black)."""
+    pixels, (dx, dy) = photo.window(window)
+    return pixels.crop((window[0] - dx, window[1] - dy, window[2] - dx, window[3] - dy))
 
 
 def _in_full(face: Face, photo: Photo, scale: int) -> Face:

@@ -15,4 +15,7 @@ def test_a_pasted_100px_face_is_found_at_its_pasted_box_by_the_full_size_detecto
     assert frames[0].size == FRAME
     assert abs((pasted[0][2] - pasted[0][0]) - 100) < 1e-6
     rows = recall(frames, pasted, [640], 100)
-    assert rows == [{"face_px": 100, "frame": list(FRAME), "max_side": 640, "faces": 1, "found": 1}]
+    assert rows == [{"face_px": 100, "frame": list(FRAME), "max_side": 640, "coarse_side": 0, "faces": 1, "found": 1,
+                     "max_box_shift_px": 0.0}]
+    coarse = recall(frames, pasted, [640], 100, coarse=[320])
+    assert [row["found"] for row in coarse] == [1, 1] and coarse[1]["coarse_side"] == 320

@@ -185,6 +185,8 @@ def test_describe_answers_the_model_description_without_a_prediction(handler, mo
     assert description["backend"] == "eager" and description["architecture"] == "face"
     assert description["threshold"] == handler.threshold
     assert description["preprocessing"]["input_size"] == handler.input_size
+    assert description["preprocessing"]["coarse_side"] == 0  # the default (off), which the committed weights predate
+    assert description["decoders"]["jpeg"] in ("turbojpeg", "pillow")
     assert set(description["calibration"]) >= {"scale", "shift"}
     assert json.loads(json.dumps(description)) == description
     assert context.statuses == {} and context.recorded == []  # no error counted, no prediction timed

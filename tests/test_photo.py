@@ -1,22 +1,27 @@
 """Full-size photos through the reduced decode (runtime/photo.py, decode_photo): the same faces and
 the same verdict as the full decode, on 12 MP and 24 MP photos made from real faces (the shipped
 examples and scikit-image's astronaut, upscaled into phone-sized frames), with the real detector and
-the default model."""
+the default model. JPEGs decode through TurboJPEG (runtime/jpeg.py) where it is installed: its
+pixels, full and DCT-scaled, are checked against Pillow's own decode, the path every JPEG took before."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from skimage import data as skdata
 
 from benchmarks.photos import PHONE_12MP, PHONE_24MP, jpeg_bytes, phone_photo
+from runtime import jpeg
 from runtime.photo import Photo, detection_scale
-from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image, decode_photo, to_tensor_batch
+from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image, decode_photo, to_rgb, to_tensor_batch
 from runtime.weights import Calibration, load_weights
 from test_handler import model_dir  # noqa: F401  (fixture: the session archive, extracted)
 
@@ -56,12 +61,22 @@ def photo_set() -> list[tuple[str, bytes]]:
     return photos
 
 
+def pillow_decode(data: bytes, reduce: int = 1) -> Image.Image:
+    """Pillow's own decode at 1/``reduce`` (draft), upright, RGB: what decode_image gave every JPEG
+    before TurboJPEG."""
+    image = Image.open(io.BytesIO(data))
+    if reduce > 1:
+        image.draft(None, (image.width // reduce, image.height // reduce))
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
 @pytest.fixture(scope="module")
 def compared(model, preprocessor) -> list[dict]:
-    """Each photo through the full decode and through decode_photo."""
+    """Each photo through Pillow's full decode (the reference) and through decode_photo."""
     rows = []
     for name, body in photo_set():
-        full = decode_image(body)
+        full = pillow_decode(body)
         reference = preprocessor.prepare(full)
         photo = decode_photo(body, max_side=model[2].max_side)
         fast = preprocessor.prepare(photo)
@@ -85,8 +100,9 @@ def test_the_reduced_decode_finds_the_same_faces(compared):
 
 @pytest.mark.slow
 def test_crops_are_the_full_decodes_crops(model, preprocessor, compared):
-    """For the same face box, the crop from decode_photo is pixel for pixel the full decode's, native
-    or resized, so the verdict cannot move (a reduced decode's one-level differences moved it 0.038)."""
+    """For the same face box, the crop from decode_photo (TurboJPEG where installed) is pixel for
+    pixel Pillow's full decode's, native or resized, so the verdict cannot move (a reduced decode's
+    one-level differences moved it 0.038)."""
     resized = 0
     for row in compared:
         for face in row["fast"].faces[:1]:
@@ -203,3 +219,139 @@ def test_the_handler_decodes_for_the_weights_detector_size(model_dir, tmp_path):
     x1, y1, x2, y2 = answer["face"]["box"]
     assert 700 < x2 - x1 < 1600 and abs((x1 + x2) / 2 - 2016) < 200  # the face, in the photo's pixels
     assert decode_photo(body, max_side=128).preview[1] == 8
+
+
+def jpeg_variants() -> dict[str, bytes]:
+    """One textured image (1203 x 901: no multiple of a block or an MCU) stored every way a phone,
+    an editor or a scanner might: each chroma subsampling, progressive, greyscale, RGB without the
+    YCbCr transform, CMYK, and each EXIF orientation."""
+    image = textured((1203, 901))
+    variants = {}
+
+    def save(name: str, picture: Image.Image = image, **options) -> None:
+        buffer = io.BytesIO()
+        picture.save(buffer, "JPEG", quality=90, **options)
+        variants[name] = buffer.getvalue()
+
+    for subsampling, name in ((0, "4:4:4"), (1, "4:2:2"), (2, "4:2:0")):
+        save(name, subsampling=subsampling)
+        save(f"{name} progressive", subsampling=subsampling, progressive=True)
+    save("greyscale", image.convert("L"))
+    save("greyscale progressive", image.convert("L"), progressive=True)
+    save("rgb", keep_rgb=True)
+    save("cmyk", image.convert("CMYK"))
+    for orientation in range(2, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save(f"orientation {orientation}", exif=exif)
+    return variants
+
+
+VARIANTS = jpeg_variants()
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_jpegs_decode_to_pillows_pixels(name):
+    """decode_image at full size and at each DCT scale (what decode_photo asks for) is pixel for
+    pixel Pillow's decode, whichever decoder made it; TurboJPEG made it for every file but CMYK."""
+    data = VARIANTS[name]
+    for reduce in (1, 2, 4, 8):
+        expected, got = np.asarray(pillow_decode(data, reduce)), np.asarray(decode_image(data, reduce=reduce))
+        assert got.shape == expected.shape and np.array_equal(got, expected), (name, reduce)
+    if jpeg.turbo() is not None:
+        header = Image.open(io.BytesIO(data))
+        assert (jpeg.decode_array(data, header) is None) == (name == "cmyk")
+
+
+def test_turbojpeg_is_installed_where_the_setup_ran():
+    """pyproject.toml pins PyTurboJPEG and scripts/install-system.sh installs libturbojpeg wherever
+    apt has it; elsewhere JPEGs decode through Pillow, slower, with the same pixels."""
+    if jpeg.turbo() is None:
+        pytest.skip("libturbojpeg is not installed here (scripts/install-system.sh installs it where apt has it)")
+    assert jpeg.decoder() == "turbojpeg"
+
+
+def test_without_turbojpeg_pillow_decodes_and_says_so():
+    """A host without PyTurboJPEG or libturbojpeg: the same pixels through Pillow, one warning in
+    the log, and ``decoder()`` says which path decodes (the handler's description shows it)."""
+    code = (
+        "import sys; sys.modules['turbojpeg'] = None\n"  # what an import of a missing package does
+        "import hashlib, numpy as np\n"
+        "from runtime.jpeg import decoder\n"
+        "from runtime.preprocessing import decode_image\n"
+        "pixels = np.asarray(decode_image(sys.stdin.buffer.read(), reduce=2))\n"
+        "print(decoder(), hashlib.sha256(pixels.tobytes()).hexdigest())\n"
+    )
+    data = VARIANTS["4:2:0"]
+    run = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, cwd=ROOT, check=True)
+    expected = hashlib.sha256(np.asarray(pillow_decode(data, 2)).tobytes()).hexdigest()
+    assert run.stdout.decode().split() == ["pillow", expected]
+    assert b"JPEGs decode through Pillow: TurboJPEG is not available" in run.stderr
+
+
+def test_a_truncated_jpeg_is_refused_as_pillow_refuses_it():
+    """TurboJPEG only warns on a truncated file and fills the rest grey; the warning hands it to
+    Pillow, which refuses it."""
+    data = VARIANTS["4:2:0"]
+    assert jpeg.decode_array(data[: len(data) // 2], Image.open(io.BytesIO(data))) is None
+    for reduce in (1, 4):
+        with pytest.raises(ImageError) as err:
+            decode_image(data[: len(data) // 2], reduce=reduce)
+        assert err.value.code == "corrupt_image"
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_crops_read_from_the_array_are_the_full_images_crops(orientation):
+    """TurboJPEG's full decode stays an array and a crop converts only the pixels it reads
+    (Photo.window): native windows, windows past every edge, small faces upsampled and resized
+    squares of every shrink give Pillow's full decode's crops, pixel for pixel."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = jpeg_bytes(textured((2403, 1801)), quality=95, exif=exif)
+    full = pillow_decode(body)
+    width, height = full.size
+    boxes = [(0.0, 0.0, 150.0, 170.0), (width - 120.5, height - 200.2, width, height), (900.3, 700.7, 1010.2, 830.9),
+             (30.0, 400.0, 90.0, 470.0), (10.0, 10.0, 1500.0, 1600.0), (width - 700.0, 100.0, width - 1.0, 900.0)]
+    rng = np.random.default_rng(orientation)
+    for _ in range(12):
+        x, y, side = rng.uniform(0, width - 50), rng.uniform(0, height - 50), rng.uniform(20, 1400)
+        boxes.append((x, y, min(width, x + side), min(height, y + side * rng.uniform(0.8, 1.3))))
+    for crop, min_face in (("native", 0), ("native", 150), ("resize", 0)):
+        preprocessor = FacePreprocessor(192, crop=crop, min_face=min_face, threads=1)
+        photo = decode_photo(body, max_side=400)
+        for box in boxes:
+            got, window = preprocessor.crop(photo, box)
+            expected, same = preprocessor.crop(full, box)
+            assert window == same and np.array_equal(np.asarray(got), np.asarray(expected)), (crop, min_face, box)
+    if jpeg.turbo() is not None:
+        assert isinstance(photo.views[1], np.ndarray)  # the array path was the one tested
+
+
+def heic_bytes(image: Image.Image, thumbnails: list[int]) -> bytes:
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=80, thumbnails=thumbnails)
+    return buffer.getvalue()
+
+
+def test_heic_detection_sees_its_embedded_thumbnail_and_the_crop_the_full_decode():
+    """A HEIC with a thumbnail of at least the detector's input gives the detector that thumbnail
+    (no full-size shrink) and maps its faces to full-resolution pixels; every crop is the full
+    decode's. Without such a thumbnail (phones embed 320 px ones) it is decoded whole, as before."""
+    picture = phone_photo(Image.fromarray(skdata.astronaut()), (1600, 1200), 400, face_share=ASTRONAUT_FACE_SHARE, seed=3)
+    body = heic_bytes(picture, [160, 512])
+    full = decode_image(body)
+    photo = decode_photo(body, max_side=400)
+    view, scale = photo.preview
+    assert view.size == (512, 384) and scale == pytest.approx(1600 / 512) and photo.size == full.size
+    preprocessor = FacePreprocessor(192, crop="native", threads=1, max_side=400)
+    fast, reference = preprocessor.prepare(photo), preprocessor.prepare(full)
+    assert fast.faces and len(fast.faces) == len(reference.faces)
+    box, same = fast.faces[0].box, reference.faces[0].box
+    assert max(abs(a - b) for a, b in zip(box, same)) <= 0.02 * max(full.size)  # the same face
+    crop, window = preprocessor.crop(photo, box)
+    exact, same_window = preprocessor.crop(full, box)
+    assert window == same_window and np.array_equal(np.asarray(crop), np.asarray(exact))
+    for small in (heic_bytes(picture, [160]), heic_bytes(picture, [])):
+        assert list(decode_photo(small, max_side=400).views) == [1]
