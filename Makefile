@@ -39,8 +39,13 @@ train: $(STAMP)
 
 # Held-out test split per data root and pooled, bootstrap intervals, calibration, robustness table.
 EVAL_FLAGS ?= --robustness
-evaluate: $(STAMP)
-	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(DATA) --split test $(EVAL_FLAGS)
+# The default weights were trained when faceswap had 8,000 groups; the 4,000 added since reshuffle the
+# group split, so their figures (and calibration) use the first 8,000 (scripts/first-groups.sh).
+EVAL_DATA ?= ../shared/data/faces ../shared/data/photoshop build/faceswap-8000/faceswap ../shared/data/diffusion
+build/faceswap-8000/faceswap/groups.csv:
+	scripts/first-groups.sh ../shared/data/faceswap 8000 build/faceswap-8000/faceswap
+evaluate: $(STAMP) build/faceswap-8000/faceswap/groups.csv
+	$(PY) -m training.evaluate --weights $(WEIGHTS) --data $(EVAL_DATA) --split test $(EVAL_FLAGS)
 
 dataset-report: $(STAMP)
 	for root in $(DATA); do $(PY) -m training.dataset_report --data $$root --out build/dataset-report/$$(basename $$root) || exit 1; done
