@@ -33,6 +33,7 @@ def test_answer_schema_on_a_real_face(torchserve, astronaut_jpeg):
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["label"] in ("real", "fake")
+    assert answer["band"] in ("likely_real", "uncertain", "likely_fake")
     assert 0.0 <= answer["fake_probability"] <= 1.0
     assert answer["label"] == ("fake" if answer["fake_probability"] >= answer["threshold"] else "real")
     x1, y1, x2, y2 = answer["face"]["box"]
