@@ -83,6 +83,41 @@ def where_torchserve_loses(summary: dict) -> list[dict]:
             if c["rps_ratio"] < 1 or (c["p99_ratio"] is not None and c["p99_ratio"] < 1)]
 
 
+def best_plain(summary: dict, users: int) -> dict | None:
+    """The plain server (naive or tuned) with the most requests/s at ``users`` (without failures,
+    when any has none)."""
+    rows = [r for r in load_rows(summary) if is_plain(r) and r["users"] == users]
+    rows = [r for r in rows if r["failures"] == 0] or rows
+    return max(rows, key=lambda r: r["rps"], default=None)
+
+
+def level_winners(summary: dict) -> list[dict]:
+    """At each user level with a plain row: the run's best TorchServe configuration (``best_load``
+    over every level, the layout the sweep serves) at that level against the best plain server there
+    (``best_plain``), same run. ``winner`` is ``torchserve`` when it answers at least as many
+    requests/s, else ``plain``; the p99 ratio is plain p99 / TorchServe p99 (above 1: TorchServe's
+    p99 is lower)."""
+    top = best_load(summary)
+    if not top:
+        return []
+    label = config_label(top)
+    served = {r["users"]: r for r in torchserve_rows(summary) if config_label(r) == label}
+    out = []
+    for users in sorted({r["users"] for r in load_rows(summary) if is_plain(r)}):
+        row, plain = served.get(users), best_plain(summary, users)
+        if not row or not plain or not plain["rps"]:
+            continue
+        p99, plain_p99 = row["latency_ms"].get("p99"), plain["latency_ms"].get("p99")
+        ratio = row["rps"] / plain["rps"]
+        out.append({
+            "users": users, "config": label, "plain_config": config_label(plain), "plain_variant": plain_variant(plain),
+            "winner": "torchserve" if ratio >= 1 else "plain", "rps": row["rps"], "plain_rps": plain["rps"],
+            "rps_ratio": ratio, "p99_ms": p99, "plain_p99_ms": plain_p99,
+            "p99_ratio": plain_p99 / p99 if p99 and plain_p99 else None,
+        })
+    return out
+
+
 def speedups(summary: dict) -> list[dict]:
     """Every load row against the naive baseline at the same number of users, measured in the same
     run: requests/s ratio (higher is better) and p99 ratio (baseline / row, higher is better)."""

@@ -28,7 +28,9 @@ from benchmarks.analysis import (  # noqa: F401  (re-exported)
     config_label,
     fastest_batch1,
     generators,
+    best_plain,
     is_plain,
+    level_winners,
     load_rows,
     photo_ratios,
     plain_variant,
@@ -67,6 +69,7 @@ from benchmarks.tables import (  # noqa: F401  (re-exported)
     table,
     targets_section,
     video_section,
+    winner_lines,
     write_csvs,
 )
 

@@ -18,6 +18,7 @@ from benchmarks.analysis import (
     fastest_batch1,
     generators,
     is_plain,
+    level_winners,
     load_rows,
     photo_ratios,
     plain_variant,
@@ -102,6 +103,7 @@ def headline(summary: dict) -> list[str]:
     if top:
         lines.append(f"- End to end: best {top['rps']:.1f} requests/s ({config_label(top)}, {top['users']} users, "
                      f"p99 {top['latency_ms'].get('p99', float('nan')):.0f} ms, {top['failures']} failures).")
+    lines += winner_lines(summary)
     others = [r["host"]["other_cpu_percent"] for r in load_rows(summary) if "other_cpu_percent" in r.get("host", {})]
     if others and sum(others) / len(others) >= 20:
         lines.append(f"- The host was shared: processes other than TorchServe and Locust used {sum(others) / len(others):.0f} % "
@@ -138,6 +140,23 @@ def headline(summary: dict) -> list[str]:
         best_up = max(ups, key=lambda s: s["rps_ratio"])
         lines.append(f"- Against the naive baseline (eager, batch 1, one image per request) in the same run: up to "
                      f"{best_up['rps_ratio']:.2f}x requests/s ({best_up['config']} at {best_up['users']} users).")
+    return lines
+
+
+def winner_lines(summary: dict) -> list[str]:
+    """The headline's winner at each user level: the run's best TorchServe configuration against the
+    best plain server at that level (``analysis.level_winners``)."""
+    levels = level_winners(summary)
+    if not levels:
+        return []
+    lines = [f"- Winner at each load level, same run: TorchServe's best configuration ({levels[0]['config']}) against "
+             "the best plain server at that level (naive or tuned); ratio = TorchServe / plain requests/s:"]
+    for c in levels:
+        plain = f"the {c['plain_variant']} plain server"
+        winner = "TorchServe" if c["winner"] == "torchserve" else plain
+        lines.append(f"  - {c['users']} user{'s' if c['users'] != 1 else ''}: **{winner}** wins; TorchServe answers "
+                     f"**{c['rps_ratio']:.2f}x** the requests/s of {plain} ({c['rps']:.1f} vs {c['plain_rps']:.1f}), "
+                     f"p99 {fmt(c['p99_ms'], 0)} vs {fmt(c['plain_p99_ms'], 0)} ms.")
     return lines
 
 
