@@ -6,8 +6,8 @@ rebuilt after these modules change) without measuring again:
     python -m benchmarks.report benchmarks/reports/<run>/
 
 This module only puts the report folder together: the numbers come from ``benchmarks.analysis``,
-the markdown and CSVs from ``benchmarks.tables``, the plots from ``benchmarks.plots``. Their public
-names are re-exported here for the callers and tests that import them from ``benchmarks.report``.
+the markdown and CSVs from ``benchmarks.tables``, the plots from ``benchmarks.plots``; import from
+those. The few names tests still take from ``benchmarks.report`` are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,30 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.analysis import (  # noqa: F401  (re-exported)
-    GPU_TARGETS,
-    PERCENTILES,
-    PLAIN_VARIANTS,
-    against_plain,
-    best_load,
-    best_model,
-    box_limit,
-    config_label,
-    fastest_batch1,
-    generators,
-    best_plain,
-    is_plain,
-    level_winners,
-    load_rows,
-    photo_ratios,
-    plain_variant,
-    server_metrics,
-    speedups,
-    torchserve_rows,
-    video_levels,
-    where_torchserve_loses,
-)
-from benchmarks.plots import (  # noqa: F401  (re-exported)
+from benchmarks.analysis import best_load, speedups  # noqa: F401  (re-exported: the tests use them from here)
+from benchmarks.plots import (
     PHOTO_PLOT,
     PLOTS,
     VIDEO_PLOTS,
@@ -51,27 +29,9 @@ from benchmarks.plots import (  # noqa: F401  (re-exported)
     plot_throughput,
     plot_video_image_latency,
     plot_video_rates,
-    plt,
-    save_figure,
 )
-from benchmarks.tables import (  # noqa: F401  (re-exported)
-    PLAIN_TEXT,
-    bounds_section,
-    fmt,
-    generator_cell,
-    headline,
-    limit_section,
-    load_section,
-    machine_section,
-    photo_section,
-    preprocess_sets_section,
-    render_markdown,
-    table,
-    targets_section,
-    video_section,
-    winner_lines,
-    write_csvs,
-)
+from benchmarks.tables import render_markdown, write_csvs
+from benchmarks.tables import fmt, headline, video_section  # noqa: F401  (re-exported: the tests use them from here)
 
 
 def build(run_dir: str | Path) -> Path:
