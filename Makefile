@@ -123,7 +123,7 @@ stop:
 status:
 	$(PY) -m handler.server status --run-dir $(SERVE_DIR)
 
-# Benchmarks (issue 5): `make bench` is the quick profile (< 10 min on 2 CPU cores), `make bench-full`
+# Benchmarks (issue 5): `make bench` is the quick profile (about 21 min on 2 CPU cores; 1, 4, 16 and 32 users), `make bench-full`
 # every backend, batch size and concurrency level. Each writes benchmarks/reports/<time>-<device>-<profile>/.
 # The artifacts and archives of `make export` are rebuilt when missing or older than the weights. BENCH_FLAGS: see `python -m benchmarks.run -h`.
 build/export/manifest.json: $(STAMP) $(WEIGHTS)

@@ -19,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.report import config_label, fmt, table  # noqa: E402
+from benchmarks.analysis import config_label  # noqa: E402
+from benchmarks.tables import fmt, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

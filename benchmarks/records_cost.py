@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import plt, save_figure  # importing benchmarks.report selects the Agg backend
+from benchmarks.plots import plt, save_figure  # importing benchmarks.plots selects the Agg backend
 from benchmarks.stats import latency_percentiles
 from export.archive import ServingConfig, build_archive, repack
 from handler import records

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.report import plt, save_figure  # importing benchmarks.report selects the Agg backend
+from benchmarks.plots import plt, save_figure  # importing benchmarks.plots selects the Agg backend
 from export.archive import ServingConfig, build_archive
 from handler import records
 from handler.server import ROOT, TorchServe

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks import compare, records_cost, report
+from benchmarks import analysis, compare, records_cost, report
 
 RECORDED = Path(__file__).resolve().parents[1] / "benchmarks" / "testdata" / "recorded_summary.json"
 
@@ -209,3 +209,37 @@ def test_report_states_the_tuned_peer_the_limit_and_full_size_photos(tmp_path):
     assert "p50 at 1 user **1.80x** (45 vs 25 ms; target <= 2x), requests/s at 16 users 0.40x" in text
     assert "12mp-heic not measured: pillow-heif is not installed here" in text
     assert _png_size(tmp_path / "run" / report.PHOTO_PLOT)[0] > 300
+
+
+def _load_row(server: str, users: int, rps: float, p99: float, **config) -> dict:
+    return {"server": server, "backend": "onnx", "batch_size": 8, "max_batch_delay": 20, "workers": 2, "threads": 1,
+            "users": users, "rps": rps, "latency_ms": {"p50": p99 / 2, "p99": p99}, "failures": 0, **config}
+
+
+def test_headline_names_the_winner_and_ratio_at_every_load_level():
+    """A made-up run: the best TorchServe configuration (onnx b8/d20 2w x 1t) against the best plain
+    server at each level, whichever variant that is: the naive one wins at 1 user, TorchServe at 16,
+    the tuned one at 32. The eager baseline's 60 req/s at 1 user is not the configuration compared."""
+    plain = lambda variant, users, rps, p99: _load_row("plain", users, rps, p99, variant=variant)  # noqa: E731
+    baseline = dict(backend="eager", batch_size=1, max_batch_delay=0, workers=1, baseline=True)
+    summary = {"load": {"results": [
+        _load_row("torchserve", 1, 30.0, 40.0), _load_row("torchserve", 16, 200.0, 100.0), _load_row("torchserve", 32, 210.0, 180.0),
+        _load_row("torchserve", 1, 60.0, 20.0, **baseline), _load_row("torchserve", 16, 60.0, 400.0, **baseline),
+        plain("naive", 1, 50.0, 25.0), plain("naive", 16, 60.0, 300.0), plain("naive", 32, 58.0, 600.0),
+        plain("tuned", 1, 20.0, 60.0), plain("tuned", 16, 190.0, 130.0), plain("tuned", 32, 220.0, 170.0),
+    ]}}  # fmt: skip
+    levels = {c["users"]: c for c in analysis.level_winners(summary)}
+    assert set(levels) == {1, 16, 32}
+    assert {c["config"] for c in levels.values()} == {"onnx b8/d20 2w x 1t"}
+    expected = {1: ("plain", "naive", 30.0 / 50.0), 16: ("torchserve", "tuned", 200.0 / 190.0), 32: ("plain", "tuned", 210.0 / 220.0)}
+    for users, (winner, variant, ratio) in expected.items():
+        assert (levels[users]["winner"], levels[users]["plain_variant"]) == (winner, variant)
+        assert levels[users]["rps_ratio"] == pytest.approx(ratio)
+    assert levels[16]["p99_ms"] == 100.0 and levels[16]["plain_p99_ms"] == 130.0
+
+    text = "\n".join(report.headline(summary))
+    assert "TorchServe's best configuration (onnx b8/d20 2w x 1t)" in text
+    assert ("  - 1 user: **the naive plain server** wins; TorchServe answers **0.60x** the requests/s of the naive plain "
+            "server (30.0 vs 50.0), p99 40 vs 25 ms.") in text
+    assert "  - 16 users: **TorchServe** wins; TorchServe answers **1.05x** the requests/s of the tuned plain server (200.0 vs 190.0), p99 100 vs 130 ms." in text
+    assert "  - 32 users: **the tuned plain server** wins; TorchServe answers **0.95x** the requests/s of the tuned plain server" in text
