@@ -59,7 +59,7 @@ def test_short_training_learns_and_skips_the_corrupt_image(generated, tmp_path, 
     assert saved["threshold"] == meta["threshold"]
     assert saved["calibration"]["method"] == "platt" and saved["calibration"]["scale"] > 0
     # the keys the serving handler reads to rebuild the same preprocessing
-    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "crop": "resize", "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640, "min_face": 0}
+    assert saved["preprocessing"] == {"input_size": 64, "margin": 0.3, "crop": "resize", "score_threshold": 0.8, "nms_threshold": 0.4, "max_side": 640, "min_face": 0, "coarse_side": 0}
     assert saved["labels"] == {"0": "real", "1": "fake"}
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 1 + cfg.epochs

@@ -19,7 +19,7 @@ from video_clips import audio_only_mp4, corrupt, encode_clip, face_clip, mixed_c
 pytestmark = pytest.mark.integration
 
 ATTEMPTS = 3  # bursts tried until a video provably shares a batch with images
-VIDEO_KEYS = {"media", "label", "fake_probability", "threshold", "frames_sampled", "frames_with_face", "aggregation",
+VIDEO_KEYS = {"media", "label", "band", "fake_probability", "threshold", "frames_sampled", "frames_with_face", "aggregation",
               "timeline", "video", "model", "batch_size", "provenance"}
 
 
