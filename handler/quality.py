@@ -24,6 +24,7 @@ from sqlalchemy import Engine, select
 from handler.labels import labelled_predictions
 from handler.records import predictions
 from runtime import drift
+from runtime.verdict import NO_FACE
 
 NO_REFERENCE = ("the served weights' metadata has no validation P(fake) distribution ({key}); add it with "
                 "`python -m training.calibrate --weights WEIGHTS --data ROOT ... --reference-only`")  # fmt: skip
@@ -89,9 +90,11 @@ def version_quality(rows: list[dict]) -> dict:
 
 
 def answered(engine: Engine, since: datetime | None) -> list[tuple]:
-    """(created_at, fake_probability, label) of every answered prediction since then."""
+    """(created_at, fake_probability, label) of every answered prediction since then that judged a
+    face (a ``no_face`` answer's score is a centre crop's, no verdict: it would blur the drift)."""
     c = predictions.c
-    statement = select(c.created_at, c.fake_probability, c.label).where(c.status == 200, c.fake_probability.is_not(None))
+    statement = select(c.created_at, c.fake_probability, c.label).where(
+        c.status == 200, c.fake_probability.is_not(None), c.label != NO_FACE)
     if since is not None:
         statement = statement.where(c.created_at >= since)
     with engine.connect() as connection:

@@ -28,12 +28,13 @@ _ids = itertools.count()
 CLI = [sys.executable, "-m", "handler.records_cli"]
 
 
-def predicted(engine, probabilities, version="1.0", threshold=0.5, created_at=None, sha256s=None) -> list[str]:
+def predicted(engine, probabilities, version="1.0", threshold=0.5, created_at=None, sha256s=None, face=True) -> list[str]:
     """Rows as the handler writes them, one per P(fake); returns their request ids."""
     rows = []
     for i, p in enumerate(probabilities):
-        answer = {"media": "image", "label": "fake" if p >= threshold else "real", "fake_probability": float(p), "threshold": threshold,
-                  "image_size": [256, 256], "faces": [{}]}  # fmt: skip
+        label = ("fake" if p >= threshold else "real") if face else "no_face"
+        answer = {"media": "image", "label": label, "fake_probability": float(p), "threshold": threshold,
+                  "image_size": [256, 256], "faces": [{}] if face else []}  # fmt: skip
         n = next(_ids)
         digest = sha256s[i] if sha256s else hashlib.sha256(b"case-%d" % n).hexdigest()
         rows.append(records.prediction_row(answer, 200, {"name": MODEL, "version": version, "backend": "onnx", "precision": "fp32"},
@@ -172,6 +173,7 @@ def test_quality_per_version_matches_sklearn_and_drift_follows_the_traffic(engin
     truth, p = labelled_traffic(engine, rng, version="1.0")
     truth2, p2 = labelled_traffic(engine, rng, n=120, version="2.0", shift=0.05)
     predicted(engine, [0.9, 0.95], created_at=datetime.now(timezone.utc) - timedelta(days=3))  # answered, not labelled
+    predicted(engine, [0.99] * 5, face=False)  # no face, no verdict: not in the P(fake) distribution or the drift
     meta = json.loads(with_reference(tmp_path, np.concatenate([p, p2])).read_text())
     report = quality.quality_report(engine, None, meta, "weights.json")
     one, two = report["versions"]
