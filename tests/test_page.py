@@ -108,6 +108,7 @@ def test_page_verdicts_heatmap_refusal_and_history(page, browser, torchserve, tm
         upload(browser, example)
         assert not by_id("error").is_displayed(), by_id("error").text
         assert by_id("verdict").text.lower() == expected["label"], example
+        assert by_id("band").get_attribute("data-band") == expected["band"] and by_id("band").text  # said in words
         assert float(by_id("probability").text) == pytest.approx(expected["fake_probability"], abs=1e-3)
         assert float(by_id("threshold").text) == pytest.approx(expected["threshold"], abs=1e-3)
         bar = by_id("bar-fill").size["width"] / by_id("bar").size["width"]
@@ -477,3 +478,17 @@ def test_page_labels_a_verdict_with_its_file_and_refuses_bad_labels(page, torchs
     assert report["labelled"] >= 1 and {v["model"] for v in report["versions"]} == {MODEL}
     assert report["drift"]["psi"] is not None or "--reference-only" in report["drift"]["missing"]
     assert requests.get(f"{page}/api/quality", params={"since": "yesterday"}, timeout=30).status_code == 400
+
+
+def test_a_picture_without_a_face_gets_no_verdict_on_the_page(page, browser, torchserve, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (400, 300), (40, 90, 200)).save(flat)  # answered "fake" (0.50) before there was a band
+    browser.get(page)
+    upload(browser, flat)
+    verdict, band = browser.find_element(By.ID, "verdict"), browser.find_element(By.ID, "band")
+    assert verdict.get_attribute("data-label") == "no_face" and verdict.text.lower() == "no face found"
+    assert band.get_attribute("data-band") == "no_face" and "no verdict" in band.text
+    assert "no face" in browser.find_element(By.ID, "warning").text
