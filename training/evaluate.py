@@ -45,7 +45,7 @@ from training.plots import (plot_confusion, plot_face_size, plot_reliability, pl
 from training.regions import EDIT_LEVELS, edit_level
 from training.config import parse_settings, resolve_device, with_preprocessing
 from training.kinds import FAKE_KINDS
-from training.sampling import as_roots, split_samples
+from training.sampling import as_roots, held_out_roots, split_samples
 from training.scoring import predict
 
 POOLED = "pooled"
@@ -323,9 +323,9 @@ def cross_kind(weights: dict[str, Path], data, split: str, out_dir: Path, cache_
                                "roc_auc_95ci": list(bootstrap_auc_interval(s.y, s.p, resamples)),
                                "trained_on": meta.get("data", {}).get("root")}
                         for root, s in scored.items()}
-        holdout = meta.get("training", {}).get("holdout")
-        if holdout in matrix[name]:
-            held_out[name] = holdout
+        held = held_out_roots(meta.get("training", {}).get("holdout"))
+        if len(held) == 1 and held[0] in matrix[name]:  # one kind left out (a zero-shot run leaves out all)
+            held_out[name] = held[0]
     roots = list(next(iter(matrix.values())))
     lines = [f"Test ROC AUC [95 % CI] of each model (rows) on each data root (columns), {split} split"
              + (" (bold: the kind the model was trained without)." if held_out else "."), "",

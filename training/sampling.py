@@ -57,8 +57,9 @@ def draw_weights(items: list[CachedCrop], power: float, pool_reals: bool = False
     return torch.tensor([share[group] / counts[group] for group in groups], dtype=torch.float64)
 
 
-def held_out_roots(config: TrainConfig) -> list[str]:
-    return [config.holdout] if isinstance(config.holdout, str) and config.holdout else list(config.holdout or [])
+def held_out_roots(holdout: str | list | None) -> list[str]:
+    """A config's ``holdout`` (one root, a list, or nothing) as a list."""
+    return [holdout] if isinstance(holdout, str) and holdout else list(holdout or [])
 
 
 def hold_out(crops: list[CachedCrop], roots: list[str], keep_reals: bool) -> list[CachedCrop]:
@@ -70,9 +71,10 @@ def unique_reals(crops: list[CachedCrop]) -> list[CachedCrop]:
     """Each real crop once: a fake-only root paired with a donor's reals repeats them."""
     seen, out = set(), []
     for c in crops:
-        if c.label == 0 and c.crop in seen:
-            continue
-        seen.add(c.crop) if c.label == 0 else None
+        if c.label == 0:
+            if c.crop in seen:
+                continue
+            seen.add(c.crop)
         out.append(c)
     return out
 
@@ -95,7 +97,7 @@ def prepare_crops(config: TrainConfig, data: str | Path | list) -> tuple[dict[st
     # the whole training split, before anything is held out or subsampled: what the run's simulator
     # of generator artefacts learns from, so runs that differ only in those share one simulator
     crops["train_whole"] = list(crops["train"])
-    held = held_out_roots(config)
+    held = held_out_roots(config.holdout)
     if held:
         unknown = sorted(set(held) - {c.dataset for c in crops["test"]})
         if unknown:

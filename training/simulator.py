@@ -60,8 +60,8 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.style == "transposed":
             return self.conv(x)
-        mode = {"nearest": "nearest", "bilinear": "bilinear"}[self.style]
-        return self.conv(F.interpolate(x, scale_factor=2, mode=mode, **({"align_corners": False} if mode == "bilinear" else {})))
+        options = {"align_corners": False} if self.style == "bilinear" else {}
+        return self.conv(F.interpolate(x, scale_factor=2, mode=self.style, **options))
 
 
 def _conv(channels_in: int, channels_out: int, stride: int = 1) -> nn.Sequential:
@@ -90,6 +90,12 @@ class ArtefactSimulator(nn.Module):
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = F.mse_loss(a.clamp(0, 1), b.clamp(0, 1)).item()
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
+def to_input(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> (1, 3, H', W') in [0, 1], cut to sides that are multiples of 4 (two x2 stages)."""
+    cut = np.ascontiguousarray(image[: image.shape[0] // 4 * 4, : image.shape[1] // 4 * 4])
+    return torch.from_numpy(cut).permute(2, 0, 1)[None].float() / 255
 
 
 def simulator_key(digests: list[str], style: str, width: int, steps: int) -> str:
@@ -133,7 +139,7 @@ def train_simulator(images: list[np.ndarray], held_out: list[np.ndarray], style:
 def held_out_psnr(model: ArtefactSimulator, images: list[np.ndarray]) -> float:
     values = []
     for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image[: image.shape[0] // 4 * 4, : image.shape[1] // 4 * 4])).permute(2, 0, 1)[None].float() / 255
+        x = to_input(image)
         values.append(psnr(model(x), x))
     return float(np.median(values))
 
@@ -149,11 +155,9 @@ class SimulatorBank:
     def reconstruct(self, image: Image.Image, style_index: int) -> Image.Image:
         model = self.models[self.styles[style_index % len(self.styles)]]
         array = np.asarray(image, np.uint8)
-        h, w = array.shape[0] // 4 * 4, array.shape[1] // 4 * 4
-        x = torch.from_numpy(array[:h, :w].copy()).permute(2, 0, 1)[None].float() / 255
-        y = (model(x)[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+        y = (model(to_input(array))[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
         out = array.copy()
-        out[:h, :w] = y  # a side not a multiple of 4 keeps its last real rows/columns
+        out[: y.shape[0], : y.shape[1]] = y  # a side not a multiple of 4 keeps its last real rows/columns
         return Image.fromarray(out, "RGB")
 
     @classmethod
