@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from runtime.verdict import DEFAULT_THRESHOLD
+from runtime.verdict import BANDS, DEFAULT_THRESHOLD, band
 
 THRESHOLD_METHODS = ("youden", "eer", "f1")
 
@@ -89,12 +89,13 @@ def band_cutoffs(y_true, p_fake, threshold: float, precision: float = 0.95) -> d
 
 
 def band_shares(y_true, p_fake, cutoffs: dict) -> dict:
-    """Per band: its share of the images and the share of fakes in it (what a reviewer meets)."""
-    y_true, p_fake = np.asarray(y_true).astype(int), np.asarray(p_fake, dtype=np.float64)
-    masks = {"likely_real": p_fake < cutoffs["likely_real_below"], "likely_fake": p_fake >= cutoffs["likely_fake_from"]}
-    masks["uncertain"] = ~(masks["likely_real"] | masks["likely_fake"])
-    return {name: {"share": float(m.mean()) if len(m) else 0.0, "fake_share": float(y_true[m].mean()) if m.any() else None}
-            for name, m in masks.items()}
+    """Per band: its share of the images and the share of fakes in it (what a reviewer meets), by the
+    rule serving applies (``runtime.verdict.band``)."""
+    y_true = np.asarray(y_true).astype(int)
+    names = np.array([band(float(p), cutoffs) for p in p_fake])
+    return {name: {"share": float((names == name).mean()) if len(names) else 0.0,
+                   "fake_share": float(y_true[names == name].mean()) if (names == name).any() else None}
+            for name in BANDS}
 
 
 def binary_metrics(y_true, p_fake, threshold: float = DEFAULT_THRESHOLD) -> dict:
