@@ -145,7 +145,7 @@ soak: $(SERVING)
 # `make k8s-layout`: build/kserve (model-store/ + config/config.properties), KServe's storage and the
 # image's content (Dockerfile). `make plan SUMMARY=... RPS=... P99_MS=...`: the capacity arithmetic.
 K8S_VALUES ?= deploy/values.yaml
-SUMMARY ?= benchmarks/reports/20261201-2344-cpu-quick/summary.json
+SUMMARY ?= benchmarks/reports/20261207-2347-cpu-quick/summary.json
 RPS ?= 300
 P99_MS ?= 250
 k8s: $(STAMP)

@@ -91,16 +91,26 @@ def best_plain(summary: dict, users: int) -> dict | None:
     return max(rows, key=lambda r: r["rps"], default=None)
 
 
+def served_label(summary: dict) -> str | None:
+    """The configuration `make serve` serves (the served archive's settings, recorded by the load
+    phase), when the sweep measured it; else None."""
+    served = (summary.get("load") or {}).get("served")
+    if not served:
+        return None
+    label = config_label(served)
+    return label if any(config_label(r) == label for r in torchserve_rows(summary)) else None
+
+
 def level_winners(summary: dict) -> list[dict]:
-    """At each user level with a plain row: the run's best TorchServe configuration (``best_load``
-    over every level, the layout the sweep serves) at that level against the best plain server there
-    (``best_plain``), same run. ``winner`` is ``torchserve`` when it answers at least as many
-    requests/s, else ``plain``; the p99 ratio is plain p99 / TorchServe p99 (above 1: TorchServe's
-    p99 is lower)."""
+    """At each user level with a plain row: the served configuration (``served_label``; the run's
+    best, ``best_load`` over every level, when the sweep did not measure it) at that level against
+    the best plain server there (``best_plain``), same run. ``winner`` is ``torchserve`` when it
+    answers at least as many requests/s, else ``plain``; the p99 ratio is plain p99 / TorchServe p99
+    (above 1: TorchServe's p99 is lower)."""
     top = best_load(summary)
     if not top:
         return []
-    label = config_label(top)
+    label = served_label(summary) or config_label(top)
     served = {r["users"]: r for r in torchserve_rows(summary) if config_label(r) == label}
     out = []
     for users in sorted({r["users"] for r in load_rows(summary) if is_plain(r)}):

@@ -1,4 +1,5 @@
-"""Put two or more benchmark runs side by side (CPU vs GPU, before vs after a change).
+"""Put two or more benchmark runs side by side (CPU vs GPU, before vs after a change): the
+preprocessing stages, the model and the end-to-end load.
 
     python -m benchmarks.compare benchmarks/reports/<run A> benchmarks/reports/<run B> [--labels cpu gpu] [--out DIR]
 
@@ -20,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.analysis import config_label  # noqa: E402
-from benchmarks.tables import fmt, table  # noqa: E402
+from benchmarks.tables import fmt, ratio, stage_table, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +36,6 @@ def default_label(path: str | Path, summary: dict) -> str:
     return (path if path.is_dir() else path.parent).name or summary.get("device", "run")
 
 
-def _ratio(values: list) -> str:
-    first, last = values[0], values[-1]
-    return f"{last / first:.2f}x" if first and last else "–"
-
-
 def model_table(summaries: list[dict], labels: list[str]) -> str:
     index: dict[tuple, list] = {}
     for i, s in enumerate(summaries):
@@ -49,7 +45,7 @@ def model_table(summaries: list[dict], labels: list[str]) -> str:
     for (backend, precision, batch), found in sorted(index.items()):
         ips = [r and r["images_per_s"] for r in found]
         p50 = [r and r["latency_ms"]["p50"] for r in found]
-        rows.append([backend, precision, batch, *ips, *p50, _ratio(ips)])
+        rows.append([backend, precision, batch, *ips, *p50, ratio(ips)])
     return table(["backend", "precision", "batch", *(f"images/s {l}" for l in labels), *(f"p50 ms {l}" for l in labels),
                   f"images/s {labels[-1]} / {labels[0]}"], rows)
 
@@ -66,7 +62,7 @@ def load_table(summaries: list[dict], labels: list[str]) -> str:
         rps = [r and r["rps"] for r in found]
         p99 = [r and r["latency_ms"].get("p99") for r in found]
         failures = [r and r["failures"] for r in found]
-        rows.append([config_label(any_row), key[3], *rps, *p99, *failures, _ratio(rps)])
+        rows.append([config_label(any_row), key[3], *rps, *p99, *failures, ratio(rps)])
     return table(["config", "users", *(f"req/s {l}" for l in labels), *(f"p99 ms {l}" for l in labels),
                   *(f"failures {l}" for l in labels), f"req/s {labels[-1]} / {labels[0]}"], rows)
 
@@ -123,6 +119,8 @@ def compare(paths: list[str | Path], out: str | Path, labels: list[str] | None =
     plot(summaries, labels, out / "compare.png")
     md = ["# Benchmark comparison", "", f"Ratios: {labels[-1]} against {labels[0]}.", "",
           "## Runs", "", runs_table(summaries, labels), "",
+          "## Preprocessing per stage", "", "Mean ms per image on one thread (`preprocess` phase).", "",
+          stage_table(summaries, labels), "",
           "## Model only", "", model_table(summaries, labels), "",
           "## End to end", "", load_table(summaries, labels), "",
           "![comparison](compare.png)", ""]

@@ -37,7 +37,7 @@ from benchmarks.locustfile import DetectorUser, load_images  # noqa: E402
 from benchmarks.profile import LoadSettings, Profile, load_profile  # noqa: E402
 from benchmarks.stats import POINTS_WITH_P95, latency_percentiles  # noqa: E402
 from benchmarks.serverstats import GpuSampler, HostSampler, generator_summary, model_values, parse_prometheus, server_split  # noqa: E402
-from export.archive import archive_backend, extract_served_model, repack  # noqa: E402
+from export.archive import archive_backend, extract_served_model, repack, serving_settings  # noqa: E402
 from handler.tsclient import TorchServeClient, TorchServeError  # noqa: E402
 from handler.tsconfig import Ports  # noqa: E402
 from runtime.artifacts import MODEL_NAME  # noqa: E402
@@ -267,6 +267,7 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
                      "max_batch_delay": baseline.batching.max_batch_delay, "workers": baseline.layout.workers,
                      "threads": baseline.layout.threads},
         "results": rows, "skipped": skipped,
+        **({"served": serving_settings(served)} if (served := Path(profile.model_store) / f"{MODEL}.mar").exists() else {}),
     }
 
 

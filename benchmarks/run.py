@@ -37,6 +37,13 @@ def device_label(device: str) -> str:
     return device
 
 
+def before_stages(path: Path) -> dict:
+    """What the report needs of an earlier run to put its stage table beside this one."""
+    folder = path if path.is_dir() else path.parent
+    earlier = json.loads((folder / "summary.json").read_text())
+    return {"label": folder.name, "created": earlier.get("created"), "preprocess": earlier.get("preprocess")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", help="profile name (benchmarks/profiles/) or YAML path")
@@ -48,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attach", type=Path, metavar="RUN_DIR",
                         help="load-test the running server of this handler.server run folder instead of starting one")
     parser.add_argument("--processes", type=int, help="Locust worker processes for the load phase (sets load.generators)")
+    parser.add_argument("--before", type=Path, metavar="RUN_DIR",
+                        help="an earlier run (folder or summary.json): its preprocessing stages beside this run's in the report")
     args = parser.parse_args(argv)
     if args.processes:
         args.set.append(f"load.generators={args.processes}")
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_label(device),
         "machine": machine.describe(device),
         "notes": args.note,
+        **({"before": before_stages(args.before)} if args.before else {}),
     }
     began = time.monotonic()
     print(f"[bench] {profile.name} profile on {summary['device']}; phases: {', '.join(args.only)}; writing {out}", flush=True)

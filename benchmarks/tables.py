@@ -22,6 +22,7 @@ from benchmarks.analysis import (
     load_rows,
     photo_ratios,
     plain_variant,
+    served_label,
     server_metrics,
     speedups,
     where_torchserve_loses,
@@ -54,6 +55,30 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def ratio(values: list) -> str:
+    """The last value over the first, as ``1.23x``; "–" when either is missing."""
+    first, last = values[0], values[-1]
+    return f"{last / first:.2f}x" if first and last else "–"
+
+
+def stage_table(summaries: list[dict], labels: list[str]) -> str:
+    """Preprocessing per stage (mean ms per image, one thread), each image set and decode path of
+    each run side by side: the before/after of a change to decode, detection or crop."""
+    index: dict[tuple, list] = {}
+    for i, s in enumerate(summaries):
+        pre = s.get("preprocess") or {}
+        # runs before the image sets were measured have one set, the examples through decode_image
+        sets = pre.get("sets") or ({"examples": {"paths": {"decode_image": pre["stages_ms"]}}} if "stages_ms" in pre else {})
+        for name, found in sets.items():
+            for path, stages in found.get("paths", {}).items():
+                for stage, ms in stages.items():
+                    index.setdefault((name, path, stage), [None] * len(summaries))[i] = ms.get("mean")
+    order = {"decode": 0, "detect": 1, "crop": 2, "total": 3}
+    rows = [[name, path, stage, *(fmt(v) for v in means), ratio(means)]
+            for (name, path, stage), means in sorted(index.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 9)))]
+    return table(["set", "decode path", "stage", *(f"ms {l}" for l in labels), f"{labels[-1]} / {labels[0]}"], rows)
 
 
 def generator_cell(row: dict) -> str:
@@ -97,8 +122,11 @@ def headline(summary: dict) -> list[str]:
                      f"{fastest_batch1(summary)['latency_ms']['p50']:.2f} ms ({fastest_batch1(summary)['backend']}).")
     pre = summary.get("preprocess") or {}
     if pre.get("stages_ms"):
+        before = ((summary.get("before") or {}).get("preprocess") or {}).get("stages_ms")
+        was = (f" (before: {before['total']['mean']:.1f} ms in `{summary['before'].get('label', 'before')}`; stage table "
+               "under Preprocessing)") if before else ""
         lines.append(f"- Preprocessing (decode + face detection + crop): {pre['stages_ms']['total']['mean']:.1f} ms per image, "
-                     f"{pre['images_per_s_one_core']:.1f} images/s on one core.")
+                     f"{pre['images_per_s_one_core']:.1f} images/s on one core{was}.")
     top = best_load(summary)
     if top:
         lines.append(f"- End to end: best {top['rps']:.1f} requests/s ({config_label(top)}, {top['users']} users, "
@@ -149,7 +177,8 @@ def winner_lines(summary: dict) -> list[str]:
     levels = level_winners(summary)
     if not levels:
         return []
-    lines = [f"- Winner at each load level, same run: TorchServe's best configuration ({levels[0]['config']}) against "
+    which = "the served configuration, what `make serve` serves" if served_label(summary) else "TorchServe's best configuration"
+    lines = [f"- Winner at each load level, same run: {which} ({levels[0]['config']}) against "
              "the best plain server at that level (naive or tuned); ratio = TorchServe / plain requests/s:"]
     for c in levels:
         plain = f"the {c['plain_variant']} plain server"
@@ -273,6 +302,7 @@ def render_markdown(summary: dict, plots: dict[str, bool]) -> str:
                         [[s, v["mean"], v["p50"], v["p90"], v["p99"]] for s, v in pre["stages_ms"].items()]))
         md.append("")
         md += preprocess_sets_section(pre)
+        md += before_after_section(summary)
         if plots.get("preprocess"):
             md += [f"![preprocessing]({PLOTS['preprocess']})", ""]
     elif pre.get("skipped"):
@@ -385,6 +415,16 @@ def preprocess_sets_section(pre: dict) -> list[str]:
         md += [f"Detector alone at max_side {side} (weights must be trained with it): {stats['p50']:.2f} ms per image "
                f"(p50), against the served max_side {pre.get('max_side')}.", ""]
     return md
+
+
+def before_after_section(summary: dict) -> list[str]:
+    """The stage table of this run beside an earlier one (``benchmarks.run --before``)."""
+    before = summary.get("before") or {}
+    if not before.get("preprocess"):
+        return []
+    label = before.get("label", "before")
+    return [f"Before and after, mean ms per image on one thread: `{label}` (created {before.get('created', '?')}) "
+            "against this run.", "", stage_table([before, summary], [label, "this run"]), ""]
 
 
 def limit_section(summary: dict) -> list[str]:

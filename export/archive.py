@@ -175,6 +175,17 @@ def archive_backend(mar: Path) -> str:
     return (config.get("handler") or {}).get("backend", "eager")
 
 
+def serving_settings(mar: Path) -> dict:
+    """What an archive serves with: backend, batch size, batching delay (ms), workers and threads
+    per worker, as its model-config.yaml says (in the benchmark rows' keys)."""
+    with zipfile.ZipFile(mar) as archive:
+        _, _, config = _model_config(archive)
+    handler = config.get("handler") or {}
+    return {"backend": handler.get("backend", "eager"), "batch_size": config.get("batchSize", 1),
+            "max_batch_delay": config.get("maxBatchDelay", 100), "workers": config.get("minWorkers", 1),
+            "threads": handler.get("threads", 1)}
+
+
 def extract_served_model(mar: Path, dest: Path) -> tuple[str, Path]:
     """(backend, artifact) of an archive, with its artifact and ``model.json`` copied into ``dest``:
     the very file it serves, for a server other than TorchServe (benchmarks/plain_server.py)."""

@@ -36,10 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # AOTInductor at the batch sizes a CPU server forms, and needs no per-host compilation; on CUDA
 # TensorRT and AOTInductor lead, ONNX Runtime needs onnxruntime-gpu).
 PREFERENCE = {"cpu": ("onnx", "eager"), "cuda": ("tensorrt", "aoti", "onnx", "eager")}
-# (batchSize, maxBatchDelay ms). CPU: the batch x delay sweep at 2 workers x 1 thread
-# (benchmarks/reports/20261201-2344-cpu-quick): b4/d10 ties the best at 16 users (166.8 vs 167.6
-# requests/s) and beats the others at 4 users (91.2 vs 62-81). CUDA: not measured yet.
-BATCHING = {"cpu": (4, 10), "cuda": (8, 20)}
+# (batchSize, maxBatchDelay ms). CPU: the delay sweep at 2 workers x 1 thread, 1-32 users, two runs
+# beside both plain servers (benchmarks/reports/20261207-2329-cpu-batching, -2338-): a wait of 2 ms
+# costs a lone request almost nothing (54-56 requests/s at 1 user against 27 with 20 ms), and at 16
+# and 32 users the queue fills a batch within it (145-169 requests/s, as 20 ms). 0 ms is not "no
+# wait": TorchServe then stops a batch at its second request (batches of 2.0 at 16 users, 118
+# requests/s). CUDA: not measured yet.
+BATCHING = {"cpu": (8, 2), "cuda": (8, 20)}
 
 
 def usable_cores() -> int:

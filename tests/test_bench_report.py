@@ -159,14 +159,19 @@ def test_compare_two_runs(tmp_path):
         r["rps"] *= 2
     for r in second["model"]["results"]:
         r["images_per_s"] *= 4
+    second["preprocess"]["stages_ms"]["detect"]["mean"] /= 2  # the stage a change made faster
     a, b = _run_dir(tmp_path, first, "before"), _run_dir(tmp_path, second, "after")
     out = compare.compare([a, b / "summary.json"], tmp_path / "cmp")
     text = out.read_text()
     assert "req/s before" in text and "req/s after" in text
     load_part = text.split("## End to end", 1)[1]
     model_part = text.split("## Model only", 1)[1].split("## End to end", 1)[0]
+    stage_part = text.split("## Preprocessing per stage", 1)[1].split("## Model only", 1)[0]
     assert load_part.count("2.00x") == len(first["load"]["results"])
     assert model_part.count("4.00x") == len(first["model"]["results"])
+    stage_rows = {row.split("|")[3].strip(): row for row in stage_part.splitlines() if row.startswith("| examples")}
+    assert set(stage_rows) == {"decode", "detect", "crop", "total"}
+    assert "0.50x" in stage_rows["detect"] and "1.00x" in stage_rows["decode"]
     _png_size(tmp_path / "cmp" / "compare.png")
 
 
@@ -243,3 +248,38 @@ def test_headline_names_the_winner_and_ratio_at_every_load_level():
             "server (30.0 vs 50.0), p99 40 vs 25 ms.") in text
     assert "  - 16 users: **TorchServe** wins; TorchServe answers **1.05x** the requests/s of the tuned plain server (200.0 vs 190.0), p99 100 vs 130 ms." in text
     assert "  - 32 users: **the tuned plain server** wins; TorchServe answers **0.95x** the requests/s of the tuned plain server" in text
+
+
+def test_the_winners_are_those_of_the_served_configuration_when_the_sweep_measured_it():
+    """The served archive's settings (``load.served``) pick the row compared at each level, even
+    where another configuration of the sweep had the peak; unmeasured, the best one stands in."""
+    served = dict(backend="onnx", batch_size=8, max_batch_delay=2, workers=2, threads=1)
+    summary = {"load": {"served": served, "results": [
+        _load_row("torchserve", 1, 30.0, 40.0), _load_row("torchserve", 16, 200.0, 100.0),  # b8/d20: the peak
+        _load_row("torchserve", 1, 55.0, 25.0, max_batch_delay=2), _load_row("torchserve", 16, 190.0, 110.0, max_batch_delay=2),
+        _load_row("plain", 1, 50.0, 30.0, variant="naive"), _load_row("plain", 16, 180.0, 130.0, variant="tuned"),
+    ]}}  # fmt: skip
+    levels = analysis.level_winners(summary)
+    assert [(c["users"], c["config"], c["winner"], c["rps"]) for c in levels] == [
+        (1, "onnx b8/d2 2w x 1t", "torchserve", 55.0), (16, "onnx b8/d2 2w x 1t", "torchserve", 190.0)]
+    assert "the served configuration, what `make serve` serves (onnx b8/d2 2w x 1t)" in "\n".join(report.headline(summary))
+
+    summary["load"]["served"] = {**served, "max_batch_delay": 5}  # not in the sweep
+    assert {c["config"] for c in analysis.level_winners(summary)} == {"onnx b8/d20 2w x 1t"}
+
+
+def test_report_puts_an_earlier_runs_stages_beside_its_own(tmp_path):
+    """``benchmarks.run --before``: the earlier run's stage means beside this one, in the headline
+    and as a table under Preprocessing."""
+    summary = json.loads(RECORDED.read_text())
+    earlier = copy.deepcopy(summary["preprocess"])
+    earlier["stages_ms"]["detect"]["mean"] *= 2
+    earlier["stages_ms"]["total"]["mean"] += 1.5
+    summary["before"] = {"label": "20261207-0608-cpu-quick", "created": "2026-12-07T06:08:00+00:00", "preprocess": earlier}
+    text = report.build(_run_dir(tmp_path, summary, "run")).read_text()
+    total = summary["preprocess"]["stages_ms"]["total"]["mean"]
+    assert f"(before: {total + 1.5:.1f} ms in `20261207-0608-cpu-quick`" in text.split("## Headline", 1)[1].split("##", 1)[0]
+    section = text.split("Before and after", 1)[1].split("##", 1)[0]
+    detect = next(row for row in section.splitlines() if row.startswith("| examples | decode_image | detect"))
+    assert "0.50x" in detect
+    assert "Before and after" not in report.build(_run_dir(tmp_path, json.loads(RECORDED.read_text()), "plain")).read_text()

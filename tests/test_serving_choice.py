@@ -7,6 +7,7 @@ import yaml
 import zipfile
 
 from export import serving
+from export.archive import serving_settings
 
 
 def served_config(mar) -> dict:
@@ -30,6 +31,10 @@ def test_auto_serves_onnx_on_a_cpu_host_with_one_worker_per_core(weights_path, t
     assert config["handler"]["backend"] == "onnx" and config["handler"]["threads"] == threads == 1
     assert config["minWorkers"] == config["maxWorkers"] == workers == serving.usable_cores()
     assert (tmp_path / "export" / "onnx" / "parity.json").exists()  # it was checked before it was packed
+    # what the benchmark reads back as the served configuration: the settings packed, not assumed
+    assert serving_settings(mar) == {"backend": "onnx", "batch_size": config["batchSize"], "max_batch_delay": config["maxBatchDelay"],
+                                     "workers": workers, "threads": 1}
+    assert (config["batchSize"], config["maxBatchDelay"]) == serving.BATCHING["cpu"]
 
 
 def test_a_backend_that_cannot_be_built_here_falls_through_to_the_next(weights_path, tmp_path, monkeypatch, capsys):
