@@ -46,6 +46,7 @@ class TrainConfig:
     real_share: float = 0.5  # with pool_reals: the share of draws that are reals (self-made fakes come from them)
     draws_per_epoch: int = 0  # > 0: images drawn per epoch (with replacement), else as many as training images
     self_made_epochs: float = 0.0  # curriculum: the first epochs draw no downloaded fake, only reals (and their forgeries)
+    source_adversary: float = 0.0  # > 0: weight of a source head behind a gradient reversal (training.adversary)
     simulator: dict = field(default_factory=dict)  # training.simulator.build_bank options: styles, width, steps
     patience: int = 5  # epochs without a better val AUC before stopping
     seed: int = 0  # initialisation, order and augmentations; and the split, unless split_seed is set

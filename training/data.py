@@ -297,20 +297,22 @@ class CropDataset(Dataset):
     centre by default); ``transform`` maps (PIL crop, label) -> (PIL crop, label). ``forger``
     (``training.forgery.Forger``) may first turn a real face into a self-made fake (label 1), with
     another real crop of the set as the donor of a region blend. With ``kind_of`` (item, label,
-    forgery name or None) -> class, a third item: the kind-of-fake target (``training.kinds``). With
+    forgery name or None) -> class, a third item: the kind-of-fake target (``training.kinds``); with
+    ``source_of`` (item, label) -> class, one more: the source target (``training.adversary``). With
     ``dense_targets``, a third item instead: the crop's dense target (``training.regions``), a uint8
     (S, S) tensor moved with the pixels."""
 
     def __init__(self, items: Sequence[CachedCrop], transform: Callable | None = None, view: Callable | None = None,
                  dense_targets: bool = False, kind_of: Callable[[CachedCrop, int, str | None], int] | None = None,
-                 forger=None):
-        if dense_targets and kind_of is not None:
-            raise ValueError("a dataset gives dense targets or kind targets, not both")
+                 forger=None, source_of: Callable[[CachedCrop, int], int] | None = None):
+        if dense_targets and (kind_of is not None or source_of is not None):
+            raise ValueError("a dataset gives dense targets or kind and source targets, not both")
         self.items = list(items)
         self.transform = transform
         self.view = view or centre_view
         self.dense_targets = dense_targets
         self.kind_of = kind_of
+        self.source_of = source_of
         self.forger = forger
         # donors for region blends: real crops with their five landmarks
         self.donors = [i for i, item in enumerate(self.items) if item.label == 0 and len(item.landmarks) == 5] if forger else []
@@ -353,8 +355,12 @@ class CropDataset(Dataset):
                 image = self.forger.after_view(forgery, image)
             if self.transform is not None:
                 image, label = self.transform(image, label)
-            sample = pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)
-            return sample if self.kind_of is None else (*sample, torch.tensor(self.kind_of(item, label, forgery)))
+            sample = [pil_to_tensor(image), torch.tensor(label, dtype=torch.float32)]
+            if self.kind_of is not None:
+                sample.append(torch.tensor(self.kind_of(item, label, forgery)))
+            if self.source_of is not None:
+                sample.append(torch.tensor(self.source_of(item, label)))
+            return tuple(sample)
 
         mask = self._dense_target(item, image.width, forgery, blend)
         if item.input_size and image.width != item.input_size:

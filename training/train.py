@@ -34,6 +34,7 @@ from runtime.face_hybrid import load_pretrained_backbone
 from runtime.model import build_model, count_parameters
 from runtime.weights import Calibration, save_weights
 from training import distributed
+from training.adversary import SourceHead, WithSourceHead, ramp, source_index, source_loss
 from training.augment import Augment, AugmentConfig
 from training.calibrate import fit_on_validation, validation_reference
 from training.checkpoints import RunFolder
@@ -78,8 +79,11 @@ class Trainer:
 
         augment = Augment(AugmentConfig.from_dict(config.augment))
         kind_of = (lambda item, label, forgery: kind_target(config.kinds, item.dataset, item.label, label, forgery)) if config.kind_loss > 0 else None
+        # the roots the source adversary must not be able to tell apart: those with real training photos
+        self.sources = sorted({item.dataset for item in train if item.label == 0}) if config.source_adversary > 0 else []
+        source_of = (lambda item, label: source_index(self.sources, item.dataset, label)) if self.sources else None
         self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0, kind_of=kind_of,
-                                     forger=make_forger(config, augment.config, simulator_reals or train))
+                                     forger=make_forger(config, augment.config, simulator_reals or train), source_of=source_of)
         self.val_set = CropDataset(val)
         if len(self.train_set) == 0:
             raise ValueError("no training images")
@@ -94,7 +98,12 @@ class Trainer:
         # the region head (training only) trains with the model; self.net is what training calls:
         # a DistributedDataParallel wrapper under torchrun
         self.dense_head = DenseHead(self.feature_channels()).to(self.device) if config.dense_loss > 0 else None
-        if config.kind_loss > 0:
+        self.source_head = SourceHead(self.pooled_width(), len(self.sources)).to(self.device) if self.sources else None
+        self.adversary = None  # the wrapper whose reversal strength ramps up (training.adversary)
+        if self.source_head is not None:
+            self.adversary, self.net = self.dist.parallel(WithSourceHead(self.model, self.source_head))
+            self.model, self.source_head = self.adversary.model, self.adversary.head
+        elif config.kind_loss > 0:
             both, self.net = self.dist.parallel(WithKinds(self.model))
             self.model = both.model
         elif self.dense_head is None:
@@ -103,12 +112,14 @@ class Trainer:
             both, self.net = self.dist.parallel(WithRegionHead(self.model, self.dense_head))
             self.model, self.dense_head = both.model, both.head
         self.datasets = dataset_names(self.val_set.items)
-        self.log_fields = LOG_FIELDS + ([f"val_auc_{name}" for name in self.datasets] if len(self.datasets) > 1 else [])
+        self.log_fields = (LOG_FIELDS + ([f"val_auc_{name}" for name in self.datasets] if len(self.datasets) > 1 else [])
+                           + (["train_source_accuracy"] if self.source_head is not None else []))
+        self.source_accuracy = float("nan")  # the source head's accuracy on the last epoch's reals
         # a last batch of one image breaks batch norm in training mode: training drops the incomplete one
         self.drop_last = len(self.train_set) > config.batch_size
         self.draws = config.draws_per_epoch or len(self.train_set)  # images drawn per epoch
         self.steps_per_epoch = self.draws // config.batch_size if self.drop_last else 1
-        heads = [self.dense_head] if self.dense_head is not None else []
+        heads = [head for head in (self.dense_head, self.source_head) if head is not None]
         self.optimizer, self.scheduler = optimizer_and_schedule(config, [self.model, *heads], self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = None
@@ -129,6 +140,16 @@ class Trainer:
         self.model.train()
         return channels
 
+    def pooled_width(self) -> int:
+        """Width of the pooled vector the binary head reads (``forward_head(..., pre_logits=True)``)."""
+        size = self.model.config.input_size
+        self.model.eval()
+        with torch.no_grad():
+            width = self.model.forward_head(self.model.forward_features(torch.zeros(1, 3, size, size, device=self.device)),
+                                            pre_logits=True).shape[1]
+        self.model.train()
+        return width
+
     @property
     def shipped(self) -> torch.nn.Module:
         """The model that is validated, kept as best and shipped: the EMA of the weights when enabled."""
@@ -148,6 +169,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "dense_head": self.dense_head.state_dict() if self.dense_head is not None else None,
+            "source_head": self.source_head.state_dict() if self.source_head is not None else None,
             "config": asdict(self.config),
             "commands": self.commands,
         })
@@ -165,6 +187,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.dense_head is not None:
             self.dense_head.load_state_dict(state["dense_head"])
+        if self.source_head is not None:
+            self.source_head.load_state_dict(state["source_head"])
         self.state = {k: state[k] for k in self.state}
         self.commands = list(state.get("commands", [])) + self.commands
         self.history = self.run.read_log(self.state["epoch"])
@@ -203,20 +227,30 @@ class Trainer:
         seed_everything(self.seed * 100_003 + epoch)
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
+        source_correct, source_seen = 0, 0
         bar = tqdm(self.loader(self.train_set, True, epoch), desc=f"epoch {epoch}/{self.config.epochs}", unit="batch", leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            if self.adversary is not None:
+                done = (epoch - 1) * self.steps_per_epoch + step
+                self.adversary.strength = ramp(done / max(1, self.steps_per_epoch * self.config.epochs))
             images, targets = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             smoothed = targets * (1 - self.config.label_smoothing) + 0.5 * self.config.label_smoothing
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.net(images)
-                logits, second = out if isinstance(out, tuple) else (out, None)
+                logits, *heads = out if isinstance(out, tuple) else (out,)
             loss = F.binary_cross_entropy_with_logits(logits.float(), smoothed)
             if self.dense_head is not None:
-                loss = loss + self.config.dense_loss * dense_loss(second, batch[2].to(self.device))
-            elif second is not None:
-                loss = loss + self.config.kind_loss * kind_loss(second, batch[2].to(self.device))
+                loss = loss + self.config.dense_loss * dense_loss(heads[0], batch[2].to(self.device))
+            elif self.config.kind_loss > 0:
+                loss = loss + self.config.kind_loss * kind_loss(heads[0], batch[2].to(self.device))
+            if self.source_head is not None:
+                sources = batch[-1].to(self.device)
+                loss = loss + self.config.source_adversary * source_loss(heads[-1], sources)
+                known = sources >= 0
+                source_correct += (heads[-1].detach().argmax(1)[known] == sources[known]).sum().item()
+                source_seen += int(known.sum().item())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -228,7 +262,8 @@ class Trainer:
             correct += ((logits.detach() > 0).float() == targets).sum().item()
             seen += len(targets)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-        total_loss, correct, seen = self.dist.sum(total_loss, correct, seen)
+        total_loss, correct, seen, source_correct, source_seen = self.dist.sum(total_loss, correct, seen, source_correct, source_seen)
+        self.source_accuracy = source_correct / source_seen if source_seen else float("nan")
         return total_loss / seen, correct / seen
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict:
@@ -268,7 +303,8 @@ class Trainer:
             self.state["epoch"] = epoch
             row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                        val_auc=val_auc, val_accuracy=val_acc, seconds=round(time.time() - start, 2),
-                       **{f"val_auc_{name}": auc for name, auc in aucs.items()})
+                       **{f"val_auc_{name}": auc for name, auc in aucs.items()},
+                       **({"train_source_accuracy": round(self.source_accuracy, 4)} if self.source_head is not None else {}))
             self.append_log(row)
             if self.dist.is_main:  # rank 0 alone writes
                 self.save_checkpoint()
@@ -277,6 +313,7 @@ class Trainer:
                 f"epoch {epoch}/{self.config.epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                 f"val loss {val_loss:.4f} auc {val_auc:.4f} acc {val_acc:.3f} | {row['seconds']:.0f} s"
                 + "".join(f" | {name} {auc:.4f}" for name, auc in aucs.items())
+                + (f" | source head acc {self.source_accuracy:.3f} of {len(self.sources)} roots" if self.source_head is not None else "")
                 + (" *" if improved else ""),
                 flush=True,
             )
