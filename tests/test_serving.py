@@ -219,7 +219,8 @@ def test_archive_is_self_contained(model_store):
     packages = {n.split("/")[0] for n in code if "/" in n}
     assert packages == {"runtime", "handler"}, packages
     assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py",
-                                                            "handler/records.py", "handler/spool.py", "handler/provenance.py"}  # fmt: skip
+                                                            "handler/records.py", "handler/records_store.py", "handler/records_settings.py",
+                                                            "handler/records_query.py", "handler/spool.py", "handler/provenance.py"}  # fmt: skip
 
 
 def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):
