@@ -220,7 +220,9 @@ def test_archive_is_self_contained(model_store):
     assert packages == {"runtime", "handler"}, packages
     assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py",
                                                             "handler/records.py", "handler/records_store.py", "handler/records_settings.py",
-                                                            "handler/records_query.py", "handler/spool.py", "handler/provenance.py"}  # fmt: skip
+                                                            "handler/records_query.py", "handler/spool.py", "handler/provenance.py",
+                                                            "handler/provenance_metadata.py", "handler/provenance_c2pa.py",
+                                                            "handler/provenance_declared.py"}  # fmt: skip
 
 
 def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):
