@@ -43,16 +43,10 @@ from handler.provenance import ProvenanceReader  # noqa: E402
 from handler.provenance_declared import beside_verdict  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, exact_fp32, load_backend  # noqa: E402
+from runtime.decoding import ImageError, decode_photo, register_image_formats  # noqa: E402
 from runtime.handler_settings import HandlerSettings  # noqa: E402
 from runtime.jpeg import decoder as jpeg_decoder  # noqa: E402
-from runtime.preprocessing import (  # noqa: E402
-    FacePreprocessor,
-    ImageError,
-    PreprocessSettings,
-    decode_photo,
-    register_image_formats,
-    to_tensor_batch,
-)
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch  # noqa: E402
 from runtime.verdict import DEFAULT_THRESHOLD, NO_FACE, band  # noqa: E402
 from runtime.video import VideoLimits, is_video, open_video  # noqa: E402
 from runtime.weights import Calibration  # noqa: E402

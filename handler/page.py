@@ -47,7 +47,7 @@ from handler.payload import http_status
 from handler.server import ROOT, TorchServe
 from handler.tsclient import TorchServeClient
 from runtime.artifacts import MODEL_NAME
-from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
+from runtime.decoding import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
 from runtime.video import DEFAULT_MAX_BYTES as DEFAULT_MAX_VIDEO_BYTES
 from runtime.video import is_video
 

@@ -20,7 +20,7 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Mapping
 
-from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from runtime.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS
 
 # Crops per forward pass: a video's frames are split into passes of this size (bounded memory; an

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import MODEL, SESSION_BATCH_SIZE
-from runtime.preprocessing import register_image_formats
+from runtime.decoding import register_image_formats
 
 pytestmark = pytest.mark.integration
 register_image_formats()  # PIL writes HEIC too once pillow-heif's plugin is registered
@@ -203,6 +203,8 @@ def test_archive_is_self_contained(model_store):
     assert {
         "deepfake_handler.py",
         "runtime/preprocessing.py",
+        "runtime/decoding.py",
+        "runtime/detector.py",
         "runtime/backends.py",
         "runtime/model.py",
         "runtime/weights.py",

@@ -110,7 +110,7 @@ def test_a_value_of_the_wrong_type_is_refused_in_one_line(section, says):
 
 
 def test_the_defaults_are_the_handlers_old_ones():
-    from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+    from runtime.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
     from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS
 
     defaults = HandlerSettings()
