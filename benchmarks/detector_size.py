@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runtime.decoding import decode_image
+from runtime.detector import FaceDetector
 from runtime.photo import IMAGE_SUFFIXES
-from runtime.preprocessing import FaceDetector, decode_image
 
 
 

@@ -66,7 +66,8 @@ def verdicts(profile: Profile, bodies: list[bytes]) -> dict:
     photo moves by one pixel of the detector's input."""
     import torch
 
-    from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, decode_photo, to_tensor_batch
+    from runtime.decoding import decode_image, decode_photo
+    from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
     from runtime.weights import Calibration, load_weights
 
     torch.set_num_threads(1)

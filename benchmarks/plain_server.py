@@ -33,7 +33,8 @@ from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
 from runtime.backends import load_backend
-from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_photo, to_tensor_batch
+from runtime.decoding import ImageError, decode_photo
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
 from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_metadata
 

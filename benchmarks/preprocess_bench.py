@@ -39,7 +39,8 @@ def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
 
 def time_stages(preprocessor, blobs: list[bytes], repeats: int, decode) -> tuple[dict, dict]:
     """Per-stage timings (ms per image, one image at a time) and what the images held."""
-    from runtime.preprocessing import Photo, to_tensor_batch
+    from runtime.photo import Photo
+    from runtime.preprocessing import to_tensor_batch
 
     def one(blob: bytes) -> tuple[list[float], Photo, int]:
         t0 = time.perf_counter()
@@ -70,7 +71,7 @@ def time_stages(preprocessor, blobs: list[bytes], repeats: int, decode) -> tuple
 def time_batched_detection(preprocessor, images: list, batch: int, repeats: int) -> dict:
     """The detector over ``batch`` images per call, per image, beside one image per call (the same
     images, interleaved so both see the same host)."""
-    from runtime.preprocessing import Photo
+    from runtime.photo import Photo
 
     photos = [Photo.whole(image) for image in images]
     single, batched = [], []
@@ -91,7 +92,9 @@ def run(profile: Profile, log=print) -> dict:
     import torch
 
     from benchmarks.photos import PHONE_12MP, jpeg_bytes, phone_photo
-    from runtime.preprocessing import FaceDetector, FacePreprocessor, PreprocessSettings, decode_image, decode_photo
+    from runtime.decoding import decode_image, decode_photo
+    from runtime.detector import FaceDetector
+    from runtime.preprocessing import FacePreprocessor, PreprocessSettings
     from runtime.weights import load_metadata
 
     s = profile.preprocess

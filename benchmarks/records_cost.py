@@ -31,7 +31,7 @@ import numpy as np
 from benchmarks.plots import plt, save_figure  # importing benchmarks.plots selects the Agg backend
 from benchmarks.stats import latency_percentiles
 from export.archive import ServingConfig, build_archive, repack
-from handler import records
+from handler import records, records_query, records_store
 from handler.server import ROOT, TorchServe
 
 MODES = ("off", "on")
@@ -154,7 +154,7 @@ def run(args, images: list[bytes], store: Path) -> None:
                 result = measure(server, names[mode], images, args.users, args.window)
                 results[mode].append(result)
                 print(f"round {round_ + 1} records {mode:3}: {result}", flush=True)
-        written = records.count(records.open_engine(args.records_url or server.records_url), model="records-on")
+        written = records_query.count(records_store.open_engine(args.records_url or server.records_url), model="records-on")
         metrics = server.metrics()
 
     mean = {mode: float(np.mean([r["rps"] for r in results[mode]])) for mode in MODES}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.plots import plt, save_figure  # importing benchmarks.plots selects the Agg backend
 from export.archive import ServingConfig, build_archive
-from handler import records
+from handler import records_query, records_store
 from handler.server import ROOT, TorchServe
 
 MODEL = "records-kill"
@@ -88,7 +88,7 @@ def settled_rows(engine, digests: set[str], quiet_s: float = 3.0, timeout: float
     """This round's rows once their number has not changed for ``quiet_s`` (the writer has caught up)."""
     last, since, deadline = None, time.monotonic(), time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = [r for r in records.query(engine, limit=None, model=MODEL) if r["sha256"] in digests]
+        rows = [r for r in records_query.query(engine, limit=None, model=MODEL) if r["sha256"] in digests]
         if last is None or len(rows) != len(last):
             last, since = rows, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
                                 handler={"threads": 1, "records_url": url})  # fmt: skip
         build_archive(args.weights, args.backend, args.artifact, export_path=store, model_name=MODEL, serving=serving)
         with TorchServe(store, {MODEL: f"{MODEL}.mar"}, run_dir=store / "run") as server:
-            engine = records.open_engine(url)
+            engine = records_store.open_engine(url)
             rounds = [one_round(server, engine, images, args, n) for n in range(args.kills)]
     finally:
         shutil.rmtree(store, ignore_errors=True)

@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Code that travels inside the archive: the handler entry point at the root, the handler's worker-side
 # modules, and the whole runtime package. Nothing of training, export or benchmarks.
-HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py", "handler/spool.py",
-                   "handler/provenance.py")
+HANDLER_MODULES = ("handler/payload.py", "handler/gradcam.py", "handler/video.py", "handler/records.py", "handler/records_store.py",
+                   "handler/records_settings.py", "handler/records_query.py", "handler/spool.py", "handler/provenance.py",
+                   "handler/provenance_metadata.py", "handler/provenance_c2pa.py", "handler/provenance_declared.py")
 
 
 def code_files() -> list[tuple[str, str]]:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from runtime.artifacts import Artifact, read_manifest
 from runtime.backends import load_backend
+from runtime.decoding import decode_image
 from runtime.photo import IMAGE_SUFFIXES
-from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
 from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import load_metadata
 

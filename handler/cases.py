@@ -28,8 +28,8 @@ from typing import Mapping
 from sqlalchemy import Engine
 
 from handler.labels import labelled_predictions
+from runtime.decoding import ImageError, decode_image
 from runtime.photo import IMAGE_SUFFIXES
-from runtime.preprocessing import ImageError, decode_image
 from runtime.video import container_of
 
 FOLDER = "labelled-cases"

@@ -9,8 +9,8 @@ Every answer carries the upload's provenance (``handler/provenance.py``: C2PA an
 metadata) beside the verdict; reading it never changes the verdict and never fails the request.
 
 Archive layout (``export/archive.py``): this file at the root beside the ``runtime`` package and the
-handler's own modules (``handler/payload.py``, ``handler/gradcam.py``, ``handler/video.py``, ``handler/records.py``,
-``handler/spool.py``, ``handler/provenance.py``), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
+handler's own worker-side modules (``export/archive.py: HANDLER_MODULES``: payload, gradcam, video, the records
+and provenance modules, spool), the artifact, ``model.json`` (the weights' metadata) and ``model-config.yaml`` whose
 ``handler:`` section (``runtime/handler_settings.py``: every key, its type and default) picks backend,
 precision, artifact, limits, provenance and records.
 """
@@ -39,19 +39,14 @@ from ts.torch_handler.base_handler import BaseHandler  # noqa: E402
 
 from handler import gradcam, records  # noqa: E402
 from handler.payload import PROBE_HEADER, Request, http_status, image_bytes  # noqa: E402
-from handler.provenance import ProvenanceReader, beside_verdict  # noqa: E402
+from handler.provenance import ProvenanceReader  # noqa: E402
+from handler.provenance_declared import beside_verdict  # noqa: E402
 from handler.video import most_suspicious, prepare_video, video_verdict  # noqa: E402
 from runtime.backends import ARTIFACTS, detect_backend, exact_fp32, load_backend  # noqa: E402
+from runtime.decoding import ImageError, decode_photo, register_image_formats  # noqa: E402
 from runtime.handler_settings import HandlerSettings  # noqa: E402
 from runtime.jpeg import decoder as jpeg_decoder  # noqa: E402
-from runtime.preprocessing import (  # noqa: E402
-    FacePreprocessor,
-    ImageError,
-    PreprocessSettings,
-    decode_photo,
-    register_image_formats,
-    to_tensor_batch,
-)
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch  # noqa: E402
 from runtime.verdict import DEFAULT_THRESHOLD, NO_FACE, band  # noqa: E402
 from runtime.video import VideoLimits, is_video, open_video  # noqa: E402
 from runtime.weights import Calibration  # noqa: E402

@@ -1,6 +1,6 @@
 """Reviewers' labels (host side): "this is real" / "this is fake" for a recorded prediction.
 
-Kept in the records store's ``labels`` table (``handler/records.py``, schema version 4) beside the
+Kept in the records store's ``labels`` table (``handler/records_store.py``, schema version 4) beside the
 prediction they correct, by its request id. A label is never overwritten: labelling a request again
 adds a row, the latest one counts, the earlier ones stay as its history (who, when, the note).
 Written by the records CLI (``python -m handler.records_cli label``) and the page (``POST /api/label``);
@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Engine, func, insert, select
 
-from handler.records import labels, predictions
+from handler.records_store import labels, predictions
 
 TRUTHS = ("real", "fake")
 MAX_NOTE = 1000  # characters; the column's size

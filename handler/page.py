@@ -2,7 +2,7 @@
 
 The browser talks only to this server. It forwards images and videos to TorchServe with the
 inference key, which never leaves the server, and reads the history from the prediction records
-(``handler/records.py``) of the same run folder::
+(``handler/records_store.py``, ``handler/records_query.py``) of the same run folder::
 
     python -m handler.page --run-dir build/serve          # make ui; prints http://127.0.0.1:8090/
 
@@ -42,12 +42,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from handler import cases, labels, quality, records
+from handler import cases, labels, quality, records_query, records_store
 from handler.payload import http_status
 from handler.server import ROOT, TorchServe
 from handler.tsclient import TorchServeClient
 from runtime.artifacts import MODEL_NAME
-from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
+from runtime.decoding import DEFAULT_MAX_IMAGE_BYTES, ImageError, decode_image
 from runtime.video import DEFAULT_MAX_BYTES as DEFAULT_MAX_VIDEO_BYTES
 from runtime.video import is_video
 
@@ -195,12 +195,12 @@ def create_app(client: TorchServeClient, model: str, store_url: str | None, limi
 def add_history(app: FastAPI, store_url: str | None, limits: UploadLimits, review: Review) -> None:
     """``/api/history`` and ``/api/history.csv`` from the records store; a store that is down (or
     recording off) is a 503 ``records_unavailable``, never a 500, and predictions go on."""
-    engine = records.open_engine(store_url) if store_url else None
+    engine = records_store.open_engine(store_url) if store_url else None
     try:  # a page opened before the first prediction still has an (empty) history
         if engine is not None:
-            records.ensure_schema(engine)
+            records_store.ensure_schema(engine)
     except Exception as exc:
-        print(f"warning: the records store is not reachable yet ({records.shown(store_url)}: {exc}); the history fills once it is")
+        print(f"warning: the records store is not reachable yet ({records_store.shown(store_url)}: {exc}); the history fills once it is")
 
     def read(request: Request, reader: Callable, **where):
         if engine is None:
@@ -210,11 +210,11 @@ def add_history(app: FastAPI, store_url: str | None, limits: UploadLimits, revie
         except labels.LabelError:  # the reviewer's input, not the store: a 4xx with its reason
             raise
         except Exception as exc:
-            raise RecordsDown(records_unavailable(request, f"the records store is not answering: {records.first_line(exc)}")) from None
+            raise RecordsDown(records_unavailable(request, f"the records store is not answering: {records_store.first_line(exc)}")) from None
 
     def filters(label, model_name, since, until, declared=None) -> dict:
         try:
-            return dict(label=label or None, model=model_name or None, since=records.parse_time(since), until=records.parse_time(until),
+            return dict(label=label or None, model=model_name or None, since=records_query.parse_time(since), until=records_query.parse_time(until),
                         declared=declared or None)  # fmt: skip
         except ValueError as exc:
             raise BadFilter(str(exc)) from None
@@ -232,8 +232,8 @@ def add_history(app: FastAPI, store_url: str | None, limits: UploadLimits, revie
     ):
         try:
             where = filters(label, model_name, since, until, declared)
-            rows = read(request, records.query, limit=per_page, offset=(page - 1) * per_page, **where)
-            total = read(request, records.count, **where)
+            rows = read(request, records_query.query, limit=per_page, offset=(page - 1) * per_page, **where)
+            total = read(request, records_query.count, **where)
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
         except RecordsDown as down:
@@ -252,13 +252,13 @@ def add_history(app: FastAPI, store_url: str | None, limits: UploadLimits, revie
     def history_csv(request: Request, label: str | None = None, model_name: str | None = Query(None, alias="model"),
                     since: str | None = None, until: str | None = None, declared: str | None = None):  # fmt: skip
         try:
-            rows = read(request, records.query, limit=None, **filters(label, model_name, since, until, declared))
+            rows = read(request, records_query.query, limit=None, **filters(label, model_name, since, until, declared))
         except BadFilter as exc:
             return refusal(400, "bad_filter", str(exc))
         except RecordsDown as down:
             return down.response
         out = io.StringIO()
-        records.write_csv(rows, out)
+        records_query.write_csv(rows, out)
         return StreamingResponse(
             iter([out.getvalue()]), media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="predictions.csv"'},
@@ -277,7 +277,7 @@ def add_review(app: FastAPI, read: Callable, limits: UploadLimits, review: Revie
         digest = hashlib.sha256(body).hexdigest()
         judged = review.forwarded.get(request_id)
         if judged is None:  # forwarded before this server started: the store knows what was judged
-            judged = next((r["sha256"] for r in read(request, records.query, limit=None, sha256=digest) if r["request_id"] == request_id), None)
+            judged = next((r["sha256"] for r in read(request, records_query.query, limit=None, sha256=digest) if r["request_id"] == request_id), None)
         if judged != digest:
             raise labels.LabelError("file_mismatch", f"the file sent is not the one request {request_id} judged (sha256 {digest[:12]}...)")
         if review.cases is None:
@@ -306,7 +306,7 @@ def add_review(app: FastAPI, read: Callable, limits: UploadLimits, review: Revie
     @app.get("/api/quality")
     def live_quality(request: Request, since: str | None = "7d"):
         try:
-            start = records.parse_time(since)
+            start = records_query.parse_time(since)
         except ValueError as exc:
             return refusal(400, "bad_filter", str(exc))
         meta, source = quality.served_metadata(review.run_dir, None, review.model)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     store = server.records_url  # where its workers record (None: recording is off)
     review = Review(cases.CaseStore.resolve(args.run_dir, os.environ, args.cases_dir, args.cases_mb, args.cases_keep_days), args.run_dir, args.model)
     app = create_app(server.client, args.model, store, review=review)
-    history = records.shown(store) if store else "nowhere: recording is off"
+    history = records_store.shown(store) if store else "nowhere: recording is off"
     print(f"the page: http://127.0.0.1:{args.port}/  (model {args.model} at {server.inference_url}; history from {history})", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

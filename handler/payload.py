@@ -10,7 +10,8 @@ import binascii
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runtime.preprocessing import ImageError, Prepared
+from runtime.decoding import ImageError
+from runtime.preprocessing import Prepared
 
 if TYPE_CHECKING:
     from handler.video import PreparedVideo

@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from handler.labels import labelled_predictions
-from handler.records import predictions
+from handler.records_store import predictions
 from runtime import drift
 from runtime.verdict import NO_FACE
 

@@ -9,22 +9,11 @@ insert skips an id already there, so a replay after a partial write adds no dupl
 bounded in bytes; only rows beyond the bound are dropped, counted and logged. Counts
 (``drain_counts``) become the handler's ``DeepfakeRecords*`` metrics.
 
-Settings (``RecordsSettings.resolve``, shared by the workers, the page, this CLI and ``make status``;
-the store's URL by ``records_url``), per key the archive's ``model-config.yaml`` (``handler:`` section, workers only), else the environment,
-else ``config.properties``, else the default:
+Settings: ``handler/records_settings.py`` (``RecordsSettings.resolve``; the store's URL by
+``records_url``), with the table of names and their precedence. ``off`` as the URL turns recording off.
 
-- the store: ``records_url``, ``DEEPFAKE_RECORDS_URL``, ``deepfake_records_url``; SQLite in the run folder
-- the spool's folder: ``records_spool``, ``DEEPFAKE_RECORDS_SPOOL``, ``deepfake_records_spool``;
-  ``<run folder>/records-spool``
-- its bound in MiB per store: ``records_spool_mb``, ``DEEPFAKE_RECORDS_SPOOL_MB``, ``deepfake_records_spool_mb``; 256
-- days to keep rows: ``records_keep_days``, ``DEEPFAKE_RECORDS_KEEP_DAYS``, ``deepfake_records_keep_days``; for ever
-
-``handler/server.py`` resolves them for its run folder and hands them to its workers as the
-environment. ``off`` as the URL turns recording off; ``postgresql://`` uses the psycopg driver.
-
-The schema is SQLAlchemy Core metadata (``predictions``) plus a ``schema_version`` table; opening a
-store creates what is missing, upgrades an older store step by step (``MIGRATIONS``), and refuses a
-store written by a newer schema.
+The store, its schema and its upgrades: ``handler/records_store.py``; reading it (queries, counts,
+CSV): ``handler/records_query.py``.
 
 Reading and retention::
 
@@ -39,334 +28,22 @@ archive, and the two importing each other was a circle).
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
-import re
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Callable, Iterable, Mapping
+from typing import Mapping
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    cast,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import make_url
-
-from sqlalchemy.schema import CreateColumn
-
-from handler.spool import Spool, read_state
-from runtime.handler_settings import DEFAULT_RECORDS_SPOOL_MB
+from handler.records_settings import DEFAULT_SPOOL_MB, RecordsSettings, spool_file
+from handler.records_store import (COLUMNS, ensure_schema, first_line, idempotent_insert, normalise_url, open_engine, prune,
+                                   shown, utc_now)
+from handler.spool import Spool
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 4
-STORE_FILE = "records.sqlite3"  # under the server's run folder by default
-SPOOL_FOLDER = "records-spool"  # under the server's run folder by default
-DEFAULT_SPOOL_MB = DEFAULT_RECORDS_SPOOL_MB  # about 550,000 rows (~490 bytes each): hours of traffic at tens of requests/s
-OFF = ("off", "none", "false")
-
-metadata = MetaData()
-predictions = Table(
-    "predictions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),  # UTC, when answered
-    Column("request_id", String(64), index=True, unique=True),  # TorchServe's request id; a replay skips it
-    Column("sha256", String(64)),  # of the input bytes; the image itself is never kept
-    Column("byte_count", Integer),
-    Column("image_width", Integer),
-    Column("image_height", Integer),
-    Column("media", String(8)),  # image | video
-    Column("faces", Integer),  # faces found (0: the verdict is for the centre crop); a video: frames with a face
-    Column("label", String(16), index=True),  # null for refused input
-    Column("fake_probability", Float),
-    Column("threshold", Float),
-    Column("model_name", String(128), index=True),
-    Column("model_version", String(32)),
-    Column("backend", String(32)),
-    Column("precision", String(16)),
-    Column("latency_ms", Float),  # the handler's time on the batch that held this request
-    Column("status", Integer, nullable=False),  # HTTP status: 200, or the 4xx/500 of a refusal
-    Column("error", String(64)),  # the refusal's code
-    Column("explain", Boolean, nullable=False, default=False),  # /explanations/ (Grad-CAM) request
-    # the answer's provenance.declared (handler/provenance.py): ai_generated, ai_edited, edited, camera, none
-    Column("declared", String(16), index=True),
-)
-# v4: reviewers' labels (handler/labels.py). Never overwritten: a second label of a request is a new
-# row, the latest counts, the earlier ones are its history (who, when).
-labels = Table(
-    "labels",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),  # UTC, when labelled
-    Column("request_id", String(64), nullable=False, index=True),  # the labelled prediction's request id
-    Column("truth", String(8), nullable=False),  # real | fake: what the reviewer says the input is
-    Column("labelled_by", String(128)),
-    Column("note", String(1000)),
-)
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
-)
-COLUMNS = [c.name for c in predictions.columns if c.name != "id"]
-
-
-class RecordsError(RuntimeError):
-    """A store that cannot be used (e.g. written by a newer schema), or settings that make no sense."""
-
-
-# --- schema changes -------------------------------------------------------------------------------
-# To change the schema: change the table above, bump SCHEMA_VERSION, and add the step that takes a
-# store of the previous version to it, e.g. a new indexed column:
-#     MIGRATIONS[5] = lambda connection: add_column(connection, predictions.c.<new column>, index=True)
-# then freeze the previous version's tables in tests/records_schemas.py: the upgrade test writes a
-# store of each frozen version (SQLite and PostgreSQL) and opens it with this code.
-
-
-def add_column(connection, column: Column, index: bool = False) -> None:
-    """``ALTER TABLE ... ADD COLUMN`` as the store's dialect spells the column (SQLite and PostgreSQL),
-    and its index when it has one in the metadata."""
-    spec = CreateColumn(column).compile(dialect=connection.dialect)
-    connection.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {spec}")
-    for table_index in column.table.indexes if index else ():
-        if list(table_index.columns) == [column]:
-            table_index.create(connection)
-
-
-def _unique_request_ids(connection) -> None:
-    """v2: a request id is unique, so a row replayed after a partial write is skipped, not doubled.
-    A v1 store never wrote an id twice (TorchServe's are UUIDs); should one hold a repeat anyway, the
-    later rows keep it with their row id appended rather than being deleted."""
-    c = predictions.c
-    first = select(func.min(c.id)).where(c.request_id.is_not(None)).group_by(c.request_id)
-    renamed = c.request_id + "~" + cast(c.id, String)
-    connection.execute(update(predictions).where(c.request_id.is_not(None), c.id.not_in(first)).values(request_id=renamed))
-    connection.exec_driver_sql("DROP INDEX ix_predictions_request_id")
-    next(i for i in predictions.indexes if i.name == "ix_predictions_request_id").create(connection)
-
-
-# version -> function(connection) taking a store from version - 1 to version; v3: the provenance
-# summary beside each verdict (null in the rows written before it); v4: the reviewers' labels table
-MIGRATIONS: dict[int, Callable] = {
-    2: _unique_request_ids,
-    3: lambda connection: add_column(connection, predictions.c.declared, index=True),
-    4: lambda connection: labels.create(connection, checkfirst=True),
-}
-
-
-# --- settings -------------------------------------------------------------------------------------
-
-
-def setting(key: str, environ: Mapping[str, str] | None, properties: Mapping[str, str] | None = None,
-            model_config: Mapping | None = None) -> str | None:
-    """One records setting (``url``, ``spool``, ``spool_mb``, ``keep_days``), the first one set of: the
-    archive's ``handler:`` section (``records_<key>``; workers only), the environment
-    (``DEEPFAKE_RECORDS_<KEY>``), config.properties (``deepfake_records_<key>``); None if none is."""
-    for source, name in ((model_config, f"records_{key}"), (environ, f"DEEPFAKE_RECORDS_{key.upper()}"),
-                         (properties, f"deepfake_records_{key}")):  # fmt: skip
-        value = str((source or {}).get(name) or "").strip()
-        if value:
-            return value
-    return None
-
-
-def records_url(
-    environ: Mapping[str, str] | None,
-    properties: Mapping[str, str] | None = None,
-    run_dir: str | Path | None = None,
-    model_config: Mapping | None = None,
-) -> str | None:
-    """The records store's URL, the one place it is worked out (the workers' recorder, the server and
-    its ``make status``, the page and this module's CLI all come here through ``RecordsSettings.resolve``).
-
-    Precedence, the first one set wins:
-
-    1. ``records_url`` in the archive's ``handler:`` section (``model_config``; workers only),
-    2. the environment variable ``DEEPFAKE_RECORDS_URL``,
-    3. ``deepfake_records_url`` in config.properties (``properties``),
-    4. the default: SQLite ``records.sqlite3`` in the run folder (no run folder: None).
-
-    ``off`` (or ``none``, ``false``) turns recording off: None."""
-    url = setting("url", environ, properties, model_config)
-    if url is None and run_dir:
-        url = f"sqlite:///{Path(run_dir).resolve() / STORE_FILE}"
-    return None if not url or url.lower() in OFF else url
-
-
-@dataclass(frozen=True)
-class RecordsSettings:
-    """Where the records go and how the spool before the store is kept (the module's docstring has the
-    table of names). ``url`` None: recording is off."""
-
-    url: str | None
-    spool_dir: Path
-    spool_bytes: int = DEFAULT_SPOOL_MB * 2**20
-    keep_days: float | None = None
-
-    @classmethod
-    def resolve(
-        cls,
-        environ: Mapping[str, str],
-        properties: Mapping[str, str] | None = None,
-        run_dir: str | Path | None = None,
-        model_config: Mapping | None = None,
-    ) -> "RecordsSettings":
-        """Every records setting, each by ``setting``'s precedence; the URL by ``records_url``."""
-        sources = (environ, properties, model_config)
-        run_dir = Path(run_dir).resolve() if run_dir else None
-        url = records_url(environ, properties, run_dir, model_config)
-        spool = setting("spool", *sources) or (run_dir / SPOOL_FOLDER if run_dir else Path(tempfile.gettempdir()) / "deepfake-records-spool")
-        try:
-            spool_mb = float(setting("spool_mb", *sources) or DEFAULT_SPOOL_MB)
-            keep_days = float(setting("keep_days", *sources)) if setting("keep_days", *sources) else None
-        except ValueError as exc:
-            raise RecordsError(f"records settings: {exc}") from None
-        if spool_mb <= 0 or (keep_days is not None and keep_days <= 0):
-            raise RecordsError("records settings: the spool size and keep-days must be positive")
-        return cls(url, Path(spool), int(spool_mb * 2**20), keep_days)
-
-    def _values(self) -> dict[str, str]:
-        values = {"url": self.url or "off", "spool": str(self.spool_dir), "spool_mb": f"{self.spool_bytes / 2**20:g}"}
-        return {**values, "keep_days": f"{self.keep_days:g}"} if self.keep_days else values
-
-    def environ(self) -> dict[str, str]:
-        """The settings as the environment a server hands its workers."""
-        return {f"DEEPFAKE_RECORDS_{key.upper()}": value for key, value in self._values().items()}
-
-    def properties(self) -> dict[str, str]:
-        """The settings as config.properties keys (a server keeps them in its state file)."""
-        return {f"deepfake_records_{key}": value for key, value in self._values().items()}
-
-
-def spool_file(spool_dir: str | Path, url: str) -> Path:
-    """One spool per store: rows of models recording to different stores never mix."""
-    digest = hashlib.sha256(normalise_url(url).encode()).hexdigest()[:12]
-    return Path(spool_dir) / f"records-spool-{digest}.sqlite3"
-
-
-def spool_report(settings: RecordsSettings) -> dict:
-    """What waits in a run's spools for their stores (``make status``; the CLI's notes)."""
-    states = []
-    for path in sorted(settings.spool_dir.glob("records-spool-*.sqlite3")):
-        try:
-            states.append(read_state(path))
-        except sqlite3.Error as exc:  # a spool being created, or a broken one: say so, count the rest
-            logger.warning("cannot read the spool %s: %s", path, exc)
-    states = [s for s in states if s]
-    return {"spool": str(settings.spool_dir), "rows": sum(s["rows"] for s in states), "bytes": sum(s["bytes"] for s in states),
-            "max_bytes_per_store": settings.spool_bytes, "store_down": any(s["store_down"] for s in states),
-            "stores": [s["store"] for s in states]}  # fmt: skip
-
-
-# --- the store ------------------------------------------------------------------------------------
-
-
-def normalise_url(url: str) -> str:
-    """``postgresql://`` and ``postgres://`` mean psycopg (3), the driver this project pins."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
-
-
-def shown(url: str) -> str:
-    """A store URL fit for logs and pages: the password hidden."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    # WAL: readers (the page, the CLI) never block the workers' writers, and several workers append
-    # to one file; NORMAL sync is durable across process crashes in WAL mode.
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def open_engine(url: str) -> Engine:
-    url = normalise_url(url)
-    if make_url(url).get_backend_name() == "sqlite":
-        # timeout: wait up to 10 s for another worker's write lock instead of failing at once
-        engine = create_engine(url, connect_args={"timeout": 10})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    # a dead server must fail a write within seconds; pre-ping replaces connections it broke
-    return create_engine(url, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 3})
-
-
-def ensure_schema(engine: Engine) -> int:
-    """Create missing tables, record or migrate the schema version; returns the store's version.
-    Several workers may do this at once: a lost race is retried."""
-    for attempt in range(3):
-        try:
-            with engine.begin() as connection:
-                metadata.create_all(connection)
-                found = connection.execute(select(func.max(schema_version.c.version))).scalar()
-                if found is not None and found > SCHEMA_VERSION:
-                    raise RecordsError(f"the store has schema {found}, newer than this code's {SCHEMA_VERSION}")
-                for version in range((found or 0) + 1, SCHEMA_VERSION + 1):
-                    if found is not None:
-                        MIGRATIONS[version](connection)
-                    connection.execute(insert(schema_version).values(version=version, applied_at=_now()))
-                return SCHEMA_VERSION
-        except RecordsError:
-            raise
-        except Exception:
-            if attempt == 2:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    return SCHEMA_VERSION
-
-
-def idempotent_insert(engine: Engine):
-    """INSERT that skips a row whose request id the store already has (the replay's guarantee)."""
-    dialects = {"postgresql": postgresql, "sqlite": sqlite_dialect}
-    if engine.dialect.name not in dialects:
-        raise RecordsError(f"records go to SQLite or PostgreSQL, not {engine.dialect.name}")
-    return dialects[engine.dialect.name].insert(predictions).on_conflict_do_nothing(index_elements=["request_id"])
-
-
-def prune(engine: Engine, older_than: datetime, chunk: int = 10_000) -> int:
-    """Delete the rows answered before ``older_than``, in chunks (short locks); returns how many."""
-    removed = 0
-    while True:
-        with engine.begin() as connection:
-            ids = select(predictions.c.id).where(predictions.c.created_at < older_than).limit(chunk)
-            n = connection.execute(delete(predictions).where(predictions.c.id.in_(ids.scalar_subquery()))).rowcount
-        removed += n
-        if n < chunk:
-            return removed
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def prediction_row(
@@ -386,7 +63,7 @@ def prediction_row(
     video = answer.get("media") == "video"
     size = (answer.get("video", {}).get("size") if video else answer.get("image_size")) or (None, None)
     return {
-        "created_at": created_at or _now(),
+        "created_at": created_at or utc_now(),
         "request_id": request_id or str(uuid.uuid4()),
         "sha256": digest,
         "byte_count": byte_count,
@@ -598,16 +275,12 @@ class Recorder:
             if not self._schema_ready:
                 ensure_schema(self.engine)
                 self._schema_ready = True
-            removed = prune(self.engine, _now() - timedelta(days=self.keep_days))
+            removed = prune(self.engine, utc_now() - timedelta(days=self.keep_days))
             if removed:
                 logger.info("prediction records: pruned %d rows older than %g days", removed, self.keep_days)
         except Exception as exc:
             logger.warning("prediction records: pruning failed: %s", first_line(exc))
 
-
-def first_line(exc: BaseException) -> str:
-    """The driver's own message, first line (SQLAlchemy wraps it in its own text)."""
-    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def recorder_for_worker(model_config: Mapping, environ: Mapping[str, str]) -> Recorder | None:
@@ -624,65 +297,3 @@ def recorder_for_worker(model_config: Mapping, environ: Mapping[str, str]) -> Re
         return None
     logger.info("prediction records go to %s through the spool %s", shown(recorder.url), recorder.spool.path)
     return recorder
-
-
-# --- reading --------------------------------------------------------------------------------------
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """ISO 8601 (UTC when no zone is given), or an age like ``30m``, ``24h``, ``7d`` before now."""
-    if not text:
-        return None
-    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if age:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
-        return _now() - timedelta(**{unit: float(age.group(1))})
-    value = datetime.fromisoformat(text.strip())
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _filtered(statement, since=None, until=None, label=None, model=None, refused=None, declared=None, sha256=None):
-    column = predictions.c
-    if sha256:
-        statement = statement.where(column.sha256 == sha256)
-    if since is not None:
-        statement = statement.where(column.created_at >= since)
-    if until is not None:
-        statement = statement.where(column.created_at < until)
-    if label:
-        statement = statement.where(column.label == label)
-    if model:
-        statement = statement.where(column.model_name == model)
-    if refused is not None:
-        statement = statement.where(column.status != 200 if refused else column.status == 200)
-    if declared:
-        statement = statement.where(column.declared == declared)
-    return statement
-
-
-def query(engine: Engine, limit: int | None = 50, offset: int = 0, **filters) -> list[dict]:
-    """Newest first. Filters: since, until (datetimes), label, model, refused (bool), declared, sha256."""
-    statement = _filtered(select(predictions), **filters).order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
-    if limit is not None:
-        statement = statement.limit(limit).offset(offset)
-    with engine.connect() as connection:
-        rows = [dict(row._mapping) for row in connection.execute(statement)]
-    for row in rows:  # SQLite hands back naive datetimes; every stored time is UTC
-        if row["created_at"].tzinfo is None:
-            row["created_at"] = row["created_at"].replace(tzinfo=timezone.utc)
-    return rows
-
-
-def count(engine: Engine, **filters) -> int:
-    with engine.connect() as connection:
-        return connection.execute(_filtered(select(func.count()).select_from(predictions), **filters)).scalar_one()
-
-
-def write_csv(rows: Iterable[dict], out: IO[str]) -> int:
-    writer = csv.DictWriter(out, fieldnames=["id", *COLUMNS], extrasaction="ignore")
-    writer.writeheader()
-    n = 0
-    for row in rows:
-        writer.writerow({**row, "created_at": row["created_at"].isoformat()})
-        n += 1
-    return n

@@ -8,10 +8,10 @@ the labelled cases as a training root, report live quality and drift.
     python -m handler.records_cli export-labelled ../shared/data/reviewed
     python -m handler.records_cli quality --since 7 --plot quality.png --max-psi 0.25 --min-auc 0.8
 
-Kept out of ``handler/records.py``, which ships inside the archive, because it finds a run folder's
-store through the host's server launcher (``handler/server.py``). ``quality`` exits 3 when a limit
-is crossed and 4 when a limit asked for cannot be checked (no drift reference, no labelled cases),
-so cron or CI can alert.
+Kept out of the records modules (``handler/records*.py``), which ship inside the archive, because
+it finds a run folder's store through the host's server launcher (``handler/server.py``). ``quality``
+exits 3 when a limit is crossed and 4 when a limit asked for cannot be checked (no drift reference,
+no labelled cases), so cron or CI can alert.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from handler import cases, labels, quality
-from handler.records import (RecordsError, RecordsSettings, ensure_schema, first_line, normalise_url, open_engine, parse_time,
-                             prune, query, count, shown, spool_report, write_csv)
+from handler.records_query import count, parse_time, query, write_csv
+from handler.records_settings import RecordsSettings, spool_report
+from handler.records_store import RecordsError, ensure_schema, first_line, normalise_url, open_engine, prune, shown
 from handler.server import run_records_settings
 from runtime.artifacts import MODEL_NAME
 

@@ -39,8 +39,9 @@ from typing import Mapping
 import psutil
 import requests
 
-from handler import records
 from handler.payload import PROBE_HEADER
+from handler.records_settings import RecordsSettings, spool_report
+from handler.records_store import RecordsError, shown
 from handler.tsclient import TorchServeClient, TorchServeError, probe_image, read_keys
 from handler.tsconfig import Ports, read_properties, render_config
 
@@ -113,12 +114,12 @@ class TorchServe:
         return self.run_dir / WATCHDOG_STATE
 
     @property
-    def records_settings(self) -> records.RecordsSettings:
-        """Where this server's workers record predictions and spool them (handler/records.py): per
+    def records_settings(self) -> RecordsSettings:
+        """Where this server's workers record predictions and spool them (handler/records_settings.py): per
         key the environment (DEEPFAKE_RECORDS_*), else config.properties (deepfake_records_*), else
         SQLite and its spool in the run folder."""
         configured = {**read_properties(self.config), **{k: str(v) for k, v in self.properties.items()}}
-        return records.RecordsSettings.resolve(self._base_env(), configured, self.run_dir)
+        return RecordsSettings.resolve(self._base_env(), configured, self.run_dir)
 
     @property
     def records_url(self) -> str | None:
@@ -383,11 +384,11 @@ class TorchServe:
         predictions go on while the store is down, and the rows wait."""
         try:
             settings = self.records_settings
-        except records.RecordsError as exc:
+        except RecordsError as exc:
             return {"error": str(exc)}
         if settings.url is None:
             return {"store": "off"}
-        return {"store": records.shown(settings.url), **records.spool_report(settings)}
+        return {"store": shown(settings.url), **spool_report(settings)}
 
     def __enter__(self) -> "TorchServe":
         return self.start()
@@ -463,14 +464,14 @@ class TorchServe:
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
-def run_records_settings(run_dir: Path, environ: Mapping[str, str]) -> records.RecordsSettings:
+def run_records_settings(run_dir: Path, environ: Mapping[str, str]) -> RecordsSettings:
     """A server's records settings from its run folder (``python -m handler.records_cli``): what the server
     resolved at its start (its state file), else the environment and its config.properties."""
     run_dir = Path(run_dir)
     if (run_dir / STATE_FILE).exists():
         return TorchServe.attach(run_dir).records_settings
     config = run_dir / "config.properties"
-    return records.RecordsSettings.resolve(environ, read_properties(config) if config.exists() else {}, run_dir)
+    return RecordsSettings.resolve(environ, read_properties(config) if config.exists() else {}, run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,9 @@ from typing import Callable
 
 from PIL import Image
 
-from runtime.preprocessing import Face, ImageError, Prepared
+from runtime.decoding import ImageError
+from runtime.detector import Face
+from runtime.preprocessing import Prepared
 from runtime.verdict import STRONG_FAKE, aggregate
 from runtime.video import Clip
 

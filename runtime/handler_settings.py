@@ -20,7 +20,7 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Mapping
 
-from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from runtime.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS
 
 # Crops per forward pass: a video's frames are split into passes of this size (bounded memory; an
@@ -63,7 +63,7 @@ class HandlerSettings:
     provenance_budget_ms: float = DEFAULT_PROVENANCE_BUDGET_S * 1000
     c2pa_trust_anchors: str | None = None  # a PEM file, relative to the model folder or absolute
     c2pa_trust_list: str | None = None
-    # prediction records (handler/records.py; None: the environment, config.properties, the default)
+    # prediction records (handler/records_settings.py; None: the environment, config.properties, the default)
     records_url: str | None = None
     records_spool: str | None = None
     records_spool_mb: float | None = None
@@ -86,7 +86,7 @@ class HandlerSettings:
         return cls.from_mapping(section, "model-config.yaml, handler section")
 
     def records_config(self) -> dict[str, object]:
-        """The ``records_*`` keys that are set, as ``handler/records.py`` reads an archive's settings."""
+        """The ``records_*`` keys that are set, as ``handler/records_settings.py`` reads an archive's settings."""
         return {k: v for k in self.keys() if k.startswith("records_") and (v := getattr(self, k)) is not None}
 
 

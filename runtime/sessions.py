@@ -1,5 +1,5 @@
 """The one onnxruntime session set-up: the model's ONNX backend (``runtime/backends.py``) and the
-face detector (``runtime/preprocessing.py``) both build their sessions here, with the same options.
+face detector (``runtime/detector.py``) both build their sessions here, with the same options.
 
 No torch import: the detector runs without it."""
 

@@ -8,7 +8,7 @@ Two passes over the bytes: demuxing alone (no decoding, cheap) counts the frames
 timestamps and keyframes, and catches a truncated or over-long stream; decoding then seeks to the
 keyframe before each sampled frame where that skips a keyframe interval, and keeps only the sampled
 frames as RGB images. Like
-``runtime/preprocessing.py`` this module travels inside the model archive and must not import
+``runtime/decoding.py`` this module travels inside the model archive and must not import
 TorchServe. Bad input raises ``ImageError`` with a machine-readable code, as images do.
 """
 
@@ -22,7 +22,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from runtime.preprocessing import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ISO_IMAGE_BRANDS, ImageError
+from runtime.decoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ISO_IMAGE_BRANDS, ImageError
 
 DEFAULT_FRAMES = 32  # sampled per video (the DFDC winners scored 32 frames per clip)
 MAX_FRAMES = 128  # hard cap on frames sampled, whatever the configuration says

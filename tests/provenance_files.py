@@ -14,7 +14,7 @@ from functools import lru_cache
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from runtime.preprocessing import register_image_formats
+from runtime.decoding import register_image_formats
 
 register_image_formats()  # PIL writes HEIC too once pillow-heif's plugin is registered
 

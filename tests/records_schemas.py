@@ -1,7 +1,7 @@
-"""The prediction records' past schemas, frozen: what each earlier version of handler/records.py
-created, so the upgrade test can write a store of that version and open it with today's code.
+"""The prediction records' past schemas, frozen: what each earlier version of
+handler/records_store.py created, so the upgrade test can write a store of that version and open it with today's code.
 
-When a change bumps ``records.SCHEMA_VERSION``, copy the tables as they were before the change into
+When a change bumps ``records_store.SCHEMA_VERSION``, copy the tables as they were before the change into
 a new entry here (keyed by the version they are); never edit an entry once frozen.
 """
 
@@ -11,7 +11,7 @@ from sqlalchemy import Boolean, Column, DateTime, Float, Integer, MetaData, Stri
 
 
 def version_1() -> MetaData:
-    """Version 1 (handler/records.py up to issue 23): request ids indexed but not unique."""
+    """Version 1 (handler/records.py up to issue 23; its tables are in handler/records_store.py now): request ids indexed but not unique."""
     metadata = MetaData()
     Table(
         "predictions",

@@ -12,7 +12,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from benchmarks.detector_size import embed, iou, largest
-from runtime.preprocessing import FaceDetector, FacePreprocessor, PreprocessSettings, decode_image
+from runtime.decoding import decode_image
+from runtime.detector import FaceDetector
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FACE_SIZES = [40, 60, 80, 100, 150, 200, 300, 400]

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from runtime.preprocessing import FaceDetector, FacePreprocessor, PreprocessSettings
+from runtime.detector import FaceDetector
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings
 from training.augment import Augment, AugmentConfig, self_blend
 from training.data import (
     centre_view,

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from benchmarks.detector_size import FRAME, embed, largest, recall
-from runtime.preprocessing import FaceDetector, decode_image
+from runtime.decoding import decode_image
+from runtime.detector import FaceDetector
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -57,7 +57,8 @@ def exported_models(torchserve, model_store, weights_path, tmp_path_factory):
 
 def local_eager_probability(weights: Path, image: bytes) -> float:
     """The eager model on this machine through the serving preprocessing: the reference verdict."""
-    from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+    from runtime.decoding import decode_image
+    from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
 
     from runtime.weights import Calibration
 

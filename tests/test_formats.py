@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from runtime.preprocessing import FacePreprocessor, ImageError, decode_image
+from runtime.decoding import ImageError, decode_image
+from runtime.preprocessing import FacePreprocessor
 from test_handler import FakeContext, handler, model_dir  # noqa: F401  (fixtures: the session archive's handler)
 
 PHONE_FORMATS = ["HEIF", "AVIF"]

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from runtime.preprocessing import FacePreprocessor, ImageError, decode_image, to_tensor_batch
+from runtime.decoding import ImageError, decode_image
+from runtime.preprocessing import FacePreprocessor, to_tensor_batch
 
 torch.set_num_threads(1)
 # corrupt EXIF and TIFF tags make PIL warn; the test is about what escapes, not what it says

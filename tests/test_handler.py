@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import MODEL
 from runtime.backends import ARTIFACTS, detect_backend, load_backend
 from handler.payload import image_bytes
-from runtime.preprocessing import ImageError
+from runtime.decoding import ImageError
 
 
 class FakeContext:

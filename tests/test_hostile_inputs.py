@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.preprocessing import ImageError, decode_image
+from runtime.decoding import ImageError, decode_image
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def test_bomb_is_refused_from_its_header(tmp_path, name):
     bomb.write_bytes(next(c.body for c in CORPUS if c.name == name))
     script = (
         "import resource, sys\n"
-        "from runtime.preprocessing import ImageError, decode_image\n"
+        "from runtime.decoding import ImageError, decode_image\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    decode_image(data)\nexcept ImageError as e:\n    print(e.code)\n"

@@ -443,7 +443,7 @@ def test_page_forwards_a_video_over_the_image_limit(page):
 def test_page_labels_a_verdict_with_its_file_and_refuses_bad_labels(page, torchserve):
     """The label API as the page's script calls it: the verdict's request id from the answer's header,
     the file with it; refusals as a 4xx JSON reason; the history and quality read the label back."""
-    from handler import labels, records
+    from handler import labels, records_store
 
     body = REAL.read_bytes() + b"label-api"
     answer = requests.post(f"{page}/api/predict", data=body, headers={"Content-Type": "image/jpeg"}, timeout=120)
@@ -464,7 +464,7 @@ def test_page_labels_a_verdict_with_its_file_and_refuses_bad_labels(page, torchs
     kept = label("real", body, by="erin", note="my own photo")
     assert first.status_code == kept.status_code == 200 and kept.json()["kept"] == hashlib.sha256(body).hexdigest()
     assert (torchserve.run_dir / "labelled-cases" / f"{kept.json()['kept']}.jpg").read_bytes() == body
-    engine = records.open_engine(torchserve.records_url)
+    engine = records_store.open_engine(torchserve.records_url)
     assert [(h["truth"], h["labelled_by"]) for h in labels.label_history(engine, request_id)] == [("fake", "dana"), ("real", "erin")]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the prediction's row arrives through the spool

@@ -20,8 +20,9 @@ from skimage import data as skdata
 
 from benchmarks.photos import PHONE_12MP, PHONE_24MP, jpeg_bytes, phone_photo
 from runtime import jpeg
+from runtime.decoding import ImageError, decode_image, decode_photo, to_rgb
 from runtime.photo import Photo, detection_scale
-from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_image, decode_photo, to_rgb, to_tensor_batch
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
 from runtime.weights import Calibration, load_weights
 from test_handler import model_dir  # noqa: F401  (fixture: the session archive, extracted)
 
@@ -278,7 +279,7 @@ def test_without_turbojpeg_pillow_decodes_and_says_so():
         "import sys; sys.modules['turbojpeg'] = None\n"  # what an import of a missing package does
         "import hashlib, numpy as np\n"
         "from runtime.jpeg import decoder\n"
-        "from runtime.preprocessing import decode_image\n"
+        "from runtime.decoding import decode_image\n"
         "pixels = np.asarray(decode_image(sys.stdin.buffer.read(), reduce=2))\n"
         "print(decoder(), hashlib.sha256(pixels.tobytes()).hexdigest())\n"
     )

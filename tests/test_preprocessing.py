@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from runtime.preprocessing import FacePreprocessor, ImageError, decode_image, to_tensor_batch
+from runtime.decoding import ImageError, decode_image
+from runtime.preprocessing import FacePreprocessor, to_tensor_batch
 
 # Eileen Collins' face in astronaut.png (512x512), located by eye: forehead to chin, ear to ear
 FACE_REGION = (170, 50, 280, 185)
@@ -87,7 +88,7 @@ def test_tensor_batch_is_the_model_input(preprocessor, astronaut):
 def test_detector_calls_group_images_of_about_one_size():
     """One onnxruntime call per group of similar sizes: a 640 x 480 photo view does not make three
     256 px uploads pay for its canvas (largest first)."""
-    from runtime.preprocessing import size_buckets
+    from runtime.detector import size_buckets
 
     assert size_buckets([(256, 256), (256, 256), (480, 640), (250, 256)]) == [[2], [0, 1, 3]]
     assert size_buckets([(480, 640), (640, 480)]) == [[0], [1]]  # a 640 x 640 canvas would be 25 % padding each

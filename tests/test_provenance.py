@@ -1,4 +1,4 @@
-"""Provenance beside the verdict (handler/provenance.py), on files made here (tests/provenance_files.py):
+"""Provenance beside the verdict (handler/provenance*.py), on files made here (tests/provenance_files.py):
 a C2PA-signed AI-generated JPEG (throw-away CA: untrusted, valid), the same with its pixels changed
 after signing (invalid: data hash mismatch), the CA as a trust list (trusted), a PNG with a
 ``parameters`` chunk, JPEGs with EXIF Software or Make/Model and with XMP; a video's container tags
@@ -20,13 +20,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from skimage import data as skdata
 
-from handler.provenance import (
-    DECLARED,
-    MAX_TEXT_ENTRIES,
-    MAX_VALUE_CHARS,
-    ProvenanceReader,
-    beside_verdict,
-)
+from handler.provenance import ProvenanceReader
+from handler.provenance_declared import DECLARED, beside_verdict
+from handler.provenance_metadata import MAX_TEXT_ENTRIES, MAX_VALUE_CHARS
 from provenance_files import (
     GENERATOR,
     IPTC,

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from sqlalchemy import insert
 
 from conftest import MODEL, ROOT
-from handler import cases, labels, quality, records
+from handler import cases, labels, quality, records, records_query, records_store
 from runtime import drift
 
 REAL, FAKE = ROOT / "examples/real/00003.jpg", ROOT / "examples/fake/00MZYXAT77.jpg"
@@ -39,17 +39,17 @@ def predicted(engine, probabilities, version="1.0", threshold=0.5, created_at=No
         digest = sha256s[i] if sha256s else hashlib.sha256(b"case-%d" % n).hexdigest()
         rows.append(records.prediction_row(answer, 200, {"name": MODEL, "version": version, "backend": "onnx", "precision": "fp32"},
                                            f"q-{n}", digest, 1000, 5.0, created_at=created_at))  # fmt: skip
-    records.ensure_schema(engine)
+    records_store.ensure_schema(engine)
     with engine.begin() as connection:
-        connection.execute(insert(records.predictions), rows)
+        connection.execute(insert(records_store.predictions), rows)
     return [r["request_id"] for r in rows]
 
 
 @pytest.fixture
 def sqlite_engine(tmp_path):
     url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
-    engine = records.open_engine(url)
-    records.ensure_schema(engine)
+    engine = records_store.open_engine(url)
+    records_store.ensure_schema(engine)
     engine.url_text = url
     return engine
 
@@ -59,8 +59,8 @@ def engine(request, tmp_path):
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_engine")
     url = request.getfixturevalue("postgres").createdb(f"quality{next(_ids)}")
-    engine = records.open_engine(url)
-    records.ensure_schema(engine)
+    engine = records_store.open_engine(url)
+    records_store.ensure_schema(engine)
     engine.url_text = url
     return engine
 
@@ -190,7 +190,7 @@ def test_quality_per_version_matches_sklearn_and_drift_follows_the_traffic(engin
     assert report["drift"]["psi"] < 0.05 and report["drift"]["level"] == "stable"
     shifted = quality.quality_report(engine, None, json.loads(with_reference(tmp_path, rng.uniform(0, 0.2, 500)).read_text()), "w")
     assert shifted["drift"]["psi"] > drift.PSI_LARGE and shifted["drift"]["level"] == "large"
-    recent = quality.quality_report(engine, records.parse_time("1d"), meta, "w")
+    recent = quality.quality_report(engine, records_query.parse_time("1d"), meta, "w")
     assert recent["answered"] == 320 and len(recent["days"]) == 1
     assert quality.check_limits(report, max_psi=0.25, min_auc=0.5) == ([], [])
     crossed, _ = quality.check_limits(shifted, max_psi=0.25, min_auc=0.999)

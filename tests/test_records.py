@@ -1,4 +1,4 @@
-"""Prediction records (handler/records.py, handler/spool.py) in real SQLite files and a real
+"""Prediction records (handler/records*.py, handler/spool.py) in real SQLite files and a real
 PostgreSQL server, and through a real TorchServe under load: every REST answer is recorded; a store
 that is down, killed or locked costs no row (the spool keeps them and replays them once, in order); a
 worker killed with SIGKILL loses no answered row; a full spool drops only what is beyond its bound,
@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 from conftest import MODEL, ROOT
-from handler import records
+from handler import records, records_query, records_settings, records_store
 from handler.spool import read_state
 from postgres_server import free_port
 from records_schemas import PAST
@@ -86,37 +86,37 @@ def test_sqlite_store_writes_filters_and_keeps_its_schema_version(tmp_path):
     assert writer.flush()
     assert writer.counts() == {"written": 10, "spooled": 0, "replayed": 0, "dropped_spool_full": 0, "dropped_spool_error": 0}
 
-    engine = records.open_engine(sqlite_url(tmp_path))
-    assert records.count(engine) == 10
-    assert records.count(engine, label="fake") == 3
-    assert records.count(engine, model="other") == 2
-    assert records.count(engine, since=records.parse_time("1d")) == 6
-    assert records.count(engine, until=records.parse_time("1d")) == 4
-    assert records.count(engine, refused=True) == 1
-    newest = records.query(engine, limit=1)[0]
+    engine = records_store.open_engine(sqlite_url(tmp_path))
+    assert records_query.count(engine) == 10
+    assert records_query.count(engine, label="fake") == 3
+    assert records_query.count(engine, model="other") == 2
+    assert records_query.count(engine, since=records_query.parse_time("1d")) == 6
+    assert records_query.count(engine, until=records_query.parse_time("1d")) == 4
+    assert records_query.count(engine, refused=True) == 1
+    newest = records_query.query(engine, limit=1)[0]
     assert (newest["status"], newest["error"], newest["label"], newest["byte_count"]) == (415, "not_an_image", None, 11)
-    page = records.query(engine, limit=3, offset=3, label="real")
+    page = records_query.query(engine, limit=3, offset=3, label="real")
     assert len(page) == 3 and all(r["label"] == "real" for r in page)
-    first = records.query(engine, label="fake")[-1]
+    first = records_query.query(engine, label="fake")[-1]
     assert first["fake_probability"] == 0.81 and first["created_at"].tzinfo is not None
     with sqlite3.connect(tmp_path / "records.sqlite3") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with engine.connect() as connection:
-        assert connection.execute(select(records.schema_version.c.version)).scalars().all() == list(range(1, records.SCHEMA_VERSION + 1))
+        assert connection.execute(select(records_store.schema_version.c.version)).scalars().all() == list(range(1, records_store.SCHEMA_VERSION + 1))
     writer.close()
 
 
 def test_a_store_from_a_newer_schema_is_refused_and_its_rows_wait(tmp_path):
-    engine = records.open_engine(sqlite_url(tmp_path))
-    records.ensure_schema(engine)
+    engine = records_store.open_engine(sqlite_url(tmp_path))
+    records_store.ensure_schema(engine)
     with engine.begin() as connection:
-        connection.execute(records.schema_version.insert().values(version=records.SCHEMA_VERSION + 1, applied_at=datetime.now(timezone.utc)))
-    with pytest.raises(records.RecordsError, match="newer"):
-        records.ensure_schema(engine)
+        connection.execute(records_store.schema_version.insert().values(version=records_store.SCHEMA_VERSION + 1, applied_at=datetime.now(timezone.utc)))
+    with pytest.raises(records_store.RecordsError, match="newer"):
+        records_store.ensure_schema(engine)
     writer = recorder(sqlite_url(tmp_path), tmp_path)
     writer.record(rows_for(3))
     wait_for(lambda: writer.spool.state()["store_down"], 30, "the writer to find the store unusable")
-    assert writer.spool.state()["rows"] == 3 and records.count(engine) == 0  # kept, not written, not dropped
+    assert writer.spool.state()["rows"] == 3 and records_query.count(engine) == 0  # kept, not written, not dropped
     writer.close()
 
 
@@ -126,10 +126,10 @@ def test_the_declared_provenance_is_recorded_filtered_and_listed(tmp_path):
     writer.record([records.prediction_row(claimed, 200, MODEL_INFO, "claimed"), records.prediction_row(VERDICT, 200, MODEL_INFO, "plain")])
     assert writer.flush()
     writer.close()
-    engine = records.open_engine(sqlite_url(tmp_path))
-    assert [r["request_id"] for r in records.query(engine, declared="ai_generated")] == ["claimed"]
-    assert records.count(engine) == 2 and records.count(engine, declared="camera") == 0
-    assert [(r["request_id"], r["declared"]) for r in records.query(engine)] == [("plain", None), ("claimed", "ai_generated")]
+    engine = records_store.open_engine(sqlite_url(tmp_path))
+    assert [r["request_id"] for r in records_query.query(engine, declared="ai_generated")] == ["claimed"]
+    assert records_query.count(engine) == 2 and records_query.count(engine, declared="camera") == 0
+    assert [(r["request_id"], r["declared"]) for r in records_query.query(engine)] == [("plain", None), ("claimed", "ai_generated")]
     listed = subprocess.run([sys.executable, "-m", "handler.records_cli", "list", "--url", sqlite_url(tmp_path), "--declared", "ai_generated"],
                             cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
     assert "1 of 1 records" in listed.stdout and "ai_generated" in listed.stdout
@@ -148,11 +148,11 @@ def test_cli_lists_exports_and_prunes(tmp_path):
     subprocess.run([*cli, "export", str(out), "--url", sqlite_url(tmp_path), "--label", "real", "--since", "1h"], cwd=ROOT, check=True, capture_output=True)
     exported = list(csv.DictReader(out.open()))
     assert len(exported) == 2 and {r["label"] for r in exported} == {"real"}
-    assert set(exported[0]) == {"id", *records.COLUMNS}
+    assert set(exported[0]) == {"id", *records_store.COLUMNS}
     pruned = subprocess.run([*cli, "prune", "--older-than", "30d", "--url", sqlite_url(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=True)
     assert pruned.stdout.startswith("4 records answered before")
-    engine = records.open_engine(sqlite_url(tmp_path))
-    assert records.count(engine) == 5 and records.count(engine, until=records.parse_time("30d")) == 0
+    engine = records_store.open_engine(sqlite_url(tmp_path))
+    assert records_query.count(engine) == 5 and records_query.count(engine, until=records_query.parse_time("30d")) == 0
 
 
 def test_cli_says_in_one_line_when_the_store_is_down(tmp_path):
@@ -168,8 +168,8 @@ def test_cli_says_in_one_line_when_the_store_is_down(tmp_path):
 def test_the_writer_prunes_rows_older_than_keep_days(tmp_path):
     writer = recorder(sqlite_url(tmp_path), tmp_path, keep_days=30)
     writer.record(rows_for(2, created_at=datetime.now(timezone.utc) - timedelta(days=31)) + rows_for(3))
-    engine = records.open_engine(sqlite_url(tmp_path))
-    wait_for(lambda: writer.flush() and records.count(engine) == 3, 30, "the old rows to be pruned")
+    engine = records_store.open_engine(sqlite_url(tmp_path))
+    wait_for(lambda: writer.flush() and records_query.count(engine) == 3, 30, "the old rows to be pruned")
     writer.close()
 
 
@@ -190,7 +190,7 @@ def test_an_unreachable_store_spools_rows_and_replays_them_once_in_order(tmp_pat
     blocked.mkdir()
     assert writer.flush()
     assert writer.counts() == {"written": 0, "spooled": 5, "replayed": 5, "dropped_spool_full": 0, "dropped_spool_error": 0}
-    stored = sorted(records.query(records.open_engine(url), limit=None), key=lambda r: r["id"])
+    stored = sorted(records_query.query(records_store.open_engine(url), limit=None), key=lambda r: r["id"])
     assert [r["request_id"] for r in stored] == [r["request_id"] for r in rows]
     writer.close()
 
@@ -214,7 +214,7 @@ def test_a_full_spool_drops_only_what_is_beyond_its_bound_and_says_so(tmp_path, 
     assert writer.flush()
     counts = writer.counts()
     assert counts["written"] + counts["replayed"] + counts["dropped_spool_full"] == 41
-    assert records.count(records.open_engine(sqlite_url(tmp_path))) == 41 - counts["dropped_spool_full"]
+    assert records_query.count(records_store.open_engine(sqlite_url(tmp_path))) == 41 - counts["dropped_spool_full"]
     writer.close()
 
 
@@ -222,19 +222,19 @@ def test_a_replay_after_a_partial_write_adds_no_duplicate(tmp_path):
     """The state a replaying worker killed between the store's commit and the spool's delete leaves:
     rows in the store and still in the spool. The next replay skips them."""
     rows = rows_for(6)
-    settings = records.RecordsSettings(sqlite_url(tmp_path), tmp_path / "spool")
+    settings = records_settings.RecordsSettings(sqlite_url(tmp_path), tmp_path / "spool")
     from handler.spool import Spool
 
-    spool = Spool(records.spool_file(settings.spool_dir, settings.url), settings.spool_bytes)
+    spool = Spool(records_settings.spool_file(settings.spool_dir, settings.url), settings.spool_bytes)
     spool.append([records._encode(row) for row in rows])
     spool.close()
-    engine = records.open_engine(settings.url)
-    records.ensure_schema(engine)
+    engine = records_store.open_engine(settings.url)
+    records_store.ensure_schema(engine)
     with engine.begin() as connection:  # the first four made it before the "kill"
-        connection.execute(records.predictions.insert(), rows[:4])
+        connection.execute(records_store.predictions.insert(), rows[:4])
     writer = recorder(settings.url, tmp_path)
     assert writer.flush()
-    stored = records.query(engine, limit=None)
+    stored = records_query.query(engine, limit=None)
     assert sorted(r["request_id"] for r in stored) == sorted(r["request_id"] for r in rows)
     writer.close()
 
@@ -242,16 +242,16 @@ def test_a_replay_after_a_partial_write_adds_no_duplicate(tmp_path):
 def test_settings_come_from_the_archive_then_the_environment_then_config_properties(tmp_path):
     properties = {"deepfake_records_url": "postgresql://a/b", "deepfake_records_spool_mb": "8", "deepfake_records_keep_days": "30"}
     environ = {"DEEPFAKE_RECORDS_URL": "postgresql://c/d", "DEEPFAKE_RECORDS_SPOOL": str(tmp_path / "env-spool")}
-    settings = records.RecordsSettings.resolve(environ, properties, tmp_path, {"records_spool_mb": 2})
+    settings = records_settings.RecordsSettings.resolve(environ, properties, tmp_path, {"records_spool_mb": 2})
     assert (settings.url, settings.spool_dir, settings.spool_bytes, settings.keep_days) == ("postgresql://c/d", tmp_path / "env-spool", 2 * 2**20, 30)
-    default = records.RecordsSettings.resolve({}, {}, tmp_path)
+    default = records_settings.RecordsSettings.resolve({}, {}, tmp_path)
     assert default.url == f"sqlite:///{tmp_path.resolve() / 'records.sqlite3'}" and default.spool_dir == tmp_path.resolve() / "records-spool"
-    assert records.RecordsSettings.resolve(settings.environ()) == settings  # what a server hands its workers
-    assert records.RecordsSettings.resolve({}, settings.properties()) == settings  # what it keeps in server.json
-    assert records.RecordsSettings.resolve({"DEEPFAKE_RECORDS_URL": "off"}, {}, tmp_path).url is None
-    with pytest.raises(records.RecordsError):
-        records.RecordsSettings.resolve({}, {"deepfake_records_spool_mb": "lots"}, tmp_path)
-    assert records.spool_file(tmp_path, "postgresql://a/b") != records.spool_file(tmp_path, "postgresql://c/d")
+    assert records_settings.RecordsSettings.resolve(settings.environ()) == settings  # what a server hands its workers
+    assert records_settings.RecordsSettings.resolve({}, settings.properties()) == settings  # what it keeps in server.json
+    assert records_settings.RecordsSettings.resolve({"DEEPFAKE_RECORDS_URL": "off"}, {}, tmp_path).url is None
+    with pytest.raises(records_store.RecordsError):
+        records_settings.RecordsSettings.resolve({}, {"deepfake_records_spool_mb": "lots"}, tmp_path)
+    assert records_settings.spool_file(tmp_path, "postgresql://a/b") != records_settings.spool_file(tmp_path, "postgresql://c/d")
 
 
 # --- PostgreSQL and schema upgrades ----------------------------------------------------------------
@@ -268,10 +268,10 @@ def test_postgres_store_round_trip(postgres, tmp_path):
     writer.record(rows_for(4, "fake") + rows_for(3, "real", model="pg-round-trip"))
     assert writer.flush()
     assert writer.counts()["written"] == 7
-    engine = records.open_engine(postgres.url)
+    engine = records_store.open_engine(postgres.url)
     assert engine.dialect.driver == "psycopg"
-    assert records.count(engine, model="pg-round-trip") == 3
-    row = records.query(engine, limit=1, model="pg-round-trip")[0]
+    assert records_query.count(engine, model="pg-round-trip") == 3
+    row = records_query.query(engine, limit=1, model="pg-round-trip")[0]
     assert row["created_at"].tzinfo is not None and row["label"] == "real" and row["explain"] is False
     writer.close()
 
@@ -283,7 +283,7 @@ def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_
     request id, which it allowed), opened by this code: upgraded step by step, every row kept, ids
     unique after, and the columns added since empty in the old rows."""
     url = sqlite_url(tmp_path) if store == "sqlite" else request.getfixturevalue("fresh_database")
-    engine = records.open_engine(url)
+    engine = records_store.open_engine(url)
     old = PAST[version]()
     old.create_all(engine)
     rows = [{k: v for k, v in row.items() if k in old.tables["predictions"].c} for row in rows_for(3)]
@@ -293,10 +293,10 @@ def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_
         connection.execute(old.tables["predictions"].insert(), rows)
         connection.execute(old.tables["schema_version"].insert(), [{"version": v, "applied_at": datetime.now(timezone.utc)} for v in range(1, version + 1)])
 
-    assert records.ensure_schema(engine) == records.SCHEMA_VERSION
+    assert records_store.ensure_schema(engine) == records_store.SCHEMA_VERSION
     with engine.connect() as connection:
-        assert connection.execute(select(records.schema_version.c.version)).scalars().all() == list(range(1, records.SCHEMA_VERSION + 1))
-    stored = sorted(records.query(engine, limit=None), key=lambda r: r["id"])
+        assert connection.execute(select(records_store.schema_version.c.version)).scalars().all() == list(range(1, records_store.SCHEMA_VERSION + 1))
+    stored = sorted(records_query.query(engine, limit=None), key=lambda r: r["id"])
     assert [r["sha256"] for r in stored] == [r["sha256"] for r in rows]
     assert len({r["request_id"] for r in stored}) == len(rows)
     if version == 1:
@@ -307,7 +307,7 @@ def test_a_store_of_an_earlier_version_is_upgraded_in_place(store, version, tmp_
     assert {"request_id", "truth", "labelled_by", "note"} <= {c["name"] for c in inspect(engine).get_columns("labels")}  # v4
     writer = recorder(url, tmp_path)  # a replay of a row already there is skipped
     writer.record([{**rows_for(1)[0], "request_id": rows[1]["request_id"]}] + rows_for(1))
-    assert writer.flush() and records.count(engine) == len(rows) + 1
+    assert writer.flush() and records_query.count(engine) == len(rows) + 1
     writer.close()
 
 
@@ -318,13 +318,13 @@ def test_add_column_is_the_step_for_a_new_column(store, tmp_path, request):
     from sqlalchemy import Column, MetaData, String
 
     url = sqlite_url(tmp_path) if store == "sqlite" else request.getfixturevalue("fresh_database")
-    engine = records.open_engine(url)
-    records.ensure_schema(engine)
+    engine = records_store.open_engine(url)
+    records_store.ensure_schema(engine)
     nxt = MetaData()
-    table = records.predictions.to_metadata(nxt)
+    table = records_store.predictions.to_metadata(nxt)
     table.append_column(Column("reviewer", String(16), index=True))
     with engine.begin() as connection:
-        records.add_column(connection, table.c.reviewer, index=True)
+        records_store.add_column(connection, table.c.reviewer, index=True)
     columns = {c["name"] for c in inspect(engine).get_columns("predictions")}
     assert "reviewer" in columns
     assert "ix_predictions_reviewer" in {i["name"] for i in inspect(engine).get_indexes("predictions")}
@@ -401,7 +401,7 @@ def settled(spool: Path, engine, model: str, sent: set[str], timeout: float = 12
     """The rows of the images ``sent`` (sha256) once the spool is empty and the store answered its
     last delivery (the model's other rows left out)."""
     wait_for(lambda: (state := read_state(spool)) and state["rows"] == 0 and not state["store_down"], timeout, "the spool to be replayed")
-    return [row for row in records.query(engine, limit=None, model=model) if row["sha256"] in sent]
+    return [row for row in records_query.query(engine, limit=None, model=model) if row["sha256"] in sent]
 
 
 def prometheus_total(text: str, metric: str, model: str) -> float:
@@ -427,11 +427,11 @@ def test_postgres_killed_under_load_loses_no_row(kill_worker, postgres, torchser
     name = f"deepfake-pg-{'kill' if kill_worker else 'outage'}"
     workers = 2 if kill_worker else 1
     register(torchserve, model_store, weights_path, name, postgres.url, workers)
-    spool = records.spool_file(torchserve.records_settings.spool_dir, postgres.url)
+    spool = records_settings.spool_file(torchserve.records_settings.spool_dir, postgres.url)
     try:
         with Load(torchserve, name, astronaut_jpeg, 4, name.encode()) as load:
             outage(load, spool, postgres.kill, postgres.start, during=(lambda: kill_a_worker(torchserve, name)) if kill_worker else None)
-        rows = settled(spool, records.open_engine(postgres.url), name, {digest for digest, _ in load.answers})
+        rows = settled(spool, records_store.open_engine(postgres.url), name, {digest for digest, _ in load.answers})
         answered = {digest for digest, status in load.answers if status == 200}
         recorded = Counter(r["sha256"] for r in rows)
         assert Counter(r["request_id"] for r in rows).most_common(1)[0][1] == 1, "a request id was recorded twice"
@@ -465,7 +465,7 @@ def test_sqlite_locked_under_load_loses_no_row(torchserve, model_store, weights_
     long manual transaction) for OUTAGE_ANSWERS answers: rows wait in the spool and arrive once the lock goes."""
     name, url = "deepfake-sqlite-locked", sqlite_url(tmp_path)
     register(torchserve, model_store, weights_path, name, url)
-    spool = records.spool_file(torchserve.records_settings.spool_dir, url)
+    spool = records_settings.spool_file(torchserve.records_settings.spool_dir, url)
     locker = {}
 
     def lock():
@@ -478,9 +478,9 @@ def test_sqlite_locked_under_load_loses_no_row(torchserve, model_store, weights_
 
     try:
         with Load(torchserve, name, astronaut_jpeg, 4, b"sqlite-locked-") as load:
-            wait_for(lambda: load.answered() >= 20 and records.count(records.open_engine(url), model=name) > 0, 120, "rows before the lock")
+            wait_for(lambda: load.answered() >= 20 and records_query.count(records_store.open_engine(url), model=name) > 0, 120, "rows before the lock")
             outage(load, spool, lock, unlock)
-        rows = settled(spool, records.open_engine(url), name, {digest for digest, _ in load.answers})
+        rows = settled(spool, records_store.open_engine(url), name, {digest for digest, _ in load.answers})
         answered = {digest for digest, status in load.answers if status == 200}
         assert {s for _, s in load.answers} == {200}
         assert len(rows) == len(answered) == len(load.answers)
@@ -524,21 +524,21 @@ def test_every_rest_prediction_is_recorded(torchserve, astronaut_jpeg):
     ]
     assert [r.status_code for _, r in answers] == [200, 200, 200, 415, 200, 200]
     assert torchserve.records_url.startswith("sqlite:///") and torchserve.records_url.endswith(f"{torchserve.run_dir}/records.sqlite3")
-    engine = records.open_engine(torchserve.records_url)
+    engine = records_store.open_engine(torchserve.records_url)
     digests = {hashlib.sha256(body).hexdigest() for body, _ in answers}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        stored = [r for r in records.query(engine, limit=200, since=records.parse_time("10m")) if r["sha256"] in digests]
+        stored = [r for r in records_query.query(engine, limit=200, since=records_query.parse_time("10m")) if r["sha256"] in digests]
         if len(stored) >= len(answers):
             break
         time.sleep(0.3)
     assert len(stored) == len(answers)
-    assert not [r for r in records.query(engine, limit=200, since=records.parse_time("10m"))
+    assert not [r for r in records_query.query(engine, limit=200, since=records_query.parse_time("10m"))
                 if r["sha256"] == hashlib.sha256(probe_body).hexdigest()]
     # nor the start-up prediction the server waited for (a health check: sent with the probe header)
     from handler.tsclient import probe_image
 
-    assert not records.query(engine, limit=None, sha256=hashlib.sha256(probe_image()).hexdigest())
+    assert not records_query.query(engine, limit=None, sha256=hashlib.sha256(probe_image()).hexdigest())
     by_request = {r["request_id"]: r for r in stored}
     for body, response in answers:
         row = by_request[response.headers["x-request-id"]]
@@ -576,7 +576,7 @@ def test_two_workers_share_one_sqlite_store(torchserve, model_store, weights_pat
             statuses = list(pool.map(lambda body: torchserve.predict(name, body).status_code, bodies))
         assert statuses == [200] * len(bodies)
         digests = {hashlib.sha256(b).hexdigest() for b in bodies}
-        rows = settled(records.spool_file(torchserve.records_settings.spool_dir, url), records.open_engine(url), name, digests)
+        rows = settled(records_settings.spool_file(torchserve.records_settings.spool_dir, url), records_store.open_engine(url), name, digests)
         assert {r["sha256"] for r in rows} == digests and len(rows) == len(bodies)
         assert "DeepfakeRecordsDropped{" not in torchserve.metrics()
     finally:

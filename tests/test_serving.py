@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import MODEL, SESSION_BATCH_SIZE
-from runtime.preprocessing import register_image_formats
+from runtime.decoding import register_image_formats
 
 pytestmark = pytest.mark.integration
 register_image_formats()  # PIL writes HEIC too once pillow-heif's plugin is registered
@@ -203,6 +203,8 @@ def test_archive_is_self_contained(model_store):
     assert {
         "deepfake_handler.py",
         "runtime/preprocessing.py",
+        "runtime/decoding.py",
+        "runtime/detector.py",
         "runtime/backends.py",
         "runtime/model.py",
         "runtime/weights.py",
@@ -219,7 +221,10 @@ def test_archive_is_self_contained(model_store):
     packages = {n.split("/")[0] for n in code if "/" in n}
     assert packages == {"runtime", "handler"}, packages
     assert {n for n in code if n.startswith("handler/")} == {"handler/__init__.py", "handler/payload.py", "handler/gradcam.py", "handler/video.py",
-                                                            "handler/records.py", "handler/spool.py", "handler/provenance.py"}  # fmt: skip
+                                                            "handler/records.py", "handler/records_store.py", "handler/records_settings.py",
+                                                            "handler/records_query.py", "handler/spool.py", "handler/provenance.py",
+                                                            "handler/provenance_metadata.py", "handler/provenance_c2pa.py",
+                                                            "handler/provenance_declared.py"}  # fmt: skip
 
 
 def test_client_folder_to_csv_and_explanation_png(torchserve, astronaut_jpeg, tmp_path, weights_path):

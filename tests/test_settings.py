@@ -110,7 +110,7 @@ def test_a_value_of_the_wrong_type_is_refused_in_one_line(section, says):
 
 
 def test_the_defaults_are_the_handlers_old_ones():
-    from runtime.preprocessing import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+    from runtime.decoding import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
     from runtime.video import DEFAULT_FRAMES, DEFAULT_MAX_BYTES, DEFAULT_MAX_SECONDS
 
     defaults = HandlerSettings()
@@ -138,38 +138,39 @@ def test_provenance_and_records_read_the_typed_settings(tmp_path):
 
 
 def test_the_records_url_has_one_precedence(tmp_path):
-    from handler import records
+    from handler import records_settings
 
     archive, env, props = ({"records_url": "sqlite:///archive.db"}, {"DEEPFAKE_RECORDS_URL": "sqlite:///env.db"},
                            {"deepfake_records_url": "sqlite:///props.db"})  # fmt: skip
-    default = f"sqlite:///{tmp_path.resolve() / records.STORE_FILE}"
-    assert records.records_url(env, props, tmp_path, archive) == "sqlite:///archive.db"  # the archive's setting (workers)
-    assert records.records_url(env, props, tmp_path) == "sqlite:///env.db"  # the environment beats config.properties
-    assert records.records_url({}, props, tmp_path) == "sqlite:///props.db"  # config.properties beats the default
-    assert records.records_url({}, {}, tmp_path) == default
-    assert records.records_url({}, {}) is None  # no run folder, nothing set: nowhere
-    assert records.records_url({"DEEPFAKE_RECORDS_URL": "off"}, props, tmp_path) is None
-    assert records.records_url({"DEEPFAKE_RECORDS_URL": "  "}, props, tmp_path) == "sqlite:///props.db"  # blank is unset
+    default = f"sqlite:///{tmp_path.resolve() / records_settings.STORE_FILE}"
+    assert records_settings.records_url(env, props, tmp_path, archive) == "sqlite:///archive.db"  # the archive's setting (workers)
+    assert records_settings.records_url(env, props, tmp_path) == "sqlite:///env.db"  # the environment beats config.properties
+    assert records_settings.records_url({}, props, tmp_path) == "sqlite:///props.db"  # config.properties beats the default
+    assert records_settings.records_url({}, {}, tmp_path) == default
+    assert records_settings.records_url({}, {}) is None  # no run folder, nothing set: nowhere
+    assert records_settings.records_url({"DEEPFAKE_RECORDS_URL": "off"}, props, tmp_path) is None
+    assert records_settings.records_url({"DEEPFAKE_RECORDS_URL": "  "}, props, tmp_path) == "sqlite:///props.db"  # blank is unset
     # the settings the workers, the server, the page and the CLI use go through it
-    assert records.RecordsSettings.resolve(env, props, tmp_path).url == "sqlite:///env.db"
-    assert records.RecordsSettings.resolve({}, {}, tmp_path, archive).url == "sqlite:///archive.db"
+    assert records_settings.RecordsSettings.resolve(env, props, tmp_path).url == "sqlite:///env.db"
+    assert records_settings.RecordsSettings.resolve({}, {}, tmp_path, archive).url == "sqlite:///archive.db"
 
 
 def test_the_server_and_the_cli_resolve_a_run_folder_through_it(tmp_path):
-    from handler import records
+    from handler import records_settings
     from handler.server import run_records_settings
 
     (tmp_path / "config.properties").write_text("deepfake_records_url=sqlite:///props.db\n")
     assert run_records_settings(tmp_path, {}).url == "sqlite:///props.db"
     assert run_records_settings(tmp_path, {"DEEPFAKE_RECORDS_URL": "sqlite:///env.db"}).url == "sqlite:///env.db"
     (tmp_path / "config.properties").unlink()
-    assert run_records_settings(tmp_path, {}).url == f"sqlite:///{tmp_path.resolve() / records.STORE_FILE}"
+    assert run_records_settings(tmp_path, {}).url == f"sqlite:///{tmp_path.resolve() / records_settings.STORE_FILE}"
 
 
 def test_the_archived_records_module_imports_nothing_host_only():
     import ast
 
-    for module in ("handler/records.py", "runtime/handler_settings.py"):
+    for module in ("handler/records.py", "handler/records_settings.py", "handler/records_store.py", "handler/records_query.py",
+                   "runtime/handler_settings.py"):
         tree = ast.parse((ROOT / module).read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

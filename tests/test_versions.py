@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from handler import records, versions
+from handler import records_query, records_store, versions
 
 NAME = "deepfake-versioned"  # a model of its own: the session's default model is left alone
 
@@ -138,14 +138,14 @@ def test_candidate_promote_and_rollback_under_load_fail_no_request(torchserve, m
         assert all(line.endswith(listed_sha) for line in listed[1:])
 
         # every record keeps the version that answered; the predictions that waited for each version were probes: no row
-        engine = records.open_engine(torchserve.records_url)
+        engine = records_store.open_engine(torchserve.records_url)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            kept = {r["request_id"] for r in records.query(engine, limit=None, model=NAME)}
+            kept = {r["request_id"] for r in records_query.query(engine, limit=None, model=NAME)}
             if len(kept) >= len(answers) + 1:
                 break
             time.sleep(0.5)
-        stored = records.query(engine, limit=None, model=NAME)
+        stored = records_query.query(engine, limit=None, model=NAME)
         assert {r["model_version"] for r in stored} == {"1.0", "2.0"} and len(stored) == len(answers) + 1  # + the direct one
     finally:
         for version in ("2.0", "1.0"):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runtime.decoding import ImageError
 from runtime.verdict import aggregate
-from runtime.preprocessing import ImageError
 from runtime.video import MAX_FRAMES, VideoLimits, container_of, open_video
 from test_handler import FakeContext, handler, model_dir  # noqa: F401  (fixtures)
 from video_clips import (

@@ -30,7 +30,8 @@ import torch
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.decoding import decode_image
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
 from runtime.verdict import aggregate
 from runtime.video import VideoLimits, open_video
 from runtime.weights import Calibration, load_weights

@@ -12,7 +12,7 @@ the real images of another root, split as that root splits them (``discover_root
 
 Labels are explicit, never alphabetical: real = 0, fake = 1.
 
-Every image goes once through ``runtime.preprocessing`` (decode, face detection, square crop) —
+Every image goes once through ``runtime.decoding`` and ``runtime.preprocessing`` (decode, face detection, square crop) —
 the code serving runs — and the crop is stored as a lossless PNG under the cache folder, keyed by the
 file's content hash and the preprocessing settings. Unreadable images are reported and skipped.
 """
@@ -34,8 +34,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from runtime.decoding import ImageError, decode_photo
 from runtime.photo import IMAGE_SUFFIXES
-from runtime.preprocessing import FacePreprocessor, ImageError, PreprocessSettings, decode_photo
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings
 from training.forgery import blend_target, context_points
 from training.regions import UNKNOWN, target_mask
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from runtime.preprocessing import ImageError, decode_image
+from runtime.decoding import ImageError, decode_image
 from training.data import CLASS_NAMES, SplitSpec, class_counts, discover
 from training.plots import plot_spectra
 

@@ -33,7 +33,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from runtime.preprocessing import FacePreprocessor, PreprocessSettings, decode_image, to_tensor_batch
+from runtime.decoding import decode_image
+from runtime.preprocessing import FacePreprocessor, PreprocessSettings, to_tensor_batch
 from runtime.model import has_kind_head
 from runtime.verdict import DEFAULT_THRESHOLD
 from runtime.weights import Calibration, load_weights
