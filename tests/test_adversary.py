@@ -13,16 +13,18 @@ from training.sampling import prepare_crops
 from training.train import Trainer, train
 from tests.test_training import NO_LOSSY_AUG, config, generated  # noqa: F401  (the fixture)
 
-FACE = dict(size="face", model={"input_size": 64}, crop="native", kind_loss=1.0,
-            kinds={"gan": "gan", "edits": "hand_edit"}, augment={**NO_LOSSY_AUG, "sbi": 0.3})
+FACE = dict(size="face", model={"input_size": 64}, crop="native", kind_loss=1.0, real_from={"gen": "gan"},
+            kinds={"gan": "gan", "edits": "hand_edit", "gen": "diffusion"}, augment={**NO_LOSSY_AUG, "sbi": 0.3})
 
 
 @pytest.fixture(scope="module")
 def two_sources(generated, tmp_path_factory):  # noqa: F811
+    """Two roots with reals and fakes, and 'gen', fake only, paired with gan's reals."""
     parent = tmp_path_factory.mktemp("sources")
     for name in ("gan", "edits"):
         shutil.copytree(generated, parent / name, ignore=shutil.ignore_patterns("corrupt.jpg"))
-    return [parent / "gan", parent / "edits"]
+    shutil.copytree(generated / "fake", parent / "gen" / "fake", ignore=shutil.ignore_patterns("corrupt.jpg"))
+    return [parent / "gan", parent / "edits", parent / "gen"]
 
 
 def test_the_features_get_the_source_heads_gradient_reversed_and_scaled():
@@ -73,11 +75,14 @@ def test_source_adversary_trains_beside_the_kind_head_resumes_exactly_and_is_not
     cfg = config(tmp_path, epochs=2, source_adversary=1.0, **FACE)
     crops, _, _ = prepare_crops(cfg, two_sources)
     trainer = Trainer(cfg, crops["train"], crops["val"], tmp_path / "straight", seed=0)
+    # gen's reals are gan's photos: one source, not a third the head could never tell apart
     assert trainer.sources == ["edits", "gan"]
+    assert any(item.dataset == "gen" and item.label == 0 for item in trainer.train_set.items)
     samples = [trainer.train_set[i] for i in range(len(trainer.train_set))]
     # the source target: the root of a photo that is still real, none for any fake (self-made ones too)
     for item, (_, label, _, source) in zip(trainer.train_set.items, samples):
-        expected = trainer.sources.index(item.dataset) if label.item() == 0 else NO_SOURCE
+        origin = {"gen": "gan"}.get(item.dataset, item.dataset)
+        expected = trainer.sources.index(origin) if label.item() == 0 else NO_SOURCE
         assert source.item() == expected
     assert any(s[1].item() == 1 and trainer.train_set.items[i].label == 0 for i, s in enumerate(samples))  # SBI fakes
 

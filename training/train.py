@@ -79,9 +79,11 @@ class Trainer:
 
         augment = Augment(AugmentConfig.from_dict(config.augment))
         kind_of = (lambda item, label, forgery: kind_target(config.kinds, item.dataset, item.label, label, forgery)) if config.kind_loss > 0 else None
-        # the roots the source adversary must not be able to tell apart: those with real training photos
-        self.sources = sorted({item.dataset for item in train if item.label == 0}) if config.source_adversary > 0 else []
-        source_of = (lambda item, label: source_index(self.sources, item.dataset, label)) if self.sources else None
+        # the roots the source adversary must not be able to tell apart: those with real training photos,
+        # a fake-only root's reals counted as the root they come from (real_from: the same photos)
+        origin = lambda dataset: config.real_from.get(dataset, dataset)  # noqa: E731
+        self.sources = sorted({origin(item.dataset) for item in train if item.label == 0}) if config.source_adversary > 0 else []
+        source_of = (lambda item, label: source_index(self.sources, origin(item.dataset), label)) if self.sources else None
         self.train_set = CropDataset(train, augment, view=augment.view, dense_targets=config.dense_loss > 0, kind_of=kind_of,
                                      forger=make_forger(config, augment.config, simulator_reals or train), source_of=source_of)
         self.val_set = CropDataset(val)
