@@ -261,13 +261,14 @@ def run(profile: Profile, client: TorchServeClient, frontend_pid: int | None, st
             with contextlib.suppress(TorchServeError, requests.RequestException):
                 client.unregister(name)
             variant.unlink(missing_ok=True)
+    served = Path(profile.model_store) / f"{MODEL}.mar"  # what `make serve` serves: the headline's configuration
     return {
         "images": len(images), "image_folder": str(profile.images), "settings": profile.to_dict()["load"],
         "baseline": {"backend": baseline.backend, "batch_size": baseline.batching.batch_size,
                      "max_batch_delay": baseline.batching.max_batch_delay, "workers": baseline.layout.workers,
                      "threads": baseline.layout.threads},
         "results": rows, "skipped": skipped,
-        **({"served": serving_settings(served)} if (served := Path(profile.model_store) / f"{MODEL}.mar").exists() else {}),
+        **({"served": serving_settings(served)} if served.exists() else {}),
     }
 
 

@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import machine, model_bench, photo_bench, preprocess_bench, report, video_bench
+from benchmarks import compare, machine, model_bench, photo_bench, preprocess_bench, report, video_bench
 from benchmarks.profile import load_profile, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +39,8 @@ def device_label(device: str) -> str:
 
 def before_stages(path: Path) -> dict:
     """What the report needs of an earlier run to put its stage table beside this one."""
-    folder = path if path.is_dir() else path.parent
-    earlier = json.loads((folder / "summary.json").read_text())
-    return {"label": folder.name, "created": earlier.get("created"), "preprocess": earlier.get("preprocess")}
+    earlier = compare.read_summary(path)
+    return {"label": compare.default_label(path, earlier), "created": earlier.get("created"), "preprocess": earlier.get("preprocess")}
 
 
 def main(argv: list[str] | None = None) -> int:

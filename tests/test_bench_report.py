@@ -283,3 +283,13 @@ def test_report_puts_an_earlier_runs_stages_beside_its_own(tmp_path):
     detect = next(row for row in section.splitlines() if row.startswith("| examples | decode_image | detect"))
     assert "0.50x" in detect
     assert "Before and after" not in report.build(_run_dir(tmp_path, json.loads(RECORDED.read_text()), "plain")).read_text()
+
+
+def test_before_takes_an_earlier_run_by_its_folder_or_its_summary(tmp_path):
+    from benchmarks.run import before_stages
+
+    summary = json.loads(RECORDED.read_text())
+    folder = _run_dir(tmp_path, summary, "20261207-0608-cpu-quick")
+    for path in (folder, folder / "summary.json"):
+        assert before_stages(path) == {"label": "20261207-0608-cpu-quick", "created": summary.get("created"),
+                                       "preprocess": summary["preprocess"]}

@@ -34,7 +34,7 @@ from runtime.face_hybrid import load_pretrained_backbone
 from runtime.model import build_model, count_parameters
 from runtime.weights import Calibration, save_weights
 from training import distributed
-from training.adversary import SourceHead, WithSourceHead, ramp, source_index, source_loss
+from training.adversary import NO_SOURCE, SourceHead, WithSourceHead, ramp, source_index, source_loss
 from training.augment import Augment, AugmentConfig
 from training.calibrate import fit_on_validation, validation_reference
 from training.checkpoints import RunFolder
@@ -133,24 +133,25 @@ class Trainer:
         self.history: list[dict] = []
         self.commands: list[str] = []  # every invocation that trained this run, kept across resumes
 
-    def feature_channels(self) -> int:
-        """Channels of ``forward_features`` (one forward pass in eval mode, so no statistics move)."""
+    def _blank_pass(self, pooled: bool = False) -> torch.Tensor:
+        """``forward_features`` (or, with ``pooled``, the vector the binary head reads) of one blank
+        image, in eval mode so no statistics move: what sizes the training-only heads."""
         size = self.model.config.input_size
         self.model.eval()
         with torch.no_grad():
-            channels = self.model.forward_features(torch.zeros(1, 3, size, size, device=self.device)).shape[1]
+            out = self.model.forward_features(torch.zeros(1, 3, size, size, device=self.device))
+            if pooled:
+                out = self.model.forward_head(out, pre_logits=True)
         self.model.train()
-        return channels
+        return out
+
+    def feature_channels(self) -> int:
+        """Channels of ``forward_features``."""
+        return self._blank_pass().shape[1]
 
     def pooled_width(self) -> int:
         """Width of the pooled vector the binary head reads (``forward_head(..., pre_logits=True)``)."""
-        size = self.model.config.input_size
-        self.model.eval()
-        with torch.no_grad():
-            width = self.model.forward_head(self.model.forward_features(torch.zeros(1, 3, size, size, device=self.device)),
-                                            pre_logits=True).shape[1]
-        self.model.train()
-        return width
+        return self._blank_pass(pooled=True).shape[1]
 
     @property
     def shipped(self) -> torch.nn.Module:
@@ -250,7 +251,7 @@ class Trainer:
             if self.source_head is not None:
                 sources = batch[-1].to(self.device)
                 loss = loss + self.config.source_adversary * source_loss(heads[-1], sources)
-                known = sources >= 0
+                known = sources != NO_SOURCE
                 source_correct += (heads[-1].detach().argmax(1)[known] == sources[known]).sum().item()
                 source_seen += int(known.sum().item())
             self.optimizer.zero_grad(set_to_none=True)
